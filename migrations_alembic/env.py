@@ -1,0 +1,89 @@
+"""Alembic environment for ``manage.py migrate_schema``, the ``alembic`` CLI and the tests.
+
+The database comes from ``config.attributes["connection"]`` when the caller passes one
+(``reautomation.schema`` and the tests do), else from the Django settings through
+``reautomation.database`` (the ``alembic`` CLI). ``target_metadata`` is derived from the Django
+models (``reautomation.metadata``), for ``check`` and ``revision --autogenerate``.
+"""
+from __future__ import annotations
+
+import os
+
+import sqlalchemy as sa
+from alembic import context
+from alembic.util import CommandError
+
+config = context.config
+if config.config_file_name is not None and config.cmd_opts is not None:
+    # The plain `alembic` CLI: log "Running upgrade ..." lines as alembic.ini says.
+    from logging.config import fileConfig
+
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+try:
+    import django
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
+    django.setup()
+except Exception as exc:  # settings errors reach the alembic CLI as one line, not a traceback
+    raise CommandError(f"Django settings could not be loaded: {exc}") from exc
+
+from reautomation import database, metadata, schema  # noqa: E402
+
+
+def configure_options(dialect_name: str) -> dict:
+    """Return the ``context.configure`` options shared by online and offline runs."""
+    return {
+        "target_metadata": metadata.build_metadata(dialect_name) if _needs_metadata() else None,
+        "include_object": schema.include_object,
+        "compare_type": True,
+        "compare_server_default": True,
+        "render_as_batch": dialect_name == "sqlite",  # SQLite cannot ALTER most things in place
+        "transaction_per_migration": True,
+        "on_version_apply": config.attributes.get("on_version_apply"),
+        "process_revision_directives": config.attributes.get("process_revision_directives")
+        or schema.skip_empty_autogenerate,
+    }
+
+
+def _needs_metadata() -> bool:
+    # Building the metadata compiles conditions with Django; only comparisons need it.
+    return bool(config.attributes.get("needs_metadata", True))
+
+
+def run_migrations_offline() -> None:
+    url = config.attributes.get("url") or database.sqlalchemy_url()
+    url = sa.make_url(url)
+    context.configure(
+        url=url,
+        literal_binds=True,
+        dialect_opts={"paramstyle": "named"},
+        **configure_options(url.get_backend_name()),
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        _run(connection)
+        return
+    engine = sa.create_engine(database.sqlalchemy_url(), poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            _run(connection)
+    except sa.exc.OperationalError as exc:
+        raise CommandError(schema.unreachable_message(engine.url, exc)) from exc
+
+
+def _run(connection: sa.Connection) -> None:
+    context.configure(connection=connection, **configure_options(connection.dialect.name))
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,113 @@
+"""Building blocks the revisions share. Owned by the migrations, not by today's models.
+
+Revisions describe the schema as it was when they were written, so they never import the
+Django models; what they share lives here and must only ever grow, never change meaning.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets BIGSERIAL.
+BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+TIMESTAMP = sa.DateTime(timezone=True)
+JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def id_column() -> sa.Column:
+    """Return a BIGSERIAL (SQLite: INTEGER) primary key column named ``id``."""
+    return sa.Column("id", BIGINT, primary_key=True, autoincrement=True)
+
+
+def now_column(name: str) -> sa.Column:
+    """Return a NOT NULL timestamp column that defaults to the time of insert."""
+    return sa.Column(name, TIMESTAMP, server_default=sa.func.now(), nullable=False)
+
+
+def foreign_key(table: str, column: str, target: str, *, ondelete: str | None) -> sa.ForeignKeyConstraint:
+    """Return the FK ``table.column -> target.id`` as the models declare it (deferred, like Django's)."""
+    return sa.ForeignKeyConstraint(
+        [column],
+        [f"{target}.id"],
+        name=op.f(f"fk_{table}_{column}_{target}"),
+        ondelete=ondelete,
+        deferrable=True,
+        initially="DEFERRED",
+    )
+
+
+def _archive_table(name: str, columns: list[sa.Column]) -> sa.Table:
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", BIGINT, primary_key=True, autoincrement=False),
+        *(sa.Column(c.name, c.type, nullable=True) for c in columns),
+        sa.Column("archived_at", TIMESTAMP, server_default=sa.func.now(), nullable=False),
+    )
+
+
+def archive_columns(table: str, columns: list[sa.Column], *, archive: str, where: str) -> None:
+    """Copy ``columns`` of the rows matching ``where`` into the ``archive`` table, by id.
+
+    Run before a downgrade drops the columns; ``restore_columns`` in the next upgrade puts the
+    values back. The archive keeps the values even if that upgrade never comes.
+    """
+    archive_table = _archive_table(archive, columns)
+    op.create_table(archive, *(c.copy() for c in archive_table.columns))
+    names = ", ".join(c.name for c in columns)
+    op.execute(f"INSERT INTO {archive} (id, {names}) SELECT id, {names} FROM {table} WHERE {where}")
+
+
+def restore_columns(table: str, columns: list[sa.Column], *, archive: str) -> None:
+    """Put back the values ``archive_columns`` kept, for rows that still exist, and drop the archive.
+
+    The archive is created if missing so the same SQL runs on a database that never had one
+    (and in ``--sql`` output, which cannot look).
+    """
+    archive_table = _archive_table(archive, columns)
+    op.create_table(archive, *(c.copy() for c in archive_table.columns), if_not_exists=True)
+    assignments = ", ".join(f"{c.name} = a.{c.name}" for c in columns)
+    op.execute(f"UPDATE {table} SET {assignments} FROM {archive} AS a WHERE {table}.id = a.id")
+    op.drop_table(archive)
+
+
+def index_state(name: str) -> bool | None:
+    """Return whether PostgreSQL index ``name`` is valid, or None if absent (or in ``--sql`` mode)."""
+    if op.get_context().as_sql:
+        return None
+    row = op.get_bind().execute(
+        sa.text(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = :name AND pg_catalog.pg_table_is_visible(c.oid)"
+        ),
+        {"name": name},
+    ).first()
+    return None if row is None else bool(row[0])
+
+
+def build_index(name: str, table: str, columns: list[str], **dialect_options: object) -> None:
+    """Create an index; on PostgreSQL without blocking writes (call inside ``autocommit_block``).
+
+    ``CREATE INDEX CONCURRENTLY`` that fails or is killed leaves an INVALID index, which writes
+    keep maintaining and the planner never uses, and which ``IF NOT EXISTS`` would keep. So a
+    valid index from an earlier, interrupted run is kept, and an invalid one is dropped first.
+    """
+    if op.get_context().dialect.name != "postgresql":
+        options = {k: v for k, v in dialect_options.items() if not k.startswith("postgresql_")}
+        op.create_index(name, table, columns, **options)
+        return
+    state = index_state(name)
+    if state is True:
+        return
+    op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    options = {k: v for k, v in dialect_options.items() if not k.startswith("sqlite_")}
+    op.create_index(name, table, columns, postgresql_concurrently=True, **options)
+
+
+def drop_index(name: str, table: str) -> None:
+    """Drop an index; on PostgreSQL without blocking writes (call inside ``autocommit_block``)."""
+    if op.get_context().dialect.name == "postgresql":
+        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    else:
+        op.drop_index(name, table_name=table)

@@ -1,0 +1,102 @@
+"""``manage.py migrate_schema``: the Alembic revisions, for operators and deploy scripts."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from reautomation import database, schema
+
+
+class Command(BaseCommand):
+    help = (
+        "Migrate the database schema with Alembic (Django's migrations are disabled). "
+        "With no subcommand: upgrade to head."
+    )
+    requires_system_checks: list[str] = []  # must run on a database the models do not match yet
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", metavar="SUBCOMMAND")
+        up = sub.add_parser("upgrade", help="upgrade to REV (default: head)")
+        up.add_argument("revision", nargs="?", default="head")
+        up.add_argument("--sql", action="store_true", help="print the SQL from the current revision instead")
+        down = sub.add_parser("downgrade", help="downgrade to REV (-1, base, or an id)")
+        down.add_argument("revision")
+        down.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+        cur = sub.add_parser("current", help="show the database's revision")
+        cur.add_argument("--verbose", "-v", action="store_true", dest="alembic_verbose")
+        hist = sub.add_parser("history", help="list revisions, newest first")
+        hist.add_argument("--verbose", "-v", action="store_true", dest="alembic_verbose")
+        hist.add_argument("--rev-range", "-r", default=None)
+        hds = sub.add_parser("heads", help="show the head revision(s)")
+        hds.add_argument("--verbose", "-v", action="store_true", dest="alembic_verbose")
+        shw = sub.add_parser("show", help="show one revision")
+        shw.add_argument("revision")
+        stp = sub.add_parser("stamp", help="record REV as current without running revisions")
+        stp.add_argument("revision")
+        mrg = sub.add_parser("merge", help="create a revision merging REVS (e.g. heads)")
+        mrg.add_argument("revisions", nargs="+")
+        mrg.add_argument("-m", "--message", default=None)
+        rev = sub.add_parser("revision", help="create a new revision file")
+        rev.add_argument("-m", "--message", required=True)
+        rev.add_argument("--autogenerate", action="store_true", help="compare the models with the database")
+        sub.add_parser("check", help="fail if the models and the database (at head) differ")
+        for subparser in sub.choices.values():
+            subparser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+    def handle(self, *args: Any, action: str | None = None, **options: Any) -> None:
+        self.verbosity = options["verbosity"]
+        try:
+            self._dispatch(action or "upgrade", options)
+        except (schema.SchemaError, database.InvalidDatabaseURL) as exc:
+            raise CommandError(str(exc), returncode=2 if isinstance(exc, schema.SchemaDrift) else 1) from exc
+
+    def _dispatch(self, action: str, options: dict[str, Any]) -> None:
+        out = self.stdout
+        verbose = options.get("alembic_verbose", False)
+        if action in ("upgrade", "downgrade"):
+            revision = options.get("revision") or "head"
+            run = schema.upgrade if action == "upgrade" else schema.downgrade
+            if options.get("sql"):
+                run(revision=revision, sql=True, stdout=out)
+                return
+            if self.verbosity:
+                self.stdout.write(f"{action.capitalize()} {database.display_url(database.sqlalchemy_url())} to {revision}")
+            applied = []
+            run(revision=revision, stdout=out, on_applied=lambda step: (applied.append(step), self._report(step)))
+            if self.verbosity:
+                where = "; ".join(schema.status().current) or "base"
+                verb = "applied" if action == "upgrade" else "reverted"
+                done = f"{len(applied)} revision(s) {verb}" if applied else "Nothing to do"
+                self.stdout.write(self.style.SUCCESS(f"{done}; database is at {where}"))
+        elif action == "current":
+            schema.current(verbose=verbose, stdout=out)
+        elif action == "history":
+            schema.history(rev_range=options["rev_range"], verbose=verbose, stdout=out)
+        elif action == "heads":
+            schema.heads(verbose=verbose, stdout=out)
+        elif action == "show":
+            schema.show(revision=options["revision"], stdout=out)
+        elif action == "stamp":
+            schema.stamp(revision=options["revision"], stdout=out)
+            self.stdout.write(self.style.SUCCESS(f"Stamped the database as {options['revision']}"))
+        elif action == "merge":
+            revision = schema.merge(revisions=options["revisions"], message=options["message"], stdout=out)
+            self.stdout.write(self.style.SUCCESS(f"Created merge revision {revision}"))
+        elif action == "revision":
+            revision = schema.create_revision(
+                message=options["message"], autogenerate=options["autogenerate"], stdout=out
+            )
+            if revision is None:
+                self.stdout.write("No changes between the models and the database; no revision written")
+            else:
+                self.stdout.write(self.style.SUCCESS(f"Created revision {revision}: review it before applying"))
+        elif action == "check":
+            schema.check(stdout=out)
+            self.stdout.write(self.style.SUCCESS("The database matches the models"))
+
+    def _report(self, step: schema.AppliedRevision) -> None:
+        if self.verbosity:
+            verb = "Applied" if step.is_upgrade else "Reverted"
+            self.stdout.write(f"  {verb} {step.revision:<30} {step.seconds:8.2f}s  {step.doc}")

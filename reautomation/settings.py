@@ -1,0 +1,90 @@
+"""Django settings, from the environment (and an optional ``.env`` file); see README "Configuration"."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+
+from reautomation.database import database_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise environ.ImproperlyConfigured(
+            "SECRET_KEY is not set: export SECRET_KEY (or put it in .env), or set DEBUG=true for local use"
+        )
+    SECRET_KEY = "insecure-local-development-key"  # noqa: S105 - only ever with DEBUG on
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
+
+DATABASES = {"default": database_config(env.str("DATABASE_URL", default=""), sqlite_path=BASE_DIR / "db.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "reautomation",
+    "calls",
+    "monitoring",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+]
+# Alembic owns every table, Django's own included: Django's migrations are switched off.
+MIGRATION_MODULES = {app.rsplit(".", 1)[-1]: None for app in INSTALLED_APPS}
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "reautomation.urls"
+WSGI_APPLICATION = "reautomation.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "reautomation" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
+
+# Token counting and the context policy (calls/tokens.py, calls/context_policy.py).
+TOKEN_ENCODING = env.str("TOKEN_ENCODING", default="cl100k_base")
+CONTEXT_MAX_TOKENS = env.int("CONTEXT_MAX_TOKENS", default=8192)
+CONTEXT_TARGET_TOKENS = env.int("CONTEXT_TARGET_TOKENS", default=6144)
+CONTEXT_KEEP_RECENT_MESSAGES = env.int("CONTEXT_KEEP_RECENT_MESSAGES", default=4)
+CONTEXT_TOKENS_PER_MESSAGE = env.int("CONTEXT_TOKENS_PER_MESSAGE", default=3)
+CONTEXT_REPLY_PRIMING_TOKENS = env.int("CONTEXT_REPLY_PRIMING_TOKENS", default=3)
