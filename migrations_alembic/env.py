@@ -40,6 +40,8 @@ def configure_options(dialect_name: str) -> dict:
         "compare_server_default": True,
         "render_as_batch": dialect_name == "sqlite",  # SQLite cannot ALTER most things in place
         "transaction_per_migration": True,
+        # SQLite DDL is transactional with database.create_engine(); Alembic assumes not.
+        "transactional_ddl": True,
         "on_version_apply": config.attributes.get("on_version_apply"),
         "process_revision_directives": config.attributes.get("process_revision_directives")
         or schema.skip_empty_autogenerate,
@@ -69,7 +71,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = sa.create_engine(database.sqlalchemy_url(), poolclass=sa.pool.NullPool)
+    engine = database.create_engine(database.sqlalchemy_url())
     try:
         with engine.connect() as connection:
             _run(connection)

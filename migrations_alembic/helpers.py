@@ -54,9 +54,11 @@ def archive_columns(table: str, columns: list[sa.Column], *, archive: str, where
     values back. The archive keeps the values even if that upgrade never comes.
     """
     archive_table = _archive_table(archive, columns)
-    op.create_table(archive, *(c.copy() for c in archive_table.columns))
+    op.create_table(archive, *(c._copy() for c in archive_table.columns))
     names = ", ".join(c.name for c in columns)
     op.execute(f"INSERT INTO {archive} (id, {names}) SELECT id, {names} FROM {table} WHERE {where}")
+    if not op.get_context().as_sql and not op.get_bind().execute(sa.text(f"SELECT 1 FROM {archive} LIMIT 1")).first():
+        op.drop_table(archive)  # nothing to keep: leave no empty table behind
 
 
 def restore_columns(table: str, columns: list[sa.Column], *, archive: str) -> None:
@@ -66,7 +68,7 @@ def restore_columns(table: str, columns: list[sa.Column], *, archive: str) -> No
     (and in ``--sql`` output, which cannot look).
     """
     archive_table = _archive_table(archive, columns)
-    op.create_table(archive, *(c.copy() for c in archive_table.columns), if_not_exists=True)
+    op.create_table(archive, *(c._copy() for c in archive_table.columns), if_not_exists=True)
     assignments = ", ".join(f"{c.name} = a.{c.name}" for c in columns)
     op.execute(f"UPDATE {table} SET {assignments} FROM {archive} AS a WHERE {table}.id = a.id")
     op.drop_table(archive)

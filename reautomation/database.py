@@ -77,3 +77,24 @@ def sqlalchemy_url(settings_dict: Mapping[str, Any] | None = None) -> sa.URL:
 def display_url(url: sa.URL) -> str:
     """Return ``url`` as text that is safe to print (no password)."""
     return url.render_as_string(hide_password=True)
+
+
+def create_engine(url: sa.URL | str, **options: Any) -> sa.Engine:
+    """Return an engine for ``url``; on SQLite, one whose transactions include DDL.
+
+    Python's sqlite3 driver only opens a transaction before DML, so a failed revision would leave
+    its DDL half done; SQLAlchemy's documented recipe hands BEGIN to SQLAlchemy instead.
+    """
+    options.setdefault("poolclass", sa.pool.NullPool)
+    engine = sa.create_engine(url, **options)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _driver_autocommit(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection: sa.Connection) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine

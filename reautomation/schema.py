@@ -85,7 +85,11 @@ class SchemaStatus:
 
 def alembic_config(*, stdout: TextIO | None = None, **attributes: Any) -> Config:
     """Return the Alembic config of this project; ``attributes`` reach ``env.py``."""
+    from django.conf import settings
+
     config = Config(str(ALEMBIC_INI), stdout=stdout or sys.stdout)
+    if getattr(settings, "ALEMBIC_SCRIPT_LOCATION", ""):
+        config.set_main_option("script_location", settings.ALEMBIC_SCRIPT_LOCATION)
     config.attributes.update(attributes)
     return config
 
@@ -115,7 +119,7 @@ def unreachable_message(url: sa.URL, exc: BaseException) -> str:
 def connect(url: sa.URL | str | None = None) -> Iterator[sa.Connection]:
     """Yield a connection to ``url`` (default: Django's ``default`` database)."""
     url = sa.make_url(url) if url is not None else database.sqlalchemy_url()
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    engine = database.create_engine(url)
     try:
         try:
             connection = engine.connect()

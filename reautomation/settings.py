@@ -23,6 +23,8 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 
 DATABASES = {"default": database_config(env.str("DATABASE_URL", default=""), sqlite_path=BASE_DIR / "db.sqlite3")}
+# Where the Alembic revisions live; alembic.ini's script_location unless set (tests use a copy).
+ALEMBIC_SCRIPT_LOCATION = env.str("ALEMBIC_SCRIPT_LOCATION", default="")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [

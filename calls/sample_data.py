@@ -1,0 +1,286 @@
+"""Generate realistic sample data at any size: for demos, tests and benchmarks.
+
+Contacts; calls with 5-60 turn conversations in order (a few from "other systems", with no turn
+index; some very long messages); call notes, agent transitions and tier escalations; workflow
+traces with agent executions; performance and system metric time series. Deterministic for a
+given seed. PostgreSQL rows are streamed with COPY; SQLite gets ``executemany``.
+
+Works on any schema from revision 002 up, so benchmarks can seed before 003 and time it.
+Ids are assigned here (after the current maximum) and sequences are moved past them: run it
+on a database nobody else is writing to.
+"""
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Sequence
+
+import sqlalchemy as sa
+
+STATUSES = (("completed", 70), ("no_answer", 10), ("voicemail", 8), ("failed", 5), ("busy", 4), ("canceled", 3))
+TIERS = (("tier1", 70), ("tier2", 25), ("tier3", 5))
+OUTCOMES = ("appointment_set", "callback_requested", "not_interested", "wrong_number", "listing_info_sent", None)
+AGENTS = ("greeter", "qualifier", "scheduler", "listing_expert", "objection_handler")
+FIRST_NAMES = ("Maria", "James", "Wei", "Aisha", "Carlos", "Olivia", "Noah", "Priya", "Liam", "Sofia", "Kenji", "Fatima")
+LAST_NAMES = ("Garcia", "Smith", "Chen", "Khan", "Rossi", "Johnson", "Nguyen", "Patel", "Müller", "Silva", "Tanaka")
+CITIES = (("Austin", "TX"), ("Phoenix", "AZ"), ("Tampa", "FL"), ("Denver", "CO"), ("Raleigh", "NC"), ("Boise", "ID"))
+SYSTEM_PROMPT = (
+    "You are a friendly real-estate assistant calling on behalf of Sunrise Realty. Qualify the lead: "
+    "budget, timeline, preferred neighborhoods, financing. Be concise, never pushy; offer a showing."
+)
+USER_LINES = (
+    "Hi, yes, this is {name}.",
+    "We're thinking of selling in the spring, maybe sooner if the price is right.",
+    "Our budget is around ${budget}k, but we'd stretch for the right place.",
+    "Is the house on {street} still available? 🏡",
+    "I'm pre-approved with my credit union.",
+    "Can you call me back after 5pm? I'm at work.",
+    "How big is the backyard? We have two dogs 🐕🐕",
+    "Honestly I'm just browsing right now.",
+    "What are property taxes like in {city}?",
+    "我们想看看三居室的房子。",
+    "Please take me off your list.",
+    "Sure, Saturday morning works for a showing.",
+)
+ASSISTANT_LINES = (
+    "Thanks for taking my call, {name}! I'm the assistant from Sunrise Realty.",
+    "Great. What's your timeline for moving?",
+    "Understood. Which neighborhoods in {city} are you most interested in?",
+    "The listing on {street} is still active: 3 bedrooms, 2 baths, about 1,850 square feet.",
+    "I can book a showing for you. Does Saturday at 10am work?",
+    "Property taxes in {city} run about 1.8% of assessed value; I can send the exact figure.",
+    "No problem at all, I'll note that and won't call again.",
+    "Perfect, you're booked. You'll get a text confirmation shortly.",
+)
+TOOL_LINES = (
+    '{{"tool": "calendar.book", "slot": "2026-12-05T10:00:00", "status": "confirmed"}}',
+    '{{"tool": "mls.search", "city": "{city}", "results": 14, "median_price": {budget}000}}',
+    '{{"tool": "crm.update", "lead_status": "qualified", "note": "<|endoftext|> marker from upstream"}}',
+)
+NOTE_BODIES = ("Lead asked for a callback.", "Interested in 3BR homes.", "Do-not-call requested.", "Hot lead.")
+
+
+@dataclass
+class SampleDataCounts:
+    """How many rows of each kind were written."""
+
+    contacts: int = 0
+    calls: int = 0
+    messages: int = 0
+    call_notes: int = 0
+    agent_transitions: int = 0
+    tier_escalation_events: int = 0
+    workflow_traces: int = 0
+    agent_executions: int = 0
+    performance_metrics: int = 0
+    system_metrics: int = 0
+    tables: dict[str, int] = field(default_factory=dict, repr=False)
+
+
+def _weighted(rng: random.Random, choices: Sequence[tuple[Any, int]]) -> Any:
+    return rng.choices([c for c, _ in choices], weights=[w for _, w in choices])[0]
+
+
+class _Writer:
+    """Buffers rows per table and writes them in bulk (COPY on PostgreSQL)."""
+
+    def __init__(self, connection: sa.Connection, columns: dict[str, list[str]], flush_rows: int = 20_000) -> None:
+        self.connection = connection
+        self.columns = columns
+        self.buffers: dict[str, list[tuple]] = {t: [] for t in columns}
+        self.flush_rows = flush_rows
+        self.postgres = connection.dialect.name == "postgresql"
+
+    def add(self, table: str, row: tuple) -> None:
+        buffer = self.buffers[table]
+        buffer.append(row)
+        if len(buffer) >= self.flush_rows:
+            self.flush(table)
+
+    def flush(self, table: str) -> None:
+        rows, self.buffers[table] = self.buffers[table], []
+        if not rows:
+            return
+        names = self.columns[table]
+        if self.postgres:
+            cursor = self.connection.connection.driver_connection.cursor()
+            with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            placeholders = ", ".join("?" for _ in names)
+            self.connection.connection.driver_connection.executemany(
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})",
+                [tuple(_sqlite_value(v) for v in row) for row in rows],
+            )
+
+    def flush_all(self) -> None:
+        for table in self.buffers:
+            self.flush(table)
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def _next_id(connection: sa.Connection, table: str) -> int:
+    return (connection.execute(sa.text(f"SELECT COALESCE(MAX(id), 0) FROM {table}")).scalar() or 0) + 1
+
+
+def generate_sample_data(
+    *,
+    connection: sa.Connection,
+    calls: int,
+    seed: int = 42,
+    end: datetime | None = None,
+    days: int = 90,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SampleDataCounts:
+    """Write ``calls`` calls with everything that goes with them; commit in batches; return the counts."""
+    rng = random.Random(seed)
+    inspector = sa.inspect(connection)
+    present = set(inspector.get_table_names())
+    if "calls" not in present or "agent_transitions" not in present:
+        from reautomation.schema import SchemaError
+
+        raise SchemaError("sample data needs the schema at revision 002 or later: run 'manage.py migrate_schema'")
+    end = end or datetime.now(timezone.utc).replace(microsecond=0)
+    start = end - timedelta(days=days)
+    columns = {
+        "contacts": ["id", "first_name", "last_name", "phone_number", "email", "city", "state", "lead_source",
+                     "lead_status", "created_at", "updated_at"],
+        "calls": ["id", "contact_id", "phone_number", "direction", "status", "tier", "created_at", "updated_at",
+                  "started_at", "ended_at", "duration_seconds", "outcome", "total_cost", "call_sid",
+                  "voice_provider", "current_agent", "escalation_count"],
+        "conversation_history": ["call_id", "role", "content", "turn_index", "created_at"],
+        "call_notes": ["call_id", "author", "note_type", "body", "created_at"],
+        "agent_transitions": ["call_id", "from_agent", "to_agent", "reason", "turn_index", "transitioned_at"],
+        "tier_escalation_events": ["call_id", "from_tier", "to_tier", "reason", "triggered_by", "escalated_at"],
+        "workflow_traces": ["id", "trace_id", "call_id", "workflow_name", "status", "started_at", "ended_at",
+                            "duration_ms", "total_tokens", "total_cost"],
+        "agent_executions": ["trace_id", "agent_name", "status", "model_name", "input_tokens", "output_tokens",
+                             "latency_ms", "cost", "started_at", "ended_at"],
+        "performance_metrics": ["metric_name", "value", "unit", "agent_name", "call_id", "recorded_at"],
+        "system_metrics": ["metric_name", "value", "host", "recorded_at"],
+    }
+    writer = _Writer(connection, columns)
+    counts = SampleDataCounts()
+
+    n_contacts = max(1, calls // 3)
+    contact_base = _next_id(connection, "contacts")
+    phone_base = rng.randrange(2_000_000, 9_000_000) * 1000 + contact_base
+    contacts = []
+    for i in range(n_contacts):
+        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        city, state = rng.choice(CITIES)
+        phone = f"+1{phone_base + i:010d}"[:12]
+        created = start + timedelta(seconds=rng.randrange(days * 86400))
+        contacts.append((contact_base + i, first, city, phone))
+        writer.add("contacts", (contact_base + i, first, last, phone, f"{first}.{last}{i}@example.com".lower(),
+                                city, state, rng.choice(("zillow", "referral", "open_house", "web_form")),
+                                rng.choice(("new", "contacted", "qualified", "nurture")), created, created))
+    counts.contacts = n_contacts
+    writer.flush("contacts")
+
+    call_base = _next_id(connection, "calls")
+    trace_base = _next_id(connection, "workflow_traces")
+    trace_id = trace_base
+    span = (end - start).total_seconds()
+    for i in range(calls):
+        call_id = call_base + i
+        contact_id, name, city, phone = contacts[rng.randrange(n_contacts)]
+        created = start + timedelta(seconds=span * i / max(calls, 1) + rng.random())
+        status = _weighted(rng, STATUSES)
+        tier = _weighted(rng, TIERS)
+        answered = status == "completed"
+        duration = rng.randint(30, 900) if answered else rng.randint(0, 40)
+        started = created + timedelta(seconds=rng.randint(1, 20))
+        ended = started + timedelta(seconds=duration)
+        cost = Decimal(duration * 0.0021 + rng.random() * 0.05).quantize(Decimal("0.0001"))
+        agents = rng.sample(AGENTS, k=rng.randint(1, 3))
+        escalations = 0 if tier == "tier1" else 1 if tier == "tier2" else 2
+        writer.add("calls", (call_id, contact_id, phone, "outbound", status, tier, created, ended, started, ended,
+                             duration, rng.choice(OUTCOMES) if answered else None, cost, f"CA{uuid.UUID(int=rng.getrandbits(128)).hex}",
+                             rng.choice(("twilio", "vonage")), agents[-1], escalations))
+        counts.calls += 1
+
+        turns = rng.randint(5, 60) if answered else rng.randint(5, 8)
+        ordered = rng.random() > 0.05  # a few conversations arrive from other systems without turn order
+        street = f"{rng.randint(100, 9999)} {rng.choice(('Oak', 'Maple', 'Cedar', 'Elm'))} St"
+        fill = {"name": name, "city": city, "street": street, "budget": rng.randint(250, 1200)}
+        at = started
+        for turn in range(turns):
+            if turn == 0:
+                role, content = "system", SYSTEM_PROMPT
+            elif rng.random() < 0.06:
+                role, content = "tool", rng.choice(TOOL_LINES).format(**fill)
+            elif turn % 2:
+                role, content = "assistant", rng.choice(ASSISTANT_LINES).format(**fill)
+            else:
+                role, content = "user", rng.choice(USER_LINES).format(**fill)
+            if rng.random() < 0.004:  # a pasted listing or transcript: very long
+                content = (content + " ") * rng.randint(50, 400)
+            at = at + timedelta(seconds=rng.randint(1, 15))
+            writer.add("conversation_history", (call_id, role, content, turn if ordered else None, at))
+            counts.messages += 1
+
+        for j in range(1, len(agents)):
+            writer.add("agent_transitions", (call_id, agents[j - 1], agents[j], "intent changed", j * 3, started))
+            counts.agent_transitions += 1
+        if tier != "tier1":
+            writer.add("tier_escalation_events", (call_id, "tier1", tier, "lead asked for a specialist", "agent", ended))
+            counts.tier_escalation_events += 1
+        if rng.random() < 0.15:
+            writer.add("call_notes", (call_id, "operator", "general", rng.choice(NOTE_BODIES), ended))
+            counts.call_notes += 1
+        if rng.random() < 0.8:
+            n_exec = rng.randint(2, 6)
+            writer.add("workflow_traces", (trace_id, str(uuid.UUID(int=rng.getrandbits(128))), call_id, "voice_call",
+                                           "error" if status == "failed" else "success", started, ended,
+                                           duration * 1000, turns * 180, cost))
+            for k in range(n_exec):
+                latency = rng.randint(120, 2500)
+                writer.add("agent_executions", (trace_id, agents[k % len(agents)], "success", "gpt-4o-mini",
+                                                rng.randint(200, 4000), rng.randint(20, 400), latency,
+                                                Decimal(rng.random() / 100).quantize(Decimal("0.000001")),
+                                                started, started + timedelta(milliseconds=latency)))
+                counts.agent_executions += 1
+            trace_id += 1
+            counts.workflow_traces += 1
+        writer.add("performance_metrics", ("response_latency_ms", rng.gauss(850, 200), "ms", agents[0], call_id, ended))
+        writer.add("performance_metrics", ("call_cost_usd", float(cost), "usd", None, call_id, ended))
+        counts.performance_metrics += 2
+        if on_progress and (i + 1) % 1000 == 0:
+            on_progress(i + 1, calls)
+
+    # System metrics: one sample per host and metric every 5 minutes over the period, capped to scale.
+    samples = min(days * 288, max(calls, 12))
+    step = span / samples
+    for s in range(samples):
+        at = start + timedelta(seconds=s * step)
+        for host in ("voice-1", "voice-2"):
+            writer.add("system_metrics", ("cpu_percent", max(0.0, min(100.0, rng.gauss(45, 15))), host, at))
+            writer.add("system_metrics", ("active_calls", float(rng.randint(0, 40)), host, at))
+            counts.system_metrics += 2
+    writer.flush_all()
+    _move_sequences(connection, ("contacts", "calls", "workflow_traces"))
+    connection.commit()
+    if on_progress:
+        on_progress(calls, calls)
+    return counts
+
+
+def _move_sequences(connection: sa.Connection, tables: Iterable[str]) -> None:
+    if connection.dialect.name != "postgresql":
+        return  # SQLite's INTEGER PRIMARY KEY continues after the largest id by itself
+    for table in tables:
+        connection.execute(
+            sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))")
+        )

@@ -1,0 +1,124 @@
+"""Shared fixtures: real databases, built by running the real revisions.
+
+PostgreSQL tests use the server named by ``TEST_POSTGRES_URL`` (default: the local server with
+trust auth). Each test that needs a database gets a new, empty one and it is dropped after.
+Without a reachable server those tests are skipped, unless ``REQUIRE_POSTGRES=1`` (as in CI),
+where they fail.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+from django.db import connections
+
+from reautomation import database, schema
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["postgresql", "sqlite"]
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[sa.Engine]:
+    """An autocommit engine on the PostgreSQL server's maintenance database."""
+    engine = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as exc:
+        message = f"PostgreSQL not reachable at {database.display_url(engine.url)}: {str(exc.orig).splitlines()[0]}"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], sa.URL]]:
+    """Return a factory: ``make_database(backend)`` creates an empty database and returns its URL."""
+    created: list[tuple[str, sa.URL]] = []
+
+    def make(backend: str) -> sa.URL:
+        if backend == "sqlite":
+            url = sa.URL.create("sqlite", database=str(tmp_path / f"{uuid.uuid4().hex}.sqlite3"))
+        else:
+            admin = request.getfixturevalue("postgres_admin")
+            name = f"test_reautomation_{uuid.uuid4().hex[:12]}"
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            url = admin.url.set(database=name)
+        created.append((backend, url))
+        return url
+
+    yield make
+    for backend, url in created:
+        if backend == "postgresql":
+            admin = request.getfixturevalue("postgres_admin")
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend the schema runs on."""
+    return request.param
+
+
+@pytest.fixture
+def empty_db(make_database: Callable[[str], sa.URL], backend: str) -> sa.URL:
+    """A new, empty database on ``backend``."""
+    return make_database(backend)
+
+
+@pytest.fixture
+def head_db(empty_db: sa.URL) -> sa.URL:
+    """A new database on ``backend``, upgraded to head by the real revisions."""
+    schema.upgrade(revision="head", url=empty_db)
+    return empty_db
+
+
+@pytest.fixture
+def pg_head_db(make_database: Callable[[str], sa.URL]) -> sa.URL:
+    """A new PostgreSQL database at head."""
+    url = make_database("postgresql")
+    schema.upgrade(revision="head", url=url)
+    return url
+
+
+@pytest.fixture
+def django_database() -> Iterator[Callable[[sa.URL], None]]:
+    """Return a function that points Django's ``default`` connection at a test database."""
+    connection = connections["default"]
+    original = dict(connection.settings_dict)
+
+    def point_at(url: sa.URL) -> None:
+        connection.close()
+        config = database.database_config(url.render_as_string(hide_password=False).replace("+psycopg", ""),
+                                          sqlite_path=Path("unused"))
+        connection.settings_dict.update(config)
+
+    yield point_at
+    connection.close()
+    connection.settings_dict.clear()
+    connection.settings_dict.update(original)
+
+
+def run_sql(url: sa.URL, sql: str, params: dict | None = None) -> list[sa.Row]:
+    """Run one statement on ``url`` in its own transaction; return its rows, if any."""
+    engine = database.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(sa.text(sql), params or {})
+            return list(result) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+def inspect_db(url: sa.URL) -> sa.Inspector:
+    """Return a fresh inspector on ``url`` (the engine is closed after the first use)."""
+    return sa.inspect(database.create_engine(url))

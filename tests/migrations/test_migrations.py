@@ -1,0 +1,176 @@
+"""The revisions one by one, on PostgreSQL and SQLite: upgrade, downgrade, data preservation, full cycle.
+
+Index effectiveness is in test_index_effectiveness.py, timing in test_timing.py, pytest-alembic's
+built-in checks in test_pytest_alembic.py, model/schema drift in test_drift.py.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from reautomation import schema
+from tests.conftest import run_sql
+from tests.migrations.conftest import CHAIN, REVISIONS, previous, snapshot
+
+VERSIONS = Path(schema.__file__).resolve().parent.parent / "migrations_alembic" / "versions"
+
+# What each revision adds: tables, columns of existing tables, indexes.
+ADDS: dict[str, dict[str, object]] = {
+    "000_django_framework": {
+        "tables": {"django_content_type", "auth_permission", "auth_group", "auth_group_permissions", "auth_user",
+                   "auth_user_groups", "auth_user_user_permissions", "django_admin_log", "django_session"},
+    },
+    "26a6cb1543c8": {"tables": {"contacts", "calls", "conversation_history", "call_notes"}},
+    "001_langsmith_monitoring": {
+        "tables": {"workflow_traces", "agent_executions", "performance_metrics", "system_metrics"},
+    },
+    "002_voice_agent_integration": {
+        "tables": {"agent_transitions", "tier_escalation_events"},
+        "columns": {"calls": {"call_sid", "voice_provider", "voice_id", "current_agent", "escalation_count",
+                              "avg_response_latency_ms"}},
+        "indexes": {"calls": {"ix_calls_current_agent"}},
+    },
+    "003_context_management": {
+        "columns": {"calls": {"context_pruned", "pruning_count", "total_context_tokens"},
+                    "conversation_history": {"importance", "token_count"}},
+        "indexes": {"calls": {"ix_calls_context_pruning"}},
+    },
+    "004_performance_indexes": {
+        "indexes": {
+            "calls": {"ix_calls_status_created_at", "ix_calls_tier_created_at", "ix_calls_pruned_created_at",
+                      "ix_calls_context_pending"},
+            "conversation_history": {"ix_conversation_history_tokens_pending"},
+            "performance_metrics": {"ix_performance_metrics_recorded_at"},
+            "system_metrics": {"ix_system_metrics_recorded_at"},
+        },
+    },
+}
+
+
+def test_chain_has_the_guides_ids_and_file_names() -> None:
+    """The guide's users type these ids; a renamed file or id breaks their runbooks."""
+    script = schema.ScriptDirectory.from_config(schema.alembic_config())
+    walked = [rev.revision for rev in script.walk_revisions("base", "heads")]
+    assert list(reversed(walked)) == REVISIONS
+    for revision, filename in CHAIN:
+        assert Path(script.get_revision(revision).path).name == filename
+
+
+@pytest.mark.parametrize("filename", [name for _, name in CHAIN])
+def test_revision_reads_like_the_guide(filename: str) -> None:
+    """A docstring says what and why; upgrade() and downgrade() exist; no import of today's models."""
+    tree = ast.parse((VERSIONS / filename).read_text())
+    docstring = ast.get_docstring(tree)
+    assert docstring and len(docstring.splitlines()) > 5, "say what the revision does and why"
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert {"upgrade", "downgrade"} <= functions
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and m.split(".")[0] in ("calls", "monitoring", "django", "reautomation")}
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_upgrade_adds_and_downgrade_removes(empty_db: sa.URL, revision: str) -> None:
+    """Each revision adds what it says, and its downgrade gives back exactly the schema before it."""
+    schema.upgrade(revision=previous(revision), url=empty_db) if previous(revision) != "base" else None
+    before = snapshot(empty_db)
+
+    schema.upgrade(revision=revision, url=empty_db)
+    after = snapshot(empty_db)
+    adds = ADDS[revision]
+    assert set(after) - set(before) == adds.get("tables", set())
+    for table, columns in adds.get("columns", {}).items():
+        names = {c[0] for c in after[table]["columns"]} - {c[0] for c in before[table]["columns"]}
+        assert names == columns
+    for table, indexes in adds.get("indexes", {}).items():
+        assert indexes <= set(after[table]["indexes"]) - set(before.get(table, {}).get("indexes", []))
+
+    schema.downgrade(revision=previous(revision), url=empty_db)
+    assert snapshot(empty_db) == before
+
+
+def test_full_cycle_base_head_base_head(empty_db: sa.URL) -> None:
+    """Up to head, down to base, up again: the same schema both times, nothing left behind."""
+    schema.upgrade(revision="head", url=empty_db)
+    first = snapshot(empty_db)
+    schema.downgrade(revision="base", url=empty_db)
+    assert snapshot(empty_db) == {}
+    schema.upgrade(revision="head", url=empty_db)
+    assert snapshot(empty_db) == first
+    schema.check(url=empty_db)
+
+
+def _now(url: sa.URL) -> str:
+    return "NOW()" if url.get_backend_name() == "postgresql" else "CURRENT_TIMESTAMP"
+
+
+def test_guides_raw_insert_at_002_works_as_written(make_database) -> None:
+    """The guide's manual test step, verbatim, on PostgreSQL at revision 002."""
+    url = make_database("postgresql")
+    schema.upgrade(revision="002_voice_agent_integration", url=url)
+    run_sql(url, "INSERT INTO calls (phone_number, status, tier, created_at) "
+                 "VALUES ('+15555551234', 'completed', 'tier1', NOW());")
+    schema.upgrade(revision="003_context_management", url=url)
+    rows = run_sql(url, "SELECT phone_number, status, tier, context_pruned, pruning_count, total_context_tokens, "
+                        "total_cost, escalation_count, updated_at IS NOT NULL FROM calls")
+    assert [tuple(r) for r in rows] == [("+15555551234", "completed", "tier1", False, 0, None, 0, 0, True)]
+
+
+def test_data_survives_every_upgrade_and_downgrade(empty_db: sa.URL) -> None:
+    """Rows written at 002 survive to head; a downgrade archives the dropped columns; an upgrade restores them."""
+    now = _now(empty_db)
+    schema.upgrade(revision="002_voice_agent_integration", url=empty_db)
+    run_sql(empty_db, f"INSERT INTO contacts (phone_number, first_name) VALUES ('+15555550001', 'Ana')")
+    run_sql(empty_db, f"INSERT INTO calls (phone_number, status, tier, created_at, contact_id, call_sid, current_agent) "
+                      f"VALUES ('+15555550001', 'completed', 'tier2', {now}, 1, 'CA1', 'scheduler')")
+    run_sql(empty_db, f"INSERT INTO calls (phone_number, status, tier, created_at) "
+                      f"VALUES ('+15555550002', 'failed', 'tier1', {now})")
+    # Data from other systems arrives with only these columns.
+    run_sql(empty_db, f"INSERT INTO conversation_history (call_id, role, content, created_at) "
+                      f"VALUES (1, 'user', 'Hello?', {now}), (1, 'assistant', 'Hi Ana!', {now})")
+
+    schema.upgrade(revision="head", url=empty_db)
+    assert run_sql(empty_db, "SELECT count(*) FROM calls")[0][0] == 2
+    assert run_sql(empty_db, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0] == 2
+    run_sql(empty_db, "UPDATE calls SET total_context_tokens = 17, context_pruned = TRUE, pruning_count = 2 WHERE id = 1")
+    run_sql(empty_db, "UPDATE conversation_history SET token_count = 5, importance = 0.25")
+
+    schema.downgrade(revision="002_voice_agent_integration", url=empty_db)
+    assert run_sql(empty_db, "SELECT count(*) FROM archive_003_calls")[0][0] == 1  # call 2 held only defaults
+    assert run_sql(empty_db, "SELECT count(*) FROM archive_003_conversation_history")[0][0] == 2
+    schema.downgrade(revision="001_langsmith_monitoring", url=empty_db)
+    assert run_sql(empty_db, "SELECT call_sid, current_agent FROM archive_002_calls") == [("CA1", "scheduler")]
+    assert run_sql(empty_db, "SELECT count(*) FROM calls")[0][0] == 2
+
+    schema.upgrade(revision="head", url=empty_db)
+    calls = run_sql(empty_db, "SELECT id, call_sid, current_agent, total_context_tokens, context_pruned, pruning_count "
+                              "FROM calls ORDER BY id")
+    assert [tuple(r) for r in calls] == [(1, "CA1", "scheduler", 17, True, 2), (2, None, None, None, False, 0)]
+    messages = run_sql(empty_db, "SELECT token_count, importance FROM conversation_history ORDER BY id")
+    assert [tuple(r) for r in messages] == [(5, 0.25), (5, 0.25)]
+    tables = set(sa.inspect(sa.create_engine(empty_db, poolclass=sa.pool.NullPool)).get_table_names())
+    assert not {t for t in tables if t.startswith(schema.ARCHIVE_TABLE_PREFIX)}
+
+
+def test_downgrade_below_base_and_unknown_revisions_are_refused(empty_db: sa.URL) -> None:
+    with pytest.raises(schema.InvalidRevisionRange, match="below base"):
+        schema.downgrade(revision="-1", url=empty_db)
+    with pytest.raises(schema.UnknownRevision, match="'nope'.*migrate_schema history"):
+        schema.upgrade(revision="nope", url=empty_db)
+    assert snapshot(empty_db) == {}
+
+
+def test_failed_revision_keeps_earlier_ones_and_can_be_rerun(empty_db: sa.URL) -> None:
+    """A revision that fails is rolled back alone: the database stays at the previous one."""
+    schema.upgrade(revision="002_voice_agent_integration", url=empty_db)
+    # Something another system left behind collides with what 003 creates.
+    run_sql(empty_db, "CREATE INDEX ix_calls_context_pruning ON calls (status)")
+    with pytest.raises(schema.RevisionFailed, match="rolled back"):
+        schema.upgrade(revision="head", url=empty_db)
+    assert schema.status(url=empty_db).current == ("002_voice_agent_integration",)
+    run_sql(empty_db, "DROP INDEX ix_calls_context_pruning")
+    schema.upgrade(revision="head", url=empty_db)
+    assert schema.status(url=empty_db).at_head
