@@ -67,11 +67,12 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _run(connection)
+    connectable = config.attributes.get("connection")
+    if isinstance(connectable, sa.Connection):
+        _run(connectable)
         return
-    engine = database.create_engine(database.sqlalchemy_url())
+    # An Engine passed in (pytest-alembic does), or none: the configured database.
+    engine = connectable if isinstance(connectable, sa.Engine) else database.create_engine(database.sqlalchemy_url())
     try:
         with engine.connect() as connection:
             _run(connection)

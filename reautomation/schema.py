@@ -87,7 +87,9 @@ def alembic_config(*, stdout: TextIO | None = None, **attributes: Any) -> Config
     """Return the Alembic config of this project; ``attributes`` reach ``env.py``."""
     from django.conf import settings
 
-    config = Config(str(ALEMBIC_INI), stdout=stdout or sys.stdout)
+    stream = stdout or sys.stdout
+    # Listings go to ``stdout``, offline SQL to ``output_buffer``: both to the caller's stream.
+    config = Config(str(ALEMBIC_INI), stdout=stream, output_buffer=stream)
     if getattr(settings, "ALEMBIC_SCRIPT_LOCATION", ""):
         config.set_main_option("script_location", settings.ALEMBIC_SCRIPT_LOCATION)
     config.attributes.update(attributes)
@@ -150,6 +152,11 @@ def _alembic_errors() -> Iterator[None]:
             raise MultipleHeads(
                 "the revision history has multiple heads; merge them with "
                 "'manage.py migrate_schema merge heads -m \"merge heads\"' (or name one head)"
+            ) from exc
+        if "cannot proceed in --sql mode" in message:
+            raise SchemaError(
+                "--sql cannot render this step on SQLite (it rebuilds the table, which needs the live "
+                "database); preview against PostgreSQL, or run it without --sql"
             ) from exc
         if message.startswith("cannot connect to the database"):
             raise DatabaseUnreachable(message) from exc
@@ -317,6 +324,8 @@ def create_revision(
         with connect(url) as connection:
             config = alembic_config(stdout=stdout, connection=connection, skip_empty_autogenerate=True)
             script = command.revision(config, message=message, autogenerate=True)
+    if isinstance(script, list):  # Alembic returns a list when directives were rewritten
+        script = script[0] if script else None
     return script.revision if script is not None else None
 
 

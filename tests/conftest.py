@@ -98,8 +98,7 @@ def django_database() -> Iterator[Callable[[sa.URL], None]]:
 
     def point_at(url: sa.URL) -> None:
         connection.close()
-        config = database.database_config(url.render_as_string(hide_password=False).replace("+psycopg", ""),
-                                          sqlite_path=Path("unused"))
+        config = database.database_config(django_url(url), sqlite_path=Path("unused"))
         connection.settings_dict.update(config)
 
     yield point_at
@@ -122,3 +121,28 @@ def run_sql(url: sa.URL, sql: str, params: dict | None = None) -> list[sa.Row]:
 def inspect_db(url: sa.URL) -> sa.Inspector:
     """Return a fresh inspector on ``url`` (the engine is closed after the first use)."""
     return sa.inspect(database.create_engine(url))
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_blocker: object, postgres_admin: sa.Engine) -> Iterator[None]:
+    """Build pytest-django's test database with the real revisions (never Django's syncdb), on PostgreSQL."""
+    name = f"test_reautomation_django_{uuid.uuid4().hex[:8]}"
+    with postgres_admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = postgres_admin.url.set(database=name)
+    schema.upgrade(revision="head", url=url)
+    connection = connections["default"]
+    original = dict(connection.settings_dict)
+    connection.close()
+    connection.settings_dict.update(database.database_config(django_url(url), sqlite_path=Path("unused")))
+    yield
+    connection.close()
+    connection.settings_dict.clear()
+    connection.settings_dict.update(original)
+    with postgres_admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def django_url(url: sa.URL) -> str:
+    """Return ``url`` as a DATABASE_URL that Django's settings accept."""
+    return url.render_as_string(hide_password=False).replace("+psycopg", "")

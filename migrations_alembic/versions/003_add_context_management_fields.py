@@ -53,9 +53,8 @@ def upgrade() -> None:
         ("calls", call_columns(), CALLS_ARCHIVE),
         ("conversation_history", message_columns(), MESSAGES_ARCHIVE),
     ):
-        with op.batch_alter_table(table) as batch:
-            for column in columns:
-                batch.add_column(column)
+        for column in columns:  # ADD COLUMN needs no batch rebuild on SQLite, so --sql works there too
+            op.add_column(table, column)
         restore_columns(table, columns, archive=archive)
     op.create_index("ix_calls_context_pruning", "calls", ["context_pruned", "pruning_count"])
 

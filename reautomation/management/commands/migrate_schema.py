@@ -53,7 +53,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=2 if isinstance(exc, schema.SchemaDrift) else 1) from exc
 
     def _dispatch(self, action: str, options: dict[str, Any]) -> None:
-        out = self.stdout
+        out = self.stdout._out  # Alembic writes whole lines itself; OutputWrapper would add newlines
         verbose = options.get("alembic_verbose", False)
         if action in ("upgrade", "downgrade"):
             revision = options.get("revision") or "head"
