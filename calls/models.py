@@ -109,8 +109,9 @@ class Call(models.Model):
             models.Index(fields=["current_agent"], name="ix_calls_current_agent"),
             models.Index(fields=["context_pruned", "pruning_count"], name="ix_calls_context_pruning"),
             # Revision 004: see its docstring for the query each one serves.
-            models.Index(fields=["status", "created_at"], include=["tier", "total_cost"],
-                         name="ix_calls_status_created_at"),
+            models.Index(fields=["created_at"], include=["status", "tier", "total_cost"],
+                         name="ix_calls_created_at_covering"),
+            models.Index(fields=["status", "created_at"], name="ix_calls_status_created_at"),
             models.Index(fields=["tier", "created_at"], name="ix_calls_tier_created_at"),
             models.Index(fields=["created_at"], condition=Q(context_pruned=True),
                          name="ix_calls_pruned_created_at"),

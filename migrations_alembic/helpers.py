@@ -97,7 +97,9 @@ def build_index(name: str, table: str, columns: list[str], **dialect_options: ob
     """
     if op.get_context().dialect.name != "postgresql":
         options = {k: v for k, v in dialect_options.items() if not k.startswith("postgresql_")}
-        op.create_index(name, table, columns, **options)
+        # No INCLUDE elsewhere: the included columns become trailing key columns.
+        covered = list(dialect_options.get("postgresql_include", []))
+        op.create_index(name, table, columns + covered, **options)
         return
     state = index_state(name)
     if state is True:

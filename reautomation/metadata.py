@@ -95,9 +95,9 @@ def django_connection(dialect_name: str) -> BaseDatabaseWrapper:
     from django.db.utils import ConnectionHandler, load_backend
 
     default = connections["default"]
-    engine = DJANGO_VENDORS[dialect_name]
-    if default.settings_dict["ENGINE"] == engine:
+    if default.vendor == dialect_name:  # Django's vendor names match SQLAlchemy's dialect names
         return default
+    engine = DJANGO_VENDORS[dialect_name]
     settings_dict = ConnectionHandler({"default": {"ENGINE": engine, "NAME": ":memory:"}}).settings["default"]
     return load_backend(engine).DatabaseWrapper(settings_dict, alias="sql-compiler")
 
@@ -150,11 +150,14 @@ def _indexes(model: type[models.Model], table: sa.Table, connection: BaseDatabas
     postgres = connection.vendor == "postgresql"
     for index in model._meta.indexes:
         columns = [table.c[model._meta.get_field(name.lstrip("-")).column] for name in index.fields]
+        included = [model._meta.get_field(name).column for name in index.include or ()]
         kwargs: dict[str, Any] = {}
         if index.condition is not None:
             kwargs[f"{connection.vendor}_where"] = sa.text(_condition_sql(model, index.condition, connection))
-        if index.include and postgres:
-            kwargs["postgresql_include"] = [model._meta.get_field(n).column for n in index.include]
+        if included and postgres:
+            kwargs["postgresql_include"] = included
+        elif included:
+            columns += [table.c[name] for name in included]  # no INCLUDE: trailing key columns cover the same
         if isinstance(index, BrinIndex) and postgres:
             kwargs["postgresql_using"] = "brin"
         sa.Index(index.name, *columns, **kwargs)

@@ -93,18 +93,19 @@ def pg_head_db(make_database: Callable[[str], sa.URL]) -> sa.URL:
 @pytest.fixture
 def django_database() -> Iterator[Callable[[sa.URL], None]]:
     """Return a function that points Django's ``default`` connection at a test database."""
-    connection = connections["default"]
-    original = dict(connection.settings_dict)
+    from django.db.utils import load_backend
+
+    original = connections["default"]
 
     def point_at(url: sa.URL) -> None:
-        connection.close()
-        config = database.database_config(django_url(url), sqlite_path=Path("unused"))
-        connection.settings_dict.update(config)
+        connections["default"].close()
+        settings_dict = dict(original.settings_dict)
+        settings_dict.update(database.database_config(django_url(url), sqlite_path=Path("unused")))
+        connections["default"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict)
 
     yield point_at
-    connection.close()
-    connection.settings_dict.clear()
-    connection.settings_dict.update(original)
+    connections["default"].close()
+    connections["default"] = original
 
 
 def run_sql(url: sa.URL, sql: str, params: dict | None = None) -> list[sa.Row]:

@@ -66,10 +66,10 @@ def test_status_subcommands(on_db: sa.URL) -> None:
 def test_sql_preview_starts_from_the_current_revision_and_changes_nothing(on_db: sa.URL) -> None:
     migrate_schema("upgrade", "002_voice_agent_integration")
     preview = migrate_schema("upgrade", "head", "--sql")
-    assert "context_pruned" in preview and "ix_calls_status_created_at" in preview
+    assert "context_pruned" in preview and "ix_calls_created_at_covering" in preview
     assert "CREATE TABLE contacts" not in preview  # already applied: not in the preview
     if on_db.get_backend_name() == "postgresql":
-        assert "CREATE INDEX CONCURRENTLY ix_calls_status_created_at" in preview
+        assert "CREATE INDEX CONCURRENTLY ix_calls_created_at_covering ON calls (created_at) INCLUDE (status, tier, total_cost)" in preview
     assert schema.status(url=on_db).current == ("002_voice_agent_integration",)
     if on_db.get_backend_name() == "sqlite":
         with pytest.raises(CommandError, match="--sql cannot render this step on SQLite"):

@@ -40,7 +40,7 @@ ADDS: dict[str, dict[str, object]] = {
     },
     "004_performance_indexes": {
         "indexes": {
-            "calls": {"ix_calls_status_created_at", "ix_calls_tier_created_at", "ix_calls_pruned_created_at",
+            "calls": {"ix_calls_created_at_covering", "ix_calls_status_created_at", "ix_calls_tier_created_at", "ix_calls_pruned_created_at",
                       "ix_calls_context_pending"},
             "conversation_history": {"ix_conversation_history_tokens_pending"},
             "performance_metrics": {"ix_performance_metrics_recorded_at"},
