@@ -212,3 +212,73 @@ class TierEscalationEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_tier} -> {self.to_tier}"
+
+
+class BackfillStatus(models.TextChoices):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+class BackfillRun(models.Model):
+    """One run of ``manage.py backfill_context`` for one backfill (``messages`` or ``calls``).
+
+    Cooperating workers (``--workers``, or the same command on other hosts) share the run that
+    is running; at most one runs per backfill. ``cursor`` is the highest id handed out in a
+    batch; a run whose heartbeat stopped is resumed from there by the next one.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    backfill = models.CharField(max_length=32)
+    status = models.CharField(max_length=16, choices=BackfillStatus.choices, db_default=BackfillStatus.RUNNING)
+    recompute = models.BooleanField(db_default=False)
+    batch_size = models.IntegerField(db_default=500)
+    started_at = models.DateTimeField(db_default=Now())
+    heartbeat_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rows_total = models.BigIntegerField(null=True, blank=True, help_text="Rows to visit, counted at the start")
+    rows_scanned = models.BigIntegerField(db_default=0)
+    rows_changed = models.BigIntegerField(db_default=0)
+    cursor = models.BigIntegerField(db_default=0)
+    resumed_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    host = models.CharField(max_length=255, db_default="")
+    pid = models.IntegerField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+
+    class Meta:
+        managed = False
+        db_table = "backfill_runs"
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["backfill", "started_at"], name="ix_backfill_runs_backfill_started_at")]
+        constraints = [
+            # One running run per backfill: a second invocation joins it instead of starting another.
+            models.UniqueConstraint(fields=["backfill"], condition=Q(status="running"),
+                                    name="uq_backfill_runs_one_running"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.backfill} run {self.pk} ({self.status})"
+
+
+class BackfillBatch(models.Model):
+    """A batch of ids (lo, hi] handed out to a worker and not yet committed.
+
+    A worker processes a batch and deletes it in one transaction while holding its row lock, so
+    a batch is never processed twice; a killed worker's batch is picked up by the next one.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(BackfillRun, on_delete=models.CASCADE, related_name="batches")
+    backfill = models.CharField(max_length=32)
+    lo = models.BigIntegerField()
+    hi = models.BigIntegerField()
+    claimed_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        managed = False
+        db_table = "backfill_batches"
+        indexes = [models.Index(fields=["backfill", "id"], name="ix_backfill_batches_backfill_id")]
+
+    def __str__(self) -> str:
+        return f"{self.backfill} ids ({self.lo}, {self.hi}]"

@@ -33,8 +33,12 @@ from reautomation import database, metadata, schema  # noqa: E402
 
 def configure_options(dialect_name: str) -> dict:
     """Return the ``context.configure`` options shared by online and offline runs."""
+    try:
+        target_metadata = metadata.build_metadata(dialect_name) if _needs_metadata() else None
+    except metadata.UnsupportedModelField as exc:
+        raise CommandError(f"cannot compare with the models: {exc}") from exc
     return {
-        "target_metadata": metadata.build_metadata(dialect_name) if _needs_metadata() else None,
+        "target_metadata": target_metadata,
         "include_object": schema.include_object,
         "compare_type": True,
         "compare_server_default": True,

@@ -84,8 +84,11 @@ def create_engine(url: sa.URL | str, **options: Any) -> sa.Engine:
 
     Python's sqlite3 driver only opens a transaction before DML, so a failed revision would leave
     its DDL half done; SQLAlchemy's documented recipe hands BEGIN to SQLAlchemy instead.
+    SQLite transactions take the write lock when they begin (see ``_begin``).
     """
     options.setdefault("poolclass", sa.pool.NullPool)
+    if sa.make_url(url).get_backend_name() == "sqlite":
+        options.setdefault("connect_args", {"timeout": 30})  # wait for another writer, not fail at once
     engine = sa.create_engine(url, **options)
     if engine.dialect.name == "sqlite":
 
@@ -95,6 +98,8 @@ def create_engine(url: sa.URL | str, **options: Any) -> sa.Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _begin(connection: sa.Connection) -> None:
-            connection.exec_driver_sql("BEGIN")
+            # IMMEDIATE: take the write lock up front. SQLite has no row locks (FOR UPDATE is
+            # ignored), so this is what keeps two workers from reading the same batch.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

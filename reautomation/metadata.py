@@ -41,9 +41,11 @@ def column_type(field: models.Field) -> sa.types.TypeEngine:
     if field.is_relation:
         field = field.target_field
     kind = field.get_internal_type()
-    if kind in ("BigAutoField", "BigIntegerField", "PositiveBigIntegerField"):
-        # SQLite only auto-increments an INTEGER PRIMARY KEY.
+    if kind == "BigAutoField":
+        # SQLite only auto-increments an INTEGER PRIMARY KEY (foreign keys to it match it).
         return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+    if kind in ("BigIntegerField", "PositiveBigIntegerField"):
+        return sa.BigInteger()
     simple = {
         "AutoField": sa.Integer,
         "IntegerField": sa.Integer,
@@ -172,7 +174,12 @@ def _constraints(model: type[models.Model], table: sa.Table, connection: BaseDat
     for fields in opts.unique_together:
         table.append_constraint(sa.UniqueConstraint(*(opts.get_field(f).column for f in fields)))
     for constraint in opts.constraints:
-        if isinstance(constraint, models.UniqueConstraint) and constraint.condition is None:
+        if isinstance(constraint, models.UniqueConstraint) and constraint.condition is not None:
+            # A conditional unique constraint is a partial unique index in the database.
+            where = sa.text(_condition_sql(model, constraint.condition, connection))
+            sa.Index(constraint.name, *(table.c[opts.get_field(f).column] for f in constraint.fields),
+                     unique=True, **{f"{connection.vendor}_where": where})
+        elif isinstance(constraint, models.UniqueConstraint):
             table.append_constraint(
                 sa.UniqueConstraint(*(opts.get_field(f).column for f in constraint.fields), name=constraint.name)
             )

@@ -343,3 +343,12 @@ def check(*, url: sa.URL | str | None = None, stdout: TextIO | None = None) -> N
                 "'manage.py migrate_schema revision --autogenerate -m MESSAGE' and review it",
                 diffs=diffs,
             ) from exc
+
+
+def is_applied(revision: str, *, url: sa.URL | str | None = None) -> bool:
+    """Return whether ``revision`` is the database's revision or one of its ancestors."""
+    script = ScriptDirectory.from_config(alembic_config())
+    with _alembic_errors():
+        with connect(url) as connection:
+            current = _current_heads(connection)
+        return any(rev.revision == revision for rev in script.iterate_revisions(current, "base")) if current else False

@@ -18,6 +18,7 @@ CHAIN = [
     ("002_voice_agent_integration", "002_add_voice_agent_integration_fields.py"),
     ("003_context_management", "003_add_context_management_fields.py"),
     ("004_performance_indexes", "004_add_performance_indexes.py"),
+    ("005_backfill_runs", "005_add_backfill_runs.py"),
 ]
 REVISIONS = [rev for rev, _ in CHAIN]
 

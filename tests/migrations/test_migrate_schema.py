@@ -44,14 +44,14 @@ def test_no_arguments_upgrades_to_head_reporting_each_revision(on_db: sa.URL) ->
         assert f"Applied {revision}" in output
     lines = [line for line in output.splitlines() if "Applied" in line]
     assert all(line.split()[2].endswith("s") for line in lines), "each revision reports its duration"
-    assert "6 revision(s) applied; database is at 004_performance_indexes" in output
+    assert f"{len(REVISIONS)} revision(s) applied; database is at {REVISIONS[-1]}" in output
     assert "Nothing to do" in migrate_schema("upgrade")
 
 
 def test_status_subcommands(on_db: sa.URL) -> None:
     migrate_schema("upgrade", "003_context_management")
     assert "003_context_management" in migrate_schema("current")
-    assert "004_performance_indexes (head)" in migrate_schema("heads")
+    assert f"{REVISIONS[-1]} (head)" in migrate_schema("heads")
     history = migrate_schema("history", "--verbose")
     assert history.index("004_performance_indexes") < history.index("26a6cb1543c8")
     assert "Parent: 002_voice_agent_integration" in migrate_schema("show", "003_context_management")
@@ -151,7 +151,7 @@ def test_plain_alembic_cli_works_on_the_same_database(tmp_path: Path) -> None:
     current = run_cli(alembic, "current", database_url=url)
     assert current.returncode == 0 and "003_context_management" in current.stdout
     assert run_cli(alembic, "upgrade", "head", database_url=url).returncode == 0
-    assert "004_performance_indexes (head)" in run_cli(
+    assert f"{REVISIONS[-1]} (head)" in run_cli(
         sys.executable, "manage.py", "migrate_schema", "current", database_url=url).stdout
     failed = run_cli(alembic, "upgrade", "nope", database_url=url)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr

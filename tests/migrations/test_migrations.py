@@ -47,6 +47,10 @@ ADDS: dict[str, dict[str, object]] = {
             "system_metrics": {"ix_system_metrics_recorded_at"},
         },
     },
+    "005_backfill_runs": {
+        "tables": {"backfill_runs", "backfill_batches"},
+        "indexes": {"backfill_runs": {"ix_backfill_runs_backfill_started_at", "uq_backfill_runs_one_running"}},
+    },
 }
 
 

@@ -1,0 +1,436 @@
+"""Fill token counts, importance and the call context fields for existing data (``backfill_context``).
+
+Two backfills, run in this order: ``messages`` (``conversation_history.token_count`` and missing
+``importance``), then ``calls`` (``total_context_tokens``, ``context_pruned``, ``pruning_count``,
+from ``calls/context_policy.replay``, the function live code uses).
+
+How a run works, and why:
+- Rows that need a backfill are those with NULL fields (``--recompute``: all rows), found by
+  keyset pagination over ``id`` (the partial indexes of revision 004 serve it), never OFFSET.
+- A run's ``cursor`` (on its ``backfill_runs`` row) hands out id ranges ``(lo, hi]``; each is
+  recorded in ``backfill_batches``. A worker processes a batch and deletes it in ONE short
+  transaction, holding the batch row's lock (``FOR UPDATE SKIP LOCKED``): no batch is processed
+  twice, and a batch whose worker was killed is picked up by the next worker or run.
+- At most one run per backfill is ``running`` (a partial unique index): a second invocation,
+  on this host or another, joins it as a cooperating worker; a run whose heartbeat stopped
+  is marked ``interrupted`` and resumed from its cursor by a new run.
+- Each batch is one round trip to write (``UPDATE ... FROM unnest(...)`` on PostgreSQL) and
+  only rows whose values change are written: a second run changes nothing.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+import sqlalchemy as sa
+
+from calls import tokens
+from calls.context_policy import ContextPolicy, importance_of, policy_message, replay
+from reautomation import database, metadata, schema
+
+BACKFILLS = ("messages", "calls")
+CONTEXT_REVISION = "003_context_management"
+RUNS_REVISION = "005_backfill_runs"
+
+
+class BackfillError(Exception):
+    """A backfill cannot go on; the message is one line that says what to do."""
+
+
+class SchemaNotReady(BackfillError):
+    """The schema lacks what the backfill fills or records."""
+
+
+class BackfillAlreadyRunning(BackfillError):
+    """A run of this backfill with other options is under way."""
+
+
+class BackfillFailed(BackfillError):
+    """A batch failed; the run is recorded as failed and can be resumed."""
+
+
+class BackfillInterrupted(BackfillError):
+    """Stopped by the operator; the run is recorded as interrupted and can be resumed."""
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    """How to run a backfill."""
+
+    batch_size: int = 500
+    recompute: bool = False
+    dry_run: bool = False
+    workers: int = 1
+    max_rows_per_second: float | None = None  # for the whole run (split across workers)
+    pause: float = 0.0  # seconds each worker waits between batches
+    stale_after: float = 120.0  # seconds without a heartbeat before a running run counts as dead
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """Where a backfill stands, reported after each batch."""
+
+    backfill: str
+    scanned: int
+    changed: int
+    total: int | None
+
+
+@dataclass(frozen=True)
+class BackfillResult:
+    """What one backfill did in this invocation."""
+
+    backfill: str
+    run_id: int | None
+    scanned: int
+    changed: int
+    seconds: float
+    dry_run: bool
+    joined: bool
+    resumed_from: int | None
+    complete: bool
+
+
+ProgressCallback = Callable[[BackfillProgress], None]
+
+
+# --- what each backfill computes --------------------------------------------------------------
+
+def _id_range(table: str, extra: str = "") -> str:
+    return f"SELECT * FROM {table} WHERE id > :lo AND id <= :hi{extra} ORDER BY id"
+
+
+class _MessagesBackfill:
+    name = "messages"
+    table = "conversation_history"
+    pending = "(token_count IS NULL OR importance IS NULL)"
+
+    def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
+        where = "" if recompute else f" AND {self.pending}"
+        rows = conn.execute(sa.text(
+            f"SELECT id, role, content, token_count, importance FROM conversation_history "
+            f"WHERE id > :lo AND id <= :hi{where} ORDER BY id"), {"lo": lo, "hi": hi}).all()
+        counts = tokens.count_tokens_batch([r.content for r in rows])
+        changes = []
+        for row, count in zip(rows, counts):
+            importance = row.importance if row.importance is not None else importance_of(row.role, row.content)
+            if (count, importance) != (row.token_count, row.importance):
+                changes.append((row.id, count, importance))
+        if write and changes:
+            _bulk_update(conn, "conversation_history", ["token_count", "importance"], ["integer", "double precision"],
+                         changes, keep_existing={"importance"})
+        return len(rows), len(changes)
+
+
+class _CallsBackfill:
+    name = "calls"
+    table = "calls"
+    pending = "total_context_tokens IS NULL"
+
+    def __init__(self, policy: ContextPolicy) -> None:
+        self.policy = policy
+
+    def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
+        where = "" if recompute else f" AND {self.pending}"
+        calls = conn.execute(sa.text(
+            f"SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls "
+            f"WHERE id > :lo AND id <= :hi{where} ORDER BY id"), {"lo": lo, "hi": hi}).all()
+        if not calls:
+            return 0, 0
+        # A call's conversation in order (turn index where set, then time, then id); content is
+        # only fetched for messages the messages backfill has not reached yet.
+        messages = conn.execute(sa.text(
+            "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END AS content, "
+            "token_count, importance FROM conversation_history WHERE call_id IN :ids "
+            "ORDER BY call_id, turn_index NULLS LAST, created_at, id"
+        ).bindparams(sa.bindparam("ids", expanding=True)), {"ids": [c.id for c in calls]}).all()
+        by_call: dict[int, list] = {}
+        for m in messages:
+            by_call.setdefault(m.call_id, []).append(
+                policy_message(role=m.role, content=m.content, token_count=m.token_count, importance=m.importance))
+        changes = []
+        for call in calls:
+            state = replay(by_call.get(call.id, ()), self.policy)
+            new = (state.total_context_tokens, state.context_pruned, state.pruning_count)
+            if new != (call.total_context_tokens, bool(call.context_pruned), call.pruning_count):
+                changes.append((call.id, *new))
+        if write and changes:
+            _bulk_update(conn, "calls", ["total_context_tokens", "context_pruned", "pruning_count"],
+                         ["integer", "boolean", "integer"], changes)
+        return len(calls), len(changes)
+
+
+def _bulk_update(
+    conn: sa.Connection, table: str, columns: list[str], pg_types: list[str], rows: list[tuple],
+    keep_existing: set[str] = frozenset(),
+) -> None:
+    """Write ``rows`` of (id, *values) in one round trip; ``keep_existing`` columns only fill NULLs."""
+    def value(column: str, source: str) -> str:
+        return f"COALESCE({column}, {source})" if column in keep_existing else source
+
+    if conn.dialect.name == "postgresql":
+        names = ["id", *columns]
+        arrays = ", ".join(f"CAST(:{n} AS {t}[])" for n, t in zip(names, ["bigint", *pg_types]))
+        assignments = ", ".join(f"{c} = {value(f't.{c}', f'v.{c}')}" for c in columns)
+        conn.execute(sa.text(
+            f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id"
+        ), {n: [row[i] for row in rows] for i, n in enumerate(names)})
+    else:
+        assignments = ", ".join(f"{c} = {value(c, '?')}" for c in columns)
+        conn.connection.driver_connection.executemany(
+            f"UPDATE {table} SET {assignments} WHERE id = ?", [(*row[1:], row[0]) for row in rows])
+
+
+# --- runs, batches and workers ----------------------------------------------------------------
+
+def _tables(dialect: str) -> tuple[sa.Table, sa.Table]:
+    tables = _metadata(dialect).tables
+    return tables["backfill_runs"], tables["backfill_batches"]
+
+
+_METADATA: dict[str, sa.MetaData] = {}
+
+
+def _metadata(dialect: str) -> sa.MetaData:
+    if dialect not in _METADATA:
+        _METADATA[dialect] = metadata.build_metadata(dialect)
+    return _METADATA[dialect]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class _Run:
+    """One backfill's run, shared by this invocation's workers."""
+
+    def __init__(self, engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, options: BackfillOptions,
+                 on_progress: ProgressCallback | None) -> None:
+        self.engine, self.spec, self.options, self.on_progress = engine, spec, options, on_progress
+        self.runs, self.batches = _tables(engine.dialect.name)
+        self.run_id: int | None = None
+        self.joined = False
+        self.resumed_from: int | None = None
+        self.total: int | None = None
+        self.scanned = self.changed = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+
+    def count_pending(self, conn: sa.Connection, after: int = 0) -> int:
+        where = "" if self.options.recompute else f" AND {self.spec.pending}"
+        return conn.execute(sa.text(f"SELECT count(*) FROM {self.spec.table} WHERE id > :after{where}"),
+                            {"after": after}).scalar_one()
+
+    def start(self) -> None:
+        """Join the running run of this backfill, resume a dead one, or start a new one."""
+        runs, name = self.runs, self.spec.name
+        with self.engine.begin() as conn:
+            now = _utc(conn.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one())
+            running = conn.execute(sa.select(runs).where(runs.c.backfill == name, runs.c.status == "running")).first()
+            cursor = 0
+            if running is not None:
+                age = (now - _utc(running.heartbeat_at)).total_seconds()
+                if age < self.options.stale_after:
+                    if running.recompute != self.options.recompute:
+                        raise BackfillAlreadyRunning(
+                            f"backfill {name!r} is already running (run {running.id} on {running.host or '?'}, "
+                            f"pid {running.pid}, recompute={running.recompute}); wait for it, or run the same "
+                            f"command {'with' if running.recompute else 'without'} --recompute to join it")
+                    self.run_id, self.joined, self.total = running.id, True, running.rows_total
+                    return
+                conn.execute(sa.update(runs).where(runs.c.id == running.id).values(
+                    status="interrupted", finished_at=sa.func.now(),
+                    error=f"no heartbeat for {age:.0f}s (worker killed?); resumed by a new run"))
+                self.resumed_from = running.id
+                if running.recompute == self.options.recompute:
+                    cursor = running.cursor
+            self.total = self.count_pending(conn, after=cursor)
+            self.run_id = conn.execute(sa.insert(runs).values(
+                backfill=name, recompute=self.options.recompute, batch_size=self.options.batch_size,
+                rows_total=self.total, cursor=cursor, resumed_from_id=self.resumed_from,
+                host=socket.gethostname()[:255], pid=os.getpid(),
+            ).returning(runs.c.id)).scalar_one()
+
+    def claim(self, conn: sa.Connection) -> int | None:
+        """Hand out the next id range from the run's cursor as a batch; None when there is none."""
+        runs, batches = self.runs, self.batches
+        with conn.begin():
+            run = conn.execute(sa.select(runs.c.cursor, runs.c.status).where(runs.c.id == self.run_id)
+                               .with_for_update()).one()
+            if run.status != "running":
+                raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
+            where = "" if self.options.recompute else f" AND {self.spec.pending}"
+            hi = conn.execute(sa.text(
+                f"SELECT max(id) FROM (SELECT id FROM {self.spec.table} WHERE id > :cursor{where} "
+                f"ORDER BY id LIMIT :n) AS next_batch"), {"cursor": run.cursor, "n": self.options.batch_size}).scalar()
+            if hi is None:
+                return None
+            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=hi, heartbeat_at=sa.func.now()))
+            return conn.execute(sa.insert(batches).values(
+                run_id=self.run_id, backfill=self.spec.name, lo=run.cursor, hi=hi).returning(batches.c.id)).scalar_one()
+
+    def process(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int] | None:
+        """Process one waiting batch (``batch_id``, or any) and delete it, in one transaction."""
+        runs, batches = self.runs, self.batches
+        with conn.begin():
+            query = sa.select(batches.c.id, batches.c.lo, batches.c.hi).where(batches.c.backfill == self.spec.name)
+            query = query.where(batches.c.id == batch_id) if batch_id else query.order_by(batches.c.id).limit(1)
+            batch = conn.execute(query.with_for_update(skip_locked=True)).first()
+            if batch is None:
+                return None
+            scanned, changed = self.spec.process(conn, batch.lo, batch.hi, recompute=self.options.recompute, write=True)
+            conn.execute(sa.delete(batches).where(batches.c.id == batch.id))
+            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(
+                rows_scanned=runs.c.rows_scanned + scanned, rows_changed=runs.c.rows_changed + changed,
+                heartbeat_at=sa.func.now()))
+        return scanned, changed
+
+    def work(self) -> None:
+        """One worker: take waiting batches first, then new ones, until there are none."""
+        rate = self.options.max_rows_per_second / self.options.workers if self.options.max_rows_per_second else None
+        try:
+            with self.engine.connect() as conn:
+                while not self.stop.is_set():
+                    started = time.monotonic()
+                    result = self.process(conn)
+                    if result is None:
+                        batch_id = self.claim(conn)
+                        if batch_id is None:
+                            return
+                        result = self.process(conn, batch_id)
+                        if result is None:
+                            continue  # another worker took it
+                    self.account(*result)
+                    wait = self.options.pause + (result[0] / rate - (time.monotonic() - started) if rate else 0)
+                    if wait > 0:
+                        self.stop.wait(wait)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
+            self.errors.append(exc)
+            self.stop.set()
+
+    def account(self, scanned: int, changed: int) -> None:
+        with self.lock:
+            self.scanned += scanned
+            self.changed += changed
+            if self.on_progress:
+                self.on_progress(BackfillProgress(self.spec.name, self.scanned, self.changed, self.total))
+
+    def status(self) -> str:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(self.runs.c.status).where(self.runs.c.id == self.run_id)).scalar_one()
+
+    def end(self, status: str, error: str | None = None) -> bool:
+        """Record how the run ended; for success, only once no batch is left. Return whether it ended."""
+        runs, batches = self.runs, self.batches
+        with self.engine.begin() as conn:
+            query = sa.update(runs).where(runs.c.id == self.run_id, runs.c.status == "running")
+            if status == "succeeded":
+                query = query.where(~sa.exists().where(batches.c.backfill == self.spec.name))
+            return conn.execute(query.values(status=status, error=error, finished_at=sa.func.now())).rowcount == 1
+
+
+def _dry_run(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, options: BackfillOptions,
+             on_progress: ProgressCallback | None) -> tuple[int, int]:
+    """Count what a run would change, writing nothing."""
+    scanned = changed = cursor = 0
+    where = "" if options.recompute else f" AND {spec.pending}"
+    with engine.connect() as conn:
+        total = conn.execute(sa.text(f"SELECT count(*) FROM {spec.table} WHERE id > 0{where}")).scalar_one()
+        while True:
+            hi = conn.execute(sa.text(
+                f"SELECT max(id) FROM (SELECT id FROM {spec.table} WHERE id > :cursor{where} "
+                f"ORDER BY id LIMIT :n) AS next_batch"), {"cursor": cursor, "n": options.batch_size}).scalar()
+            if hi is None:
+                conn.rollback()
+                return scanned, changed
+            s, c = spec.process(conn, cursor, hi, recompute=options.recompute, write=False)
+            conn.rollback()  # one short read-only transaction per batch
+            scanned, changed, cursor = scanned + s, changed + c, hi
+            if on_progress:
+                on_progress(BackfillProgress(spec.name, scanned, changed, total))
+
+
+def ensure_schema(*, url: sa.URL | str | None = None) -> None:
+    """Raise ``SchemaNotReady`` unless the database has the fields to fill and the run tables."""
+    if not schema.is_applied(CONTEXT_REVISION, url=url):
+        raise SchemaNotReady(
+            f"the schema is below {CONTEXT_REVISION}, which adds the fields to fill: "
+            "run 'manage.py migrate_schema upgrade head' first")
+    if not schema.is_applied(RUNS_REVISION, url=url):
+        raise SchemaNotReady(
+            f"backfill_context records its runs in tables added by {RUNS_REVISION}: "
+            "run 'manage.py migrate_schema upgrade head' first")
+
+
+def backfill_context(
+    *,
+    only: Sequence[str] = BACKFILLS,
+    options: BackfillOptions = BackfillOptions(),
+    url: sa.URL | str | None = None,
+    policy: ContextPolicy | None = None,
+    on_progress: ProgressCallback | None = None,
+    on_start: Callable[[str, int | None, bool, int | None], None] | None = None,
+) -> list[BackfillResult]:
+    """Run the backfills in ``only`` (messages before calls) and return what each did."""
+    ensure_schema(url=url)
+    tokens.encoding()  # fail before any run is recorded if the encoding cannot load
+    engine = database.create_engine(url or database.sqlalchemy_url())
+    results = []
+    try:
+        for name in (b for b in BACKFILLS if b in only):
+            spec = _MessagesBackfill() if name == "messages" else _CallsBackfill(policy or ContextPolicy.from_settings())
+            results.append(_run_one(engine, spec, options, on_progress, on_start))
+    finally:
+        engine.dispose()
+    return results
+
+
+def _run_one(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, options: BackfillOptions,
+             on_progress: ProgressCallback | None,
+             on_start: Callable[[str, int | None, bool, int | None], None] | None) -> BackfillResult:
+    started = time.monotonic()
+    if options.dry_run:
+        scanned, changed = _dry_run(engine, spec, options, on_progress)
+        return BackfillResult(spec.name, None, scanned, changed, time.monotonic() - started, True, False, None, True)
+    run = _Run(engine, spec, options, on_progress)
+    try:
+        run.start()
+    except sa.exc.IntegrityError as exc:  # another invocation created the running run just now: join it
+        if "uq_backfill_runs_one_running" not in str(exc.orig) and "UNIQUE" not in str(exc.orig):
+            raise
+        run.start()
+    if on_start:
+        on_start(spec.name, run.run_id, run.joined, run.resumed_from)
+    workers = [threading.Thread(target=run.work, name=f"backfill-{spec.name}-{i}", daemon=True)
+               for i in range(options.workers)]
+    try:
+        for worker in workers:
+            worker.start()
+        while any(w.is_alive() for w in workers):
+            for worker in workers:
+                worker.join(timeout=0.2)
+    except KeyboardInterrupt:
+        run.stop.set()
+        for worker in workers:
+            worker.join()
+        run.end("interrupted", "stopped by the operator")
+        raise BackfillInterrupted(
+            f"backfill {spec.name!r} stopped after {run.scanned} rows (run {run.run_id}); "
+            "run the same command again to resume") from None
+    if run.errors:
+        error = run.errors[0]
+        first_line = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not isinstance(error, BackfillFailed):
+            run.end("failed", f"{type(error).__name__}: {first_line}")
+        raise BackfillFailed(
+            f"backfill {spec.name!r} failed in run {run.run_id}: {first_line}; "
+            "fix the cause and run the same command again to resume") from error
+    complete = run.end("succeeded") or run.status() == "succeeded"  # a cooperating worker may have ended it
+    return BackfillResult(spec.name, run.run_id, run.scanned, run.changed, time.monotonic() - started,
+                          False, run.joined, run.resumed_from, complete)

@@ -1,0 +1,100 @@
+"""``manage.py backfill_context``: token counts, importance and call context fields for existing data."""
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from calls import backfill
+from calls.tokens import TokenEncodingUnavailable
+from reautomation import schema
+
+
+class Command(BaseCommand):
+    help = (
+        "Fill conversation_history.token_count/importance, then calls.total_context_tokens/"
+        "context_pruned/pruning_count, for rows that lack them. Batched, idempotent, resumable; "
+        "several workers or hosts cooperate on one run."
+    )
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--batch-size", type=int, default=500, help="rows per batch (default 500)")
+        parser.add_argument("--only", choices=backfill.BACKFILLS, help="run one backfill (default: both, messages first)")
+        parser.add_argument("--recompute", action="store_true", help="recompute rows that already have values")
+        parser.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
+        parser.add_argument("--workers", type=int, default=1, help="parallel workers in this process (default 1)")
+        parser.add_argument("--max-rows-per-second", type=float, default=None, help="throttle for live systems")
+        parser.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between batches")
+        parser.add_argument("--stale-after", type=float, default=120.0,
+                            help="seconds without a heartbeat before a running run is taken as dead and resumed")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["batch_size"] < 1 or options["workers"] < 1:
+            raise CommandError("--batch-size and --workers must be at least 1")
+        settings = backfill.BackfillOptions(
+            batch_size=options["batch_size"], recompute=options["recompute"], dry_run=options["dry_run"],
+            workers=options["workers"], max_rows_per_second=options["max_rows_per_second"],
+            pause=options["pause"], stale_after=options["stale_after"],
+        )
+        self.verbosity = options["verbosity"]
+        self.bar = None
+        self.last_line = 0.0
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill = Ctrl-C: record, then stop
+        try:
+            results = backfill.backfill_context(
+                only=[options["only"]] if options["only"] else backfill.BACKFILLS,
+                options=settings, on_progress=self._progress, on_start=self._started,
+            )
+        except (backfill.BackfillError, schema.SchemaError, TokenEncodingUnavailable) as exc:
+            raise CommandError(str(exc), returncode=130 if isinstance(exc, backfill.BackfillInterrupted) else 1) from exc
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self._close_bar()
+        for result in results:
+            self._report(result)
+
+    def _started(self, name: str, run_id: int | None, joined: bool, resumed_from: int | None) -> None:
+        if self.verbosity:
+            how = f"joining run {run_id}" if joined else f"run {run_id}"
+            if resumed_from:
+                how += f", resuming interrupted run {resumed_from}"
+            self.stdout.write(f"{name}: {how}")
+
+    def _progress(self, progress: backfill.BackfillProgress) -> None:
+        if not self.verbosity:
+            return
+        if self.stdout.isatty():
+            from tqdm import tqdm
+
+            if self.bar is None or self.bar.desc != progress.backfill:
+                self._close_bar()
+                self.bar = tqdm(total=progress.total, desc=progress.backfill, unit="rows", file=self.stdout._out)
+            self.bar.update(progress.scanned - self.bar.n)
+            self.bar.set_postfix(changed=progress.changed, refresh=False)
+        elif time.monotonic() - self.last_line >= 5:
+            self.last_line = time.monotonic()
+            total = f"/{progress.total:,}" if progress.total is not None else ""
+            self.stdout.write(f"{progress.backfill}: {progress.scanned:,}{total} rows scanned, {progress.changed:,} changed")
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _report(self, result: backfill.BackfillResult) -> None:
+        rate = result.scanned / result.seconds if result.seconds > 0 else 0
+        if result.dry_run:
+            self.stdout.write(f"{result.backfill}: dry run: {result.changed:,} of {result.scanned:,} rows would change; "
+                              "nothing was written")
+        elif result.scanned == 0:
+            self.stdout.write(self.style.SUCCESS(f"{result.backfill}: nothing to do, every row has its values"))
+        else:
+            done = "complete" if result.complete else "this worker's share done; other workers still running"
+            self.stdout.write(self.style.SUCCESS(
+                f"{result.backfill}: {result.changed:,} of {result.scanned:,} rows changed in {result.seconds:.1f}s "
+                f"({rate:,.0f} rows/s), run {result.run_id} {done}"))
+            if result.changed == 0:
+                self.stdout.write(f"{result.backfill}: no row needed changing")
