@@ -1,0 +1,276 @@
+"""``backfill_context``: exact values, idempotent, resumable, cooperating, throttled, recorded; PostgreSQL and SQLite."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from django.core.management import CommandError, call_command
+
+from calls import backfill
+from calls.context_policy import ContextPolicy, policy_message, replay
+from calls.sample_data import generate_sample_data
+from calls.tokens import count_tokens
+from reautomation import schema
+from tests.conftest import django_url, run_sql
+
+ROOT = Path(__file__).resolve().parents[2]
+# Small enough that sample conversations get pruned, so the replay is exercised for real.
+POLICY = ContextPolicy(max_tokens=400, target_tokens=250, keep_recent=4, per_message=3, reply_priming=3)
+AWKWARD = ["", "<|endoftext|> pasted", "🏡" * 40, "我们想看看三居室的房子。", "x" * 20_000]
+
+
+def seed(url: sa.URL, calls: int = 30) -> None:
+    with schema.connect(url) as conn:
+        generate_sample_data(connection=conn, calls=calls, seed=7)
+    now = "NOW()" if url.get_backend_name() == "postgresql" else "CURRENT_TIMESTAMP"
+    run_sql(url, f"INSERT INTO calls (phone_number, status, tier, created_at) VALUES ('+15550000000', 'completed', 'tier1', {now})")
+    call_id = run_sql(url, "SELECT max(id) FROM calls")[0][0]
+    for content in AWKWARD:  # as other systems insert them: no turn index, no counts
+        run_sql(url, f"INSERT INTO conversation_history (call_id, role, content, created_at) "
+                     f"VALUES (:call, 'user', :content, {now})", {"call": call_id, "content": content})
+    # A call with no messages: 0 tokens.
+    run_sql(url, f"INSERT INTO calls (phone_number, status, tier, created_at) VALUES ('+15550000001', 'no_answer', 'tier1', {now})")
+
+
+@pytest.fixture
+def filled_db(head_db: sa.URL) -> sa.URL:
+    seed(head_db)
+    return head_db
+
+
+def expected_messages(url: sa.URL) -> dict[int, int]:
+    return {row.id: count_tokens(row.content) for row in run_sql(url, "SELECT id, content FROM conversation_history")}
+
+
+def expected_calls(url: sa.URL) -> dict[int, tuple]:
+    """Each call's context fields, replayed from its stored content in conversation order."""
+    messages: dict[int, list] = {}
+    for row in run_sql(url, "SELECT call_id, role, content FROM conversation_history "
+                            "ORDER BY call_id, turn_index NULLS LAST, created_at, id"):
+        messages.setdefault(row.call_id, []).append(
+            policy_message(role=row.role, content=row.content, token_count=None, importance=None))
+    result = {}
+    for (call_id,) in run_sql(url, "SELECT id FROM calls"):
+        state = replay(messages.get(call_id, []), POLICY)
+        result[call_id] = (state.total_context_tokens, state.context_pruned, state.pruning_count)
+    return result
+
+
+def stored_calls(url: sa.URL) -> dict[int, tuple]:
+    return {r.id: (r.total_context_tokens, bool(r.context_pruned), r.pruning_count)
+            for r in run_sql(url, "SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls")}
+
+
+def run(url: sa.URL, **options: object) -> dict[str, backfill.BackfillResult]:
+    results = backfill.backfill_context(url=url, options=backfill.BackfillOptions(**options), policy=POLICY)
+    return {r.backfill: r for r in results}
+
+
+def test_fills_every_value_exactly(filled_db: sa.URL) -> None:
+    results = run(filled_db, batch_size=97)
+    messages = run_sql(filled_db, "SELECT id, token_count, importance FROM conversation_history")
+    assert {r.id: r.token_count for r in messages} == expected_messages(filled_db)
+    assert all(r.importance is not None and 0 <= r.importance <= 1 for r in messages)
+    calls = stored_calls(filled_db)
+    assert calls == expected_calls(filled_db)
+    assert any(pruned for _, pruned, _ in calls.values()), "the sample should exercise pruning"
+    assert calls[max(calls)] == (0, False, 0)  # the call with no messages
+    assert results["messages"].changed == len(messages) and results["calls"].changed == len(calls)
+
+
+def test_hand_computed_call(head_db: sa.URL) -> None:
+    now = "NOW()" if head_db.get_backend_name() == "postgresql" else "CURRENT_TIMESTAMP"
+    run_sql(head_db, f"INSERT INTO calls (phone_number, status, tier, created_at) VALUES ('+1', 'completed', 'tier1', {now})")
+    for turn, (role, content) in enumerate([("system", "hello world"), ("user", "Hello, world!"), ("assistant", "")]):
+        run_sql(head_db, f"INSERT INTO conversation_history (call_id, role, content, turn_index, created_at) "
+                         f"VALUES (1, '{role}', '{content}', {turn}, {now})")
+    run(head_db)
+    # (2 + 3) + (4 + 3) + (0 + 3) + 3 = 18
+    assert stored_calls(head_db) == {1: (18, False, 0)}
+
+
+def test_second_run_changes_nothing_and_recompute_only_fixes_what_is_wrong(filled_db: sa.URL) -> None:
+    run(filled_db)
+    again = run(filled_db)
+    assert (again["messages"].scanned, again["messages"].changed) == (0, 0)
+    assert (again["calls"].scanned, again["calls"].changed) == (0, 0)
+    run_sql(filled_db, "UPDATE conversation_history SET token_count = 999 WHERE id % 10 = 0")
+    wrong = run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE token_count = 999")[0][0]
+    assert run(filled_db)["messages"].changed == 0  # not NULL: a normal run leaves them
+    forced = run(filled_db, recompute=True)
+    total = run_sql(filled_db, "SELECT count(*) FROM conversation_history")[0][0]
+    assert forced["messages"].scanned == total and forced["messages"].changed == wrong
+    assert {r.id: r.token_count for r in run_sql(filled_db, "SELECT id, token_count FROM conversation_history")} \
+        == expected_messages(filled_db)
+
+
+def test_importance_already_stored_is_kept(filled_db: sa.URL) -> None:
+    run_sql(filled_db, "UPDATE conversation_history SET importance = 0.99 WHERE id % 3 = 0")
+    run(filled_db)
+    kept = run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE id % 3 = 0 AND importance = 0.99")[0][0]
+    assert kept == run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE id % 3 = 0")[0][0]
+
+
+def test_dry_run_counts_and_writes_nothing(filled_db: sa.URL) -> None:
+    results = run(filled_db, dry_run=True)
+    total = run_sql(filled_db, "SELECT count(*) FROM conversation_history")[0][0]
+    assert results["messages"].changed == results["messages"].scanned == total
+    assert run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE token_count IS NOT NULL")[0][0] == 0
+    assert run_sql(filled_db, "SELECT count(*) FROM calls WHERE total_context_tokens IS NOT NULL")[0][0] == 0
+    assert run_sql(filled_db, "SELECT count(*) FROM backfill_runs")[0][0] == 0
+
+
+def test_each_run_is_recorded(filled_db: sa.URL) -> None:
+    results = run(filled_db, batch_size=50)
+    runs = run_sql(filled_db, "SELECT backfill, status, rows_scanned, rows_changed, cursor, finished_at, error, rows_total "
+                              "FROM backfill_runs ORDER BY id")
+    assert [(r.backfill, r.status) for r in runs] == [("messages", "succeeded"), ("calls", "succeeded")]
+    messages = runs[0]
+    assert messages.rows_scanned == messages.rows_changed == messages.rows_total == results["messages"].scanned
+    assert messages.cursor == run_sql(filled_db, "SELECT max(id) FROM conversation_history")[0][0]
+    assert messages.finished_at is not None and messages.error is None
+    assert run_sql(filled_db, "SELECT count(*) FROM backfill_batches")[0][0] == 0
+
+
+@pytest.mark.parametrize(
+    ("revision", "names"),
+    [("002_voice_agent_integration", "below 003_context_management"),
+     ("004_performance_indexes", "005_backfill_runs")],
+)
+def test_refuses_below_the_revisions_it_needs(empty_db: sa.URL, revision: str, names: str) -> None:
+    schema.upgrade(revision=revision, url=empty_db)
+    with pytest.raises(backfill.SchemaNotReady, match=f"{names}.*migrate_schema upgrade head"):
+        run(empty_db)
+
+
+def test_workers_in_one_process_never_share_a_batch(filled_db: sa.URL) -> None:
+    results = run(filled_db, batch_size=40, workers=3)
+    total = run_sql(filled_db, "SELECT count(*) FROM conversation_history")[0][0]
+    assert results["messages"].scanned == total  # each row scanned once: no batch twice
+    assert stored_calls(filled_db) == expected_calls(filled_db)
+
+
+def test_throttle_limits_the_rate(filled_db: sa.URL) -> None:
+    started = time.monotonic()
+    result = run(filled_db, batch_size=100, max_rows_per_second=2000)["messages"]
+    assert time.monotonic() - started >= result.scanned / 2000 * 0.9
+
+
+def command_output(*args: str, tty: bool = False) -> str:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    out = Terminal()
+    call_command("backfill_context", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_command_reports_lines_off_a_terminal_and_a_bar_on_one(django_database, filled_db: sa.URL) -> None:
+    django_database(filled_db)
+    dry = command_output("--dry-run")
+    assert "messages: dry run:" in dry and "nothing was written" in dry
+    plain = command_output("--only", "messages", "--batch-size", "100")
+    assert "rows scanned" in plain and "messages: run 1" in plain and "complete" in plain
+    run_sql(filled_db, "UPDATE conversation_history SET token_count = NULL")
+    bar = command_output("--only", "messages", "--batch-size", "100", tty=True)
+    assert "rows/s" in bar and "100%" in bar
+    assert "nothing to do" in command_output()
+    assert "no row needed changing" in command_output("--recompute", "--only", "messages")
+
+
+def test_command_refusal_is_one_line(django_database, empty_db: sa.URL) -> None:
+    django_database(empty_db)
+    with pytest.raises(CommandError, match="below 003_context_management.*migrate_schema upgrade head"):
+        command_output()
+
+
+# --- against real processes: kill -9, several hosts, the guide's entry points -------------------
+
+def start_backfill(url: sa.URL, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "DATABASE_URL": django_url(url), "SECRET_KEY": "backfill-test",
+           "DJANGO_SETTINGS_MODULE": "reautomation.settings"}
+    return subprocess.Popen([sys.executable, "manage.py", "backfill_context", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_resumes_after_kill_9(make_database) -> None:
+    url = make_database("postgresql")
+    schema.upgrade(revision="head", url=url)
+    seed(url, calls=40)
+    process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--pause", "0.05")
+    wait_for(lambda: (run_sql(url, "SELECT max(rows_scanned) FROM backfill_runs")[0][0] or 0) >= 100)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    (killed,) = run_sql(url, "SELECT id, status FROM backfill_runs")
+    assert killed.status == "running"  # nobody could record it: the next run finds out
+    assert run_sql(url, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0] > 0
+
+    rerun = start_backfill(url, "--stale-after", "0")
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err
+    assert f"resuming interrupted run {killed.id}" in out
+    statuses = run_sql(url, "SELECT backfill, status, resumed_from_id FROM backfill_runs ORDER BY id")
+    assert [tuple(s) for s in statuses][:2] == [("messages", "interrupted", None), ("messages", "succeeded", killed.id)]
+    assert {r.id: r.token_count for r in run_sql(url, "SELECT id, token_count FROM conversation_history")} \
+        == expected_messages(url)
+    assert run_sql(url, "SELECT count(*) FROM backfill_batches")[0][0] == 0
+
+
+def test_the_same_command_on_two_hosts_cooperates(make_database) -> None:
+    url = make_database("postgresql")
+    schema.upgrade(revision="head", url=url)
+    seed(url, calls=40)
+    first = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.02")
+    wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
+    second = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.02")
+    outputs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outputs
+    assert "joining run 1" in outputs[1][0]
+    scanned = [int(line.split(" of ")[1].split()[0].replace(",", "")) for out, _ in outputs
+               for line in out.splitlines() if " rows changed in " in line]
+    total = run_sql(url, "SELECT count(*) FROM conversation_history")[0][0]
+    assert sum(scanned) == total and all(s > 0 for s in scanned)  # shared, and no row twice
+    assert run_sql(url, "SELECT status, rows_scanned FROM backfill_runs") == [("succeeded", total)]
+
+
+def test_a_run_with_other_options_is_refused_while_one_runs(make_database) -> None:
+    url = make_database("postgresql")
+    schema.upgrade(revision="head", url=url)
+    seed(url, calls=20)
+    first = start_backfill(url, "--only", "messages", "--batch-size", "10", "--pause", "0.1")
+    wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
+    second = start_backfill(url, "--only", "messages", "--recompute")
+    out, err = second.communicate(timeout=60)
+    first.send_signal(signal.SIGTERM)
+    first_out, first_err = first.communicate(timeout=60)
+    assert second.returncode == 1 and "already running" in err and len(err.strip().splitlines()) == 1
+    assert first.returncode == 130 and "run the same command again to resume" in first_err
+    assert run_sql(url, "SELECT status FROM backfill_runs") == [("interrupted",)]
+
+
+@pytest.mark.parametrize(("module", "backfill_name"), [("backfill_message_tokens", "messages"),
+                                                       ("backfill_context_fields", "calls")])
+def test_the_guides_module_entry_points(head_db: sa.URL, module: str, backfill_name: str) -> None:
+    seed(head_db, calls=5)
+    env = {**os.environ, "DATABASE_URL": django_url(head_db), "SECRET_KEY": "t",
+           "DJANGO_SETTINGS_MODULE": "reautomation.settings"}
+    result = subprocess.run([sys.executable, "-m", f"migrations_alembic.data_migrations.{module}", "--batch-size", "50"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"{backfill_name}: " in result.stdout and "complete" in result.stdout
+    assert run_sql(head_db, "SELECT backfill FROM backfill_runs") == [(backfill_name,)]
