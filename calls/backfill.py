@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import sqlalchemy as sa
 
 from calls import tokens
-from calls.context_policy import ContextPolicy, importance_of, policy_message, replay
+from calls.context_policy import ContextPolicy, PolicyMessage, importance_of, policy_message, replay
 from reautomation import database, metadata, schema
 
 BACKFILLS = ("messages", "calls")
@@ -137,28 +137,30 @@ class _CallsBackfill:
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         where = "" if recompute else f" AND {self.pending}"
-        calls = conn.execute(sa.text(
-            f"SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls "
-            f"WHERE id > :lo AND id <= :hi{where} ORDER BY id"), {"lo": lo, "hi": hi}).all()
+        calls = _fetch_tuples(conn, f"SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls "
+                                    f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
         if not calls:
             return 0, 0
         # A call's conversation in order (turn index where set, then time, then id); content is
-        # only fetched for messages the messages backfill has not reached yet.
-        messages = conn.execute(sa.text(
-            "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END AS content, "
-            "token_count, importance FROM conversation_history WHERE call_id IN :ids "
-            "ORDER BY call_id, turn_index NULLS LAST, created_at, id"
-        ).bindparams(sa.bindparam("ids", expanding=True)), {"ids": [c.id for c in calls]}).all()
-        by_call: dict[int, list] = {}
-        for m in messages:
-            by_call.setdefault(m.call_id, []).append(
-                policy_message(role=m.role, content=m.content, token_count=m.token_count, importance=m.importance))
+        # only fetched for messages the messages backfill has not reached yet. Calls' ids are a
+        # contiguous keyset range, so the messages are read by range, not by a list of ids.
+        messages = _fetch_tuples(conn, (
+            "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END, "
+            f"token_count, importance FROM conversation_history WHERE call_id >= {{p}} AND call_id <= {{p}} "
+            "ORDER BY call_id, turn_index NULLS LAST, created_at, id"), (calls[0][0], calls[-1][0]))
+        by_call: dict[int, list[PolicyMessage]] = {}
+        for call_id, role, content, token_count, importance in messages:
+            if token_count is not None and importance is not None:
+                message = PolicyMessage(role, token_count, importance)
+            else:
+                message = policy_message(role=role, content=content, token_count=token_count, importance=importance)
+            by_call.setdefault(call_id, []).append(message)
         changes = []
-        for call in calls:
-            state = replay(by_call.get(call.id, ()), self.policy)
+        for call_id, total, pruned, count in calls:
+            state = replay(by_call.get(call_id, ()), self.policy)
             new = (state.total_context_tokens, state.context_pruned, state.pruning_count)
-            if new != (call.total_context_tokens, bool(call.context_pruned), call.pruning_count):
-                changes.append((call.id, *new))
+            if new != (total, bool(pruned), count):
+                changes.append((call_id, *new))
         if write and changes:
             _bulk_update(conn, "calls", ["total_context_tokens", "context_pruned", "pruning_count"],
                          ["integer", "boolean", "integer"], changes)
