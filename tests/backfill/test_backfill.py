@@ -208,10 +208,15 @@ def wait_for(condition, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_resumes_after_kill_9(make_database) -> None:
-    url = make_database("postgresql")
-    schema.upgrade(revision="head", url=url)
-    seed(url, calls=40)
+@pytest.fixture
+def pg_seeded(pg_head_db: sa.URL) -> sa.URL:
+    """A PostgreSQL database at head with sample data, for tests that run real processes."""
+    seed(pg_head_db, calls=40)
+    return pg_head_db
+
+
+def test_resumes_after_kill_9(pg_seeded: sa.URL) -> None:
+    url = pg_seeded
     process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--pause", "0.05")
     wait_for(lambda: (run_sql(url, "SELECT max(rows_scanned) FROM backfill_runs")[0][0] or 0) >= 100)
     os.kill(process.pid, signal.SIGKILL)
@@ -231,10 +236,8 @@ def test_resumes_after_kill_9(make_database) -> None:
     assert run_sql(url, "SELECT count(*) FROM backfill_batches")[0][0] == 0
 
 
-def test_the_same_command_on_two_hosts_cooperates(make_database) -> None:
-    url = make_database("postgresql")
-    schema.upgrade(revision="head", url=url)
-    seed(url, calls=40)
+def test_the_same_command_on_two_hosts_cooperates(pg_seeded: sa.URL) -> None:
+    url = pg_seeded
     first = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.02")
     wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
     second = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.02")
@@ -248,10 +251,8 @@ def test_the_same_command_on_two_hosts_cooperates(make_database) -> None:
     assert run_sql(url, "SELECT status, rows_scanned FROM backfill_runs") == [("succeeded", total)]
 
 
-def test_a_run_with_other_options_is_refused_while_one_runs(make_database) -> None:
-    url = make_database("postgresql")
-    schema.upgrade(revision="head", url=url)
-    seed(url, calls=20)
+def test_a_run_with_other_options_is_refused_while_one_runs(pg_seeded: sa.URL) -> None:
+    url = pg_seeded
     first = start_backfill(url, "--only", "messages", "--batch-size", "10", "--pause", "0.1")
     wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
     second = start_backfill(url, "--only", "messages", "--recompute")
