@@ -1,0 +1,149 @@
+"""Admin for contacts, calls and what happens on a call, and the backfill runs."""
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
+
+from calls.models import (AgentTransition, BackfillRun, Call, CallNote, Contact, ConversationMessage,
+                          TierEscalationEvent)
+from reautomation.admin_base import OperatorAdmin, ReadOnlyAdmin, ReadOnlyInline
+
+
+def admin_link(obj: object, label: str | None = None) -> str:
+    """Return a link to ``obj``'s admin page."""
+    if obj is None:
+        return "-"
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, label or str(obj))
+
+
+@admin.register(Contact)
+class ContactAdmin(OperatorAdmin):
+    list_display = ["phone_number", "first_name", "last_name", "email", "city", "lead_status", "do_not_call", "created_at"]
+    list_filter = ["lead_status", "do_not_call"]
+    search_fields = ["=phone_number", "last_name", "first_name", "=email"]
+    readonly_fields = ["created_at", "updated_at"]
+
+
+class MessageInline(ReadOnlyInline):
+    """The call's conversation in turn order, with each message's token count and importance."""
+
+    model = ConversationMessage
+    fields = ["turn_index", "role", "text", "token_count", "importance", "created_at"]
+    readonly_fields = fields
+
+    @admin.display(description="content")
+    def text(self, message: ConversationMessage) -> str:
+        return Truncator(message.content).chars(600)
+
+
+class NoteInline(admin.TabularInline):
+    model = CallNote
+    extra = 0
+    fields = ["created_at", "author", "note_type", "body"]
+    readonly_fields = ["created_at"]
+
+
+class TransitionInline(ReadOnlyInline):
+    model = AgentTransition
+    fields = ["transitioned_at", "from_agent", "to_agent", "turn_index", "reason"]
+    readonly_fields = fields
+
+
+class EscalationInline(ReadOnlyInline):
+    model = TierEscalationEvent
+    fields = ["escalated_at", "from_tier", "to_tier", "triggered_by", "reason"]
+    readonly_fields = fields
+
+
+@admin.register(Call)
+class CallAdmin(OperatorAdmin):
+    list_display = ["id", "phone_number", "contact_link", "status", "tier", "outcome", "duration_seconds",
+                    "total_cost", "total_context_tokens", "context_pruned", "created_at"]
+    list_display_links = ["id", "phone_number"]
+    list_select_related = ["contact"]  # one query for the page, not one per row
+    list_filter = ["status", "tier", "context_pruned", ("created_at", admin.DateFieldListFilter)]
+    search_fields = ["=phone_number", "=call_sid", "contact__last_name"]
+    ordering = ["-created_at", "-id"]
+    raw_id_fields = ["contact"]  # never a <select> of every contact
+    inlines = [MessageInline, NoteInline, TransitionInline, EscalationInline]
+    readonly_fields = ["created_at", "updated_at", "total_context_tokens", "context_pruned", "pruning_count",
+                       "workflow_trace_links"]
+    fieldsets = [
+        (None, {"fields": ["contact", "phone_number", "direction", "status", "tier", "outcome", "summary"]}),
+        ("Timing and cost", {"fields": ["created_at", "updated_at", "started_at", "ended_at", "duration_seconds",
+                                         "total_cost"]}),
+        ("Voice agent", {"fields": ["call_sid", "voice_provider", "voice_id", "current_agent", "escalation_count",
+                                    "avg_response_latency_ms", "error_message"]}),
+        ("Context", {"fields": ["total_context_tokens", "context_pruned", "pruning_count"]}),
+        ("Traces", {"fields": ["workflow_trace_links"]}),
+    ]
+
+    @admin.display(description="contact", ordering="contact__last_name")
+    def contact_link(self, call: Call) -> str:
+        return admin_link(call.contact)
+
+    @admin.display(description="workflow traces")
+    def workflow_trace_links(self, call: Call) -> str:
+        traces = call.workflow_traces.order_by("started_at")
+        return format_html_join(", ", "{}", ((admin_link(t, t.trace_id),) for t in traces)) or "-"
+
+
+@admin.register(ConversationMessage)
+class ConversationMessageAdmin(ReadOnlyAdmin):
+    list_display = ["id", "call_link", "turn_index", "role", "short_content", "token_count", "importance", "created_at"]
+    list_select_related = ["call"]
+    list_filter = ["role"]
+    ordering = ["-id"]
+
+    @admin.display(description="call")
+    def call_link(self, message: ConversationMessage) -> str:
+        return admin_link(message.call, f"Call {message.call_id}")
+
+    @admin.display(description="content")
+    def short_content(self, message: ConversationMessage) -> str:
+        return Truncator(message.content).chars(80)
+
+
+@admin.register(AgentTransition)
+class AgentTransitionAdmin(ReadOnlyAdmin):
+    list_display = ["id", "call_id", "from_agent", "to_agent", "turn_index", "transitioned_at"]
+    ordering = ["-id"]
+
+
+@admin.register(TierEscalationEvent)
+class TierEscalationEventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "call_id", "from_tier", "to_tier", "triggered_by", "escalated_at"]
+    list_filter = ["to_tier"]
+    ordering = ["-id"]
+
+
+@admin.register(CallNote)
+class CallNoteAdmin(OperatorAdmin):
+    list_display = ["id", "call_id", "author", "note_type", "created_at"]
+    list_filter = ["note_type"]
+    raw_id_fields = ["call"]
+    ordering = ["-id"]
+
+
+@admin.register(BackfillRun)
+class BackfillRunAdmin(ReadOnlyAdmin):
+    """Each run of backfill_context: status, progress and errors."""
+
+    list_display = ["id", "backfill", "status", "progress", "rows_scanned", "rows_changed", "recompute",
+                    "started_at", "heartbeat_at", "finished_at", "host", "short_error"]
+    list_filter = ["backfill", "status"]
+    ordering = ["-started_at", "-id"]
+
+    @admin.display(description="progress")
+    def progress(self, run: BackfillRun) -> str:
+        if not run.rows_total:
+            return "-" if run.rows_scanned == 0 else f"{run.rows_scanned:,} rows"
+        return f"{min(100.0, 100 * run.rows_scanned / run.rows_total):.0f}%"
+
+    @admin.display(description="error")
+    def short_error(self, run: BackfillRun) -> str:
+        return Truncator(run.error or "").chars(80)
