@@ -101,8 +101,9 @@ ProgressCallback = Callable[[BackfillProgress], None]
 
 # --- what each backfill computes --------------------------------------------------------------
 
-def _id_range(table: str, extra: str = "") -> str:
-    return f"SELECT * FROM {table} WHERE id > :lo AND id <= :hi{extra} ORDER BY id"
+def _needing(spec: "_MessagesBackfill | _CallsBackfill", recompute: bool) -> str:
+    """Return the SQL condition (`` AND ...``) for rows a run visits: all with ``recompute``."""
+    return "" if recompute else f" AND {spec.pending}"
 
 
 class _MessagesBackfill:
@@ -111,7 +112,7 @@ class _MessagesBackfill:
     pending = "(token_count IS NULL OR importance IS NULL)"
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
-        where = "" if recompute else f" AND {self.pending}"
+        where = _needing(self, recompute)
         # The hot path reads through the driver's cursor: plain tuples, no per-row objects.
         rows = _fetch_tuples(conn, f"SELECT id, role, content, token_count, importance FROM conversation_history "
                                    f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
@@ -136,7 +137,7 @@ class _CallsBackfill:
         self.policy = policy
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
-        where = "" if recompute else f" AND {self.pending}"
+        where = _needing(self, recompute)
         calls = _fetch_tuples(conn, f"SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls "
                                     f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
         if not calls:
@@ -240,7 +241,7 @@ class _Run:
         self.errors: list[BaseException] = []
 
     def count_pending(self, conn: sa.Connection, after: int = 0) -> int:
-        where = "" if self.options.recompute else f" AND {self.spec.pending}"
+        where = _needing(self.spec, self.options.recompute)
         return conn.execute(sa.text(f"SELECT count(*) FROM {self.spec.table} WHERE id > :after{where}"),
                             {"after": after}).scalar_one()
 
@@ -282,7 +283,7 @@ class _Run:
                                .with_for_update()).one()
             if run.status != "running":
                 raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
-            where = "" if self.options.recompute else f" AND {self.spec.pending}"
+            where = _needing(self.spec, self.options.recompute)
             ids = [row[0] for row in _fetch_tuples(
                 conn, f"SELECT id FROM {self.spec.table} WHERE id > {{p}}{where} ORDER BY id LIMIT {{p}}",
                 (run.cursor, size * batches_wanted))]
@@ -381,7 +382,7 @@ def _dry_run(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
              on_progress: ProgressCallback | None) -> tuple[int, int]:
     """Count what a run would change, writing nothing."""
     scanned = changed = cursor = 0
-    where = "" if options.recompute else f" AND {spec.pending}"
+    where = _needing(spec, options.recompute)
     with engine.connect() as conn:
         total = conn.execute(sa.text(f"SELECT count(*) FROM {spec.table} WHERE id > 0{where}")).scalar_one()
         while True:
