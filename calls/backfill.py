@@ -106,6 +106,13 @@ def _needing(spec: "_MessagesBackfill | _CallsBackfill", recompute: bool) -> str
     return "" if recompute else f" AND {spec.pending}"
 
 
+def _count_needing(conn: sa.Connection, spec: "_MessagesBackfill | _CallsBackfill", recompute: bool,
+                   after: int = 0) -> int:
+    """Return how many rows after id ``after`` a run visits."""
+    return conn.execute(sa.text(f"SELECT count(*) FROM {spec.table} WHERE id > :after{_needing(spec, recompute)}"),
+                        {"after": after}).scalar_one()
+
+
 class _MessagesBackfill:
     name = "messages"
     table = "conversation_history"
@@ -240,11 +247,6 @@ class _Run:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
 
-    def count_pending(self, conn: sa.Connection, after: int = 0) -> int:
-        where = _needing(self.spec, self.options.recompute)
-        return conn.execute(sa.text(f"SELECT count(*) FROM {self.spec.table} WHERE id > :after{where}"),
-                            {"after": after}).scalar_one()
-
     def start(self) -> None:
         """Join the running run of this backfill, resume a dead one, or start a new one."""
         runs, name = self.runs, self.spec.name
@@ -268,7 +270,7 @@ class _Run:
                 self.resumed_from = running.id
                 if running.recompute == self.options.recompute:
                     cursor = running.cursor
-            self.total = self.count_pending(conn, after=cursor)
+            self.total = _count_needing(conn, self.spec, self.options.recompute, after=cursor)
             self.run_id = conn.execute(sa.insert(runs).values(
                 backfill=name, recompute=self.options.recompute, batch_size=self.options.batch_size,
                 rows_total=self.total, cursor=cursor, resumed_from_id=self.resumed_from,
@@ -384,7 +386,7 @@ def _dry_run(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
     scanned = changed = cursor = 0
     where = _needing(spec, options.recompute)
     with engine.connect() as conn:
-        total = conn.execute(sa.text(f"SELECT count(*) FROM {spec.table} WHERE id > 0{where}")).scalar_one()
+        total = _count_needing(conn, spec, options.recompute)
         while True:
             hi = conn.execute(sa.text(
                 f"SELECT max(id) FROM (SELECT id FROM {spec.table} WHERE id > :cursor{where} "
@@ -401,11 +403,12 @@ def _dry_run(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
 
 def ensure_schema(*, url: sa.URL | str | None = None) -> None:
     """Raise ``SchemaNotReady`` unless the database has the fields to fill and the run tables."""
-    if not schema.is_applied(CONTEXT_REVISION, url=url):
+    applied = schema.applied_revisions(url=url)
+    if CONTEXT_REVISION not in applied:
         raise SchemaNotReady(
             f"the schema is below {CONTEXT_REVISION}, which adds the fields to fill: "
             "run 'manage.py migrate_schema upgrade head' first")
-    if not schema.is_applied(RUNS_REVISION, url=url):
+    if RUNS_REVISION not in applied:
         raise SchemaNotReady(
             f"backfill_context records its runs in tables added by {RUNS_REVISION}: "
             "run 'manage.py migrate_schema upgrade head' first")

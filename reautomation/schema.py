@@ -345,10 +345,10 @@ def check(*, url: sa.URL | str | None = None, stdout: TextIO | None = None) -> N
             ) from exc
 
 
-def is_applied(revision: str, *, url: sa.URL | str | None = None) -> bool:
-    """Return whether ``revision`` is the database's revision or one of its ancestors."""
+def applied_revisions(*, url: sa.URL | str | None = None) -> set[str]:
+    """Return the database's revision(s) and all their ancestors (empty for an unmigrated database)."""
     script = ScriptDirectory.from_config(alembic_config())
     with _alembic_errors():
         with connect(url) as connection:
             current = _current_heads(connection)
-        return any(rev.revision == revision for rev in script.iterate_revisions(current, "base")) if current else False
+        return {rev.revision for rev in script.iterate_revisions(current, "base")} if current else set()

@@ -7,6 +7,7 @@ where they fail.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -38,6 +39,37 @@ def postgres_admin() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
+def create_database(admin: sa.Engine, prefix: str = "test_reautomation") -> sa.URL:
+    """Create an empty PostgreSQL database on ``admin``'s server; return its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    return admin.url.set(database=name)
+
+
+def drop_database(admin: sa.Engine, url: sa.URL) -> None:
+    """Drop the database at ``url``, closing whatever is still connected to it."""
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def default_database(url: sa.URL) -> Iterator[None]:
+    """Point Django's ``default`` connection at ``url`` (a wrapper of its backend) while inside."""
+    from django.db.utils import load_backend
+
+    original = connections["default"]
+    original.close()
+    settings_dict = dict(original.settings_dict)
+    settings_dict.update(database.database_config(django_url(url), sqlite_path=Path("unused")))
+    connections["default"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict)
+    try:
+        yield
+    finally:
+        connections["default"].close()
+        connections["default"] = original
+
+
 @pytest.fixture
 def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], sa.URL]]:
     """Return a factory: ``make_database(backend)`` creates an empty database and returns its URL."""
@@ -47,20 +79,14 @@ def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
         if backend == "sqlite":
             url = sa.URL.create("sqlite", database=str(tmp_path / f"{uuid.uuid4().hex}.sqlite3"))
         else:
-            admin = request.getfixturevalue("postgres_admin")
-            name = f"test_reautomation_{uuid.uuid4().hex[:12]}"
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-            url = admin.url.set(database=name)
+            url = create_database(request.getfixturevalue("postgres_admin"))
         created.append((backend, url))
         return url
 
     yield make
     for backend, url in created:
         if backend == "postgresql":
-            admin = request.getfixturevalue("postgres_admin")
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+            drop_database(request.getfixturevalue("postgres_admin"), url)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -93,19 +119,8 @@ def pg_head_db(make_database: Callable[[str], sa.URL]) -> sa.URL:
 @pytest.fixture
 def django_database() -> Iterator[Callable[[sa.URL], None]]:
     """Return a function that points Django's ``default`` connection at a test database."""
-    from django.db.utils import load_backend
-
-    original = connections["default"]
-
-    def point_at(url: sa.URL) -> None:
-        connections["default"].close()
-        settings_dict = dict(original.settings_dict)
-        settings_dict.update(database.database_config(django_url(url), sqlite_path=Path("unused")))
-        connections["default"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict)
-
-    yield point_at
-    connections["default"].close()
-    connections["default"] = original
+    with contextlib.ExitStack() as stack:
+        yield lambda url: stack.enter_context(default_database(url))
 
 
 def run_sql(url: sa.URL, sql: str, params: dict | None = None) -> list[sa.Row]:
@@ -119,29 +134,16 @@ def run_sql(url: sa.URL, sql: str, params: dict | None = None) -> list[sa.Row]:
         engine.dispose()
 
 
-def inspect_db(url: sa.URL) -> sa.Inspector:
-    """Return a fresh inspector on ``url`` (the engine is closed after the first use)."""
-    return sa.inspect(database.create_engine(url))
-
-
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_blocker: object, postgres_admin: sa.Engine) -> Iterator[None]:
     """Build pytest-django's test database with the real revisions (never Django's syncdb), on PostgreSQL."""
-    name = f"test_reautomation_django_{uuid.uuid4().hex[:8]}"
-    with postgres_admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = postgres_admin.url.set(database=name)
+    url = create_database(postgres_admin, "test_reautomation_django")
     schema.upgrade(revision="head", url=url)
-    connection = connections["default"]
-    original = dict(connection.settings_dict)
-    connection.close()
-    connection.settings_dict.update(database.database_config(django_url(url), sqlite_path=Path("unused")))
-    yield
-    connection.close()
-    connection.settings_dict.clear()
-    connection.settings_dict.update(original)
-    with postgres_admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    try:
+        with default_database(url):
+            yield
+    finally:
+        drop_database(postgres_admin, url)
 
 
 def django_url(url: sa.URL) -> str:

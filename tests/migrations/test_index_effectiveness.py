@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from reautomation import database, schema
+from tests.conftest import create_database, drop_database
 
 CALLS = 200_000
 MESSAGES = 400_000
@@ -67,11 +68,7 @@ SEED = [
 @pytest.fixture(scope="module")
 def seeded_postgres(postgres_admin: sa.Engine) -> Iterator[sa.Engine]:
     """A PostgreSQL database at head with realistic volumes, analyzed."""
-    name = "test_reautomation_index_effectiveness"
-    with postgres_admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = postgres_admin.url.set(database=name)
+    url = create_database(postgres_admin, "test_reautomation_index_effectiveness")
     schema.upgrade(revision="head", url=url)
     engine = database.create_engine(url)
     with engine.begin() as conn:
@@ -81,8 +78,7 @@ def seeded_postgres(postgres_admin: sa.Engine) -> Iterator[sa.Engine]:
         conn.execute(sa.text("VACUUM ANALYZE"))
     yield engine
     engine.dispose()
-    with postgres_admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    drop_database(postgres_admin, url)
 
 
 @pytest.mark.parametrize(("index", "query"), documented_queries(), ids=lambda v: v if v.startswith("ix_") else "")
