@@ -283,6 +283,8 @@ class _Run:
         with conn.begin():
             run = conn.execute(sa.select(runs.c.cursor, runs.c.status).where(runs.c.id == self.run_id)
                                .with_for_update()).one()
+            if run.status == "succeeded":
+                return []  # a cooperating worker finished the last batch: nothing is left to hand out
             if run.status != "running":
                 raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
             where = _needing(self.spec, self.options.recompute)

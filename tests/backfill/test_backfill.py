@@ -17,7 +17,7 @@ from calls import backfill
 from calls.context_policy import ContextPolicy, policy_message, replay
 from calls.sample_data import generate_sample_data
 from calls.tokens import count_tokens
-from reautomation import schema
+from reautomation import database, schema
 from tests.conftest import django_url, run_sql
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,6 +155,24 @@ def test_workers_in_one_process_never_share_a_batch(filled_db: sa.URL) -> None:
     total = run_sql(filled_db, "SELECT count(*) FROM conversation_history")[0][0]
     assert results["messages"].scanned == total  # each row scanned once: no batch twice
     assert stored_calls(filled_db) == expected_calls(filled_db)
+
+
+@pytest.mark.parametrize(("ended_as", "claims"), [("succeeded", []), ("failed", None)])
+def test_a_worker_that_joined_late_stops_cleanly_only_if_the_run_succeeded(
+    filled_db: sa.URL, ended_as: str, claims: list | None
+) -> None:
+    """Another worker may end the run between two of this worker's claims."""
+    engine = database.create_engine(filled_db)
+    run = backfill._Run(engine, backfill._MessagesBackfill(), backfill.BackfillOptions(), None)
+    run.start()
+    run_sql(filled_db, "UPDATE backfill_runs SET status = :s", {"s": ended_as})
+    with engine.connect() as conn:
+        if claims is None:
+            with pytest.raises(backfill.BackfillFailed, match=f"marked {ended_as}"):
+                run.claim(conn, 1)
+        else:
+            assert run.claim(conn, 1) == claims
+    engine.dispose()
 
 
 def test_throttle_limits_the_rate(filled_db: sa.URL) -> None:
