@@ -68,15 +68,16 @@ class CallAdmin(OperatorAdmin):
     list_filter = ["status", "tier", "context_pruned", ("created_at", admin.DateFieldListFilter)]
     search_fields = ["=phone_number", "=call_sid", "contact__last_name"]
     ordering = ["-created_at", "-id"]
+    date_hierarchy = "created_at"
     raw_id_fields = ["contact"]  # never a <select> of every contact
     inlines = [MessageInline, NoteInline, TransitionInline, EscalationInline]
     readonly_fields = ["created_at", "updated_at", "total_context_tokens", "context_pruned", "pruning_count",
                        "workflow_trace_links"]
     fieldsets = [
         (None, {"fields": ["contact", "phone_number", "direction", "status", "tier", "outcome", "summary"]}),
-        ("Timing and cost", {"fields": ["created_at", "updated_at", "started_at", "ended_at", "duration_seconds",
+        ("Timing and cost", {"classes": ["collapse"], "fields": ["created_at", "updated_at", "started_at", "ended_at", "duration_seconds",
                                          "total_cost"]}),
-        ("Voice agent", {"fields": ["call_sid", "voice_provider", "voice_id", "current_agent", "escalation_count",
+        ("Voice agent", {"classes": ["collapse"], "fields": ["call_sid", "voice_provider", "voice_id", "current_agent", "escalation_count",
                                     "avg_response_latency_ms", "error_message"]}),
         ("Context", {"fields": ["total_context_tokens", "context_pruned", "pruning_count"]}),
         ("Traces", {"fields": ["workflow_trace_links"]}),
@@ -98,6 +99,7 @@ class ConversationMessageAdmin(ReadOnlyAdmin):
     list_select_related = ["call"]
     list_filter = ["role"]
     ordering = ["-id"]
+    date_hierarchy = "created_at"
 
     @admin.display(description="call")
     def call_link(self, message: ConversationMessage) -> str:

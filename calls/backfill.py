@@ -416,6 +416,14 @@ def ensure_schema(*, url: sa.URL | str | None = None) -> None:
             "run 'manage.py migrate_schema upgrade head' first")
 
 
+def pending_rows(*, url: sa.URL | str | None = None) -> dict[str, int]:
+    """Return, per backfill, how many rows still need it (a count over each table: not free)."""
+    ensure_schema(url=url)
+    specs = (_MessagesBackfill(), _CallsBackfill(ContextPolicy.from_settings()))
+    with schema.connect(url) as conn:
+        return {spec.name: _count_needing(conn, spec, recompute=False) for spec in specs}
+
+
 def backfill_context(
     *,
     only: Sequence[str] = BACKFILLS,

@@ -23,6 +23,7 @@ class WorkflowTraceAdmin(ReadOnlyAdmin):
     list_filter = ["status"]  # a filter without choices would SELECT DISTINCT over the whole table
     search_fields = ["=trace_id"]
     ordering = ["-started_at", "-id"]
+    date_hierarchy = "started_at"
     inlines = [ExecutionInline]
 
     @admin.display(description="call")
@@ -41,9 +42,11 @@ class AgentExecutionAdmin(ReadOnlyAdmin):
 class PerformanceMetricAdmin(ReadOnlyAdmin):
     list_display = ["id", "metric_name", "value", "unit", "agent_name", "call_id", "recorded_at"]
     ordering = ["-id"]
+    chart_link = True  # the list page links to the metric charts
 
 
 @admin.register(SystemMetric)
 class SystemMetricAdmin(ReadOnlyAdmin):
     list_display = ["id", "metric_name", "value", "host", "recorded_at"]
     ordering = ["-id"]
+    chart_link = True

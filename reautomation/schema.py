@@ -77,6 +77,7 @@ class SchemaStatus:
     current: tuple[str, ...]
     heads: tuple[str, ...]
     pending: tuple[tuple[str, str], ...]  # (revision, doc), oldest first
+    invalid_indexes: tuple[tuple[str, str], ...] = ()  # (index, table): left by a failed CONCURRENTLY build
 
     @property
     def at_head(self) -> bool:
@@ -275,12 +276,28 @@ def status(*, url: sa.URL | str | None = None) -> SchemaStatus:
     with _alembic_errors():
         with connect(url) as connection:
             current = _current_heads(connection)
+            invalid = invalid_indexes(connection)
         heads = tuple(script.get_heads())
         pending = []
         for head in heads:
             for rev in script.iterate_revisions(head, current or "base"):
                 pending.append((rev.revision, (rev.doc or "").strip().splitlines()[0] if rev.doc else ""))
-    return SchemaStatus(current=current, heads=heads, pending=tuple(reversed(pending)))
+    return SchemaStatus(current=current, heads=heads, pending=tuple(reversed(pending)), invalid_indexes=invalid)
+
+
+def invalid_indexes(connection: sa.Connection) -> tuple[tuple[str, str], ...]:
+    """Return PostgreSQL's INVALID indexes as (index, table): never used, still maintained on writes.
+
+    A ``CREATE INDEX CONCURRENTLY`` that failed or was killed leaves one; upgrading again rebuilds it.
+    """
+    if connection.dialect.name != "postgresql":
+        return ()
+    rows = connection.execute(sa.text(
+        "SELECT c.relname, t.relname FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+        "WHERE NOT i.indisvalid AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 2, 1"
+    ))
+    return tuple((index, table) for index, table in rows)
 
 
 def current(*, verbose: bool = False, url: sa.URL | str | None = None, stdout: TextIO | None = None) -> None:

@@ -111,3 +111,108 @@ def test_big_unfiltered_lists_use_the_estimate_not_count(admin_client: Client, o
     sql = [q["sql"] for q in queries.captured_queries]
     assert any("reltuples" in s for s in sql)
     assert not any(s.startswith("SELECT COUNT(*)") and "conversation_history" in s for s in sql)
+
+
+def test_operations_page_shows_schema_state_and_each_backfills_latest_run(admin_client: Client,
+                                                                         operator_data: None) -> None:
+    page = admin_client.get(reverse("admin:operations")).content.decode()
+    head = schema.status().heads[0]
+    assert re.search(rf'id="current-revision">{head}<', page)
+    assert re.search(rf'id="head-revision">{head}<', page)
+    assert "up to date" in page
+    for run in BackfillRun.objects.all():
+        assert f'href="{reverse("admin:calls_backfillrun_change", args=[run.pk])}"' in page
+    assert 'id="pending-rows"' not in page  # counting reads whole tables: only when asked
+    counted = admin_client.get(reverse("admin:operations"), {"count": "1"}).content.decode()
+    assert re.search(r"<th scope=\"row\">messages</th><td>0</td>", counted)
+
+
+def test_operations_page_lists_pending_revisions_and_invalid_indexes(admin_client: Client, operator_data: None) -> None:
+    status = schema.status()
+    previous = schema.ScriptDirectory.from_config(schema.alembic_config()).get_revision(status.heads[0]).down_revision
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE INDEX ix_scratch_invalid ON contacts (city)")
+        # What a killed CREATE INDEX CONCURRENTLY leaves behind.
+        cursor.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'ix_scratch_invalid'::regclass")
+        cursor.execute("UPDATE alembic_version SET version_num = %s", [previous])
+    try:
+        page = admin_client.get(reverse("admin:operations")).content.decode()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP INDEX ix_scratch_invalid")
+            cursor.execute("UPDATE alembic_version SET version_num = %s", [status.heads[0]])
+    pending = page[page.index('id="pending-revisions"'):]
+    assert f"<code>{status.heads[0]}</code>" in pending
+    assert "1 pending" in page and "migrate_schema upgrade head" in page
+    invalid = page[page.index('id="invalid-indexes"'):]
+    assert "<code>ix_scratch_invalid</code></td><td>contacts" in invalid
+
+
+def test_metrics_page_draws_every_metric_without_the_network(admin_client: Client, operator_data: None) -> None:
+    from monitoring.models import PerformanceMetric, SystemMetric
+
+    page = admin_client.get(reverse("admin:metrics"), {"window": "30d"}).content.decode()
+    names = set(PerformanceMetric.objects.values_list("metric_name", flat=True)) | set(
+        SystemMetric.objects.values_list("metric_name", flat=True))
+    assert names and {f'data-metric="{name}"' for name in names} <= set(re.findall(r'data-metric="[^"]+"', page))
+    lines = re.findall(r'<polyline points="([^"]*)"', page)
+    assert len(lines) == len(names)
+    for line in lines:
+        xs = [float(point.split(",")[0]) for point in line.split()]
+        assert len(xs) >= 2 and xs == sorted(xs)  # a line through time, left to right
+    # Nothing is fetched from elsewhere: every script, style and image comes from this server.
+    external = re.findall(r'(?:src|href)="((?:https?:)?//[^"]*)"', page)
+    assert external == []
+
+
+@pytest.mark.parametrize("window", ["6h", "24h", "7d", "30d", "bogus"])
+def test_metrics_page_answers_for_every_window(admin_client: Client, operator_data: None, window: str) -> None:
+    response = admin_client.get(reverse("admin:metrics"), {"window": window})
+    assert response.status_code == 200
+    assert response.context["window"] == (window if window != "bogus" else "24h")
+
+
+def test_date_hierarchy_offers_the_range_without_a_distinct_scan(admin_client: Client, operator_data: None) -> None:
+    from django.test.utils import CaptureQueriesContext
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE calls SET created_at = CASE WHEN id % 3 = 0 THEN timestamptz '2025-11-15 12:00Z' "
+                       "WHEN id % 3 = 1 THEN timestamptz '2026-01-10 12:00Z' ELSE timestamptz '2026-04-20 12:00Z' END")
+    url = reverse("admin:calls_call_changelist")
+    with CaptureQueriesContext(connection) as queries:
+        years = admin_client.get(url).content.decode()
+    assert not any("DISTINCT" in q["sql"].upper() for q in queries.captured_queries)
+    assert "created_at__year=2025" in years and "created_at__year=2026" in years
+    months = admin_client.get(url, {"created_at__year": "2026"}).content.decode()
+    assert re.findall(r"created_at__month=(\d+)", months) == ["1", "2", "3", "4"]  # across the range, in order
+    listed = admin_client.get(url, {"created_at__year": "2025", "created_at__month": "11"})
+    assert {c.pk for c in listed.context["cl"].result_list} == set(Call.objects.filter(id__in=[
+        c.id for c in Call.objects.all() if c.id % 3 == 0]).values_list("pk", flat=True))
+
+
+def test_call_page_query_count_does_not_grow_with_the_conversation(admin_client: Client, operator_data: None) -> None:
+    from django.db.models import Count
+    from django.test.utils import CaptureQueriesContext
+
+    calls = list(Call.objects.annotate(n=Count("messages")).order_by("n"))
+    shortest, longest = calls[0], calls[-1]
+    assert longest.n > shortest.n
+    admin_client.get(reverse("admin:calls_call_change", args=[shortest.pk]))  # warms Django's content-type cache
+    for call in (shortest, longest):
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(reverse("admin:calls_call_change", args=[call.pk])).status_code == 200
+        sql = [q["sql"] for q in queries.captured_queries]
+        # One query per table shown (session, user, call, contact, each inline, traces), whatever the length.
+        assert sum('FROM "conversation_history"' in s for s in sql) == 1
+        assert len(sql) <= 10, "\n".join(s[:80] for s in sql)
+
+
+def test_index_links_to_the_operations_pages(admin_client: Client) -> None:
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert f'href="{reverse("admin:operations")}"' in page and f'href="{reverse("admin:metrics")}"' in page
+
+
+@pytest.mark.parametrize("name", ["admin:operations", "admin:metrics", "admin:index"])
+def test_operator_pages_are_staff_only(client: Client, name: str) -> None:
+    response = client.get(reverse(name))
+    assert response.status_code == 302 and reverse("admin:login") in response["Location"]

@@ -1,0 +1,67 @@
+"""The operators' admin site: Django's, plus a page for schema and backfill state and one of metric charts."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.db.models import Max
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+
+from calls import backfill
+from calls.models import BackfillRun
+from monitoring import charts
+from monitoring.models import PerformanceMetric, SystemMetric
+from reautomation import schema
+
+
+class OperatorAdminSite(admin.AdminSite):
+    site_header = "REAutomation operations"
+    site_title = "REAutomation admin"
+    index_title = "Calls, conversations, traces and metrics"
+
+    def get_urls(self) -> list[URLPattern]:
+        # admin_view: staff only, anyone else is sent to the login page.
+        return [
+            path("operations/", self.admin_view(self.operations_view), name="operations"),
+            path("metrics/", self.admin_view(self.metrics_view), name="metrics"),
+            *super().get_urls(),
+        ]
+
+    def operations_view(self, request: HttpRequest) -> HttpResponse:
+        """Schema state (current revision, head, pending, INVALID indexes) and each backfill's latest run."""
+        context: dict[str, Any] = {**self.each_context(request), "title": "Schema and backfills"}
+        try:
+            context["schema"] = schema.status()
+        except schema.SchemaError as exc:
+            context["schema_error"] = str(exc)
+        latest_ids = BackfillRun.objects.values("backfill").annotate(latest=Max("id")).values_list("latest", flat=True)
+        context["latest_runs"] = BackfillRun.objects.filter(id__in=list(latest_ids)).order_by("backfill")
+        # Counting rows still to backfill reads whole tables: only when asked.
+        if request.GET.get("count") == "1":
+            try:
+                context["pending_rows"] = backfill.pending_rows()
+            except backfill.BackfillError as exc:
+                context["pending_error"] = str(exc)
+        return TemplateResponse(request, "admin/operations.html", context)
+
+    def metrics_view(self, request: HttpRequest) -> HttpResponse:
+        """Performance and system metrics over a window, one small chart per metric."""
+        window = request.GET.get("window", charts.DEFAULT_WINDOW)
+        sections = [(model._meta.verbose_name_plural.capitalize(), model._meta.model_name, charts.metric_chart(model, window))
+                    for model in (PerformanceMetric, SystemMetric)]
+        context = {
+            **self.each_context(request),
+            "title": "Metrics",
+            "window": window if window in charts.WINDOWS else charts.DEFAULT_WINDOW,
+            "windows": list(charts.WINDOWS),
+            "sections": [
+                {"title": title, "model_name": model_name, "chart": chart,
+                 "drawn": [(series, series.polyline(chart.start, chart.end)) for series in chart.series]}
+                for title, model_name, chart in sections
+            ],
+            "width": charts.CHART_WIDTH,
+            "height": charts.CHART_HEIGHT,
+        }
+        return TemplateResponse(request, "admin/metrics.html", context)
