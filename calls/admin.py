@@ -1,7 +1,11 @@
 """Admin for contacts, calls and what happens on a call, and the backfill runs."""
 from __future__ import annotations
 
+import re
+
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.text import Truncator
@@ -9,6 +13,10 @@ from django.utils.text import Truncator
 from calls.models import (AgentTransition, BackfillRun, Call, CallNote, Contact, ConversationMessage,
                           TierEscalationEvent)
 from reautomation.admin_base import OperatorAdmin, ReadOnlyAdmin, ReadOnlyInline
+
+# What a search term on the calls page is taken to be (else: a contact's last name).
+PHONE_NUMBER = re.compile(r"\+?[0-9]{7,15}")
+CALL_SID = re.compile(r"CA[0-9a-f]{32}")
 
 
 def admin_link(obj: object, label: str | None = None) -> str:
@@ -24,7 +32,10 @@ def admin_link(obj: object, label: str | None = None) -> str:
 class ContactAdmin(OperatorAdmin):
     list_display = ["phone_number", "first_name", "last_name", "email", "city", "lead_status", "do_not_call", "created_at"]
     list_filter = ["lead_status", "do_not_call"]
-    search_fields = ["=phone_number", "last_name", "first_name", "=email"]
+    # Exact (case-sensitive) lookups: each is one unique or b-tree index lookup. Django's "=" prefix
+    # means iexact, UPPER(column) = UPPER(term), which no index serves.
+    search_fields = ["phone_number__exact", "last_name__exact", "email__exact"]
+    search_help_text = "An exact phone number (+15551234567), last name or email."
     readonly_fields = ["created_at", "updated_at"]
 
 
@@ -66,7 +77,8 @@ class CallAdmin(OperatorAdmin):
     list_display_links = ["id", "phone_number"]
     list_select_related = ["contact"]  # one query for the page, not one per row
     list_filter = ["status", "tier", "context_pruned", ("created_at", admin.DateFieldListFilter)]
-    search_fields = ["=phone_number", "=call_sid", "contact__last_name"]
+    search_fields = ["phone_number__exact", "call_sid__exact", "contact__last_name__exact"]  # see get_search_results
+    search_help_text = "An exact phone number (+15551234567), call SID or contact's last name."
     ordering = ["-created_at", "-id"]
     date_hierarchy = "created_at"
     raw_id_fields = ["contact"]  # never a <select> of every contact
@@ -82,6 +94,21 @@ class CallAdmin(OperatorAdmin):
         ("Context", {"fields": ["total_context_tokens", "context_pruned", "pruning_count"]}),
         ("Traces", {"fields": ["workflow_trace_links"]}),
     ]
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        """Search by what the term looks like: a phone number, a call SID, else a contact's last name.
+
+        Each is one index lookup. Django would OR all the fields over the join to contacts
+        (``phone_number = %s OR ... OR contacts.last_name = %s``), which no index serves.
+        """
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if PHONE_NUMBER.fullmatch(term):
+            return queryset.filter(phone_number=term), False
+        if CALL_SID.fullmatch(term):
+            return queryset.filter(call_sid=term), False
+        return queryset.filter(contact_id__in=Contact.objects.filter(last_name=term).values("id")), False
 
     @admin.display(description="contact", ordering="contact__last_name")
     def contact_link(self, call: Call) -> str:

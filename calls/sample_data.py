@@ -141,9 +141,16 @@ def generate_sample_data(
     seed: int = 42,
     end: datetime | None = None,
     days: int = 90,
+    max_turns: int = 60,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SampleDataCounts:
-    """Write ``calls`` calls with everything that goes with them; commit in batches; return the counts."""
+    """Write ``calls`` calls with everything that goes with them; commit in batches; return the counts.
+
+    Answered calls have 5 to ``max_turns`` turns (about 25 messages a call on average with 60),
+    unanswered ones 5 to 8.
+    """
+    if max_turns < 8:
+        raise ValueError("max_turns must be at least 8")
     rng = random.Random(seed)
     inspector = sa.inspect(connection)
     present = set(inspector.get_table_names())
@@ -211,7 +218,7 @@ def generate_sample_data(
                              rng.choice(("twilio", "vonage")), agents[-1], escalations))
         counts.calls += 1
 
-        turns = rng.randint(5, 60) if answered else rng.randint(5, 8)
+        turns = rng.randint(5, max_turns) if answered else rng.randint(5, 8)
         ordered = rng.random() > 0.05  # a few conversations arrive from other systems without turn order
         street = f"{rng.randint(100, 9999)} {rng.choice(('Oak', 'Maple', 'Cedar', 'Elm'))} St"
         fill = {"name": name, "city": city, "street": street, "budget": rng.randint(250, 1200)}

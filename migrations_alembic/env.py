@@ -28,7 +28,10 @@ try:
 except Exception as exc:  # settings errors reach the alembic CLI as one line, not a traceback
     raise CommandError(f"Django settings could not be loaded: {exc}") from exc
 
-from reautomation import database, metadata, schema  # noqa: E402
+from reautomation import database, metadata, migration_guard, schema  # noqa: E402
+
+# Commands that write to the database take the migration lock; reading ones (current, check) never wait.
+WRITING_COMMANDS = {"upgrade", "downgrade", "stamp"}
 
 
 def configure_options(dialect_name: str) -> dict:
@@ -86,8 +89,31 @@ def run_migrations_online() -> None:
 
 def _run(connection: sa.Connection) -> None:
     context.configure(connection=connection, **configure_options(connection.dialect.name))
-    with context.begin_transaction():
-        context.run_migrations()
+
+    def run_once() -> None:
+        with context.begin_transaction():
+            context.run_migrations()
+
+    if connection.dialect.name != "postgresql" or not _writes():
+        run_once()  # SQLite serialises writers itself (BEGIN IMMEDIATE)
+        return
+    guard = migration_guard.GuardSettings.from_settings()
+    try:
+        with migration_guard.migration_lock(connection.engine, guard.lock_wait_seconds):
+            migration_guard.set_timeouts(connection, guard)
+            migration_guard.with_lock_retries(run_once, guard, on_retry=config.attributes.get("on_lock_retry"))
+    except migration_guard.MigrationGuardError as exc:
+        if config.cmd_opts is not None:  # the alembic CLI: one line, not a traceback
+            raise CommandError(str(exc)) from exc
+        raise
+
+
+def _writes() -> bool:
+    if "writes" in config.attributes:
+        return bool(config.attributes["writes"])
+    command_function = getattr(config.cmd_opts, "cmd", None)
+    name = getattr(command_function[0] if isinstance(command_function, tuple) else command_function, "__name__", "")
+    return name in WRITING_COMMANDS
 
 
 if context.is_offline_mode():

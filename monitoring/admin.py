@@ -21,7 +21,8 @@ class WorkflowTraceAdmin(ReadOnlyAdmin):
                     "total_cost"]
     list_select_related = ["call"]
     list_filter = ["status"]  # a filter without choices would SELECT DISTINCT over the whole table
-    search_fields = ["=trace_id"]
+    search_fields = ["trace_id__exact"]  # the unique index; "=" (iexact) would scan
+    search_help_text = "An exact trace id."
     ordering = ["-started_at", "-id"]
     date_hierarchy = "started_at"
     inlines = [ExecutionInline]

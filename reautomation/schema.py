@@ -222,6 +222,7 @@ def _migrate(
     url: sa.URL | str | None,
     stdout: TextIO | None,
     on_applied: Callable[[AppliedRevision], None] | None,
+    on_lock_retry: Callable[[int, float, str], None] | None = None,
 ) -> None:
     run = getattr(command, direction)
     with _alembic_errors():
@@ -236,6 +237,8 @@ def _migrate(
                 connection=connection,
                 needs_metadata=False,
                 on_version_apply=_progress_hook(on_applied),
+                writes=True,  # env.py: take the migration lock, set lock and statement timeouts
+                on_lock_retry=on_lock_retry,
             )
             run(config, revision)
 
@@ -247,9 +250,15 @@ def upgrade(
     url: sa.URL | str | None = None,
     stdout: TextIO | None = None,
     on_applied: Callable[[AppliedRevision], None] | None = None,
+    on_lock_retry: Callable[[int, float, str], None] | None = None,
 ) -> None:
-    """Upgrade the database to ``revision`` (or write the SQL, from its current revision, to ``stdout``)."""
-    _migrate("upgrade", revision=revision, sql=sql, url=url, stdout=stdout, on_applied=on_applied)
+    """Upgrade the database to ``revision`` (or write the SQL, from its current revision, to ``stdout``).
+
+    On PostgreSQL one migrator at a time, DDL under ``lock_timeout`` with retries
+    (``reautomation/migration_guard.py``); ``on_lock_retry(attempt, pause, reason)`` hears of each retry.
+    """
+    _migrate("upgrade", revision=revision, sql=sql, url=url, stdout=stdout, on_applied=on_applied,
+             on_lock_retry=on_lock_retry)
 
 
 def downgrade(
@@ -259,15 +268,18 @@ def downgrade(
     url: sa.URL | str | None = None,
     stdout: TextIO | None = None,
     on_applied: Callable[[AppliedRevision], None] | None = None,
+    on_lock_retry: Callable[[int, float, str], None] | None = None,
 ) -> None:
-    """Downgrade the database to ``revision`` (``-1``, ``base``, an id), or write the SQL."""
-    _migrate("downgrade", revision=revision, sql=sql, url=url, stdout=stdout, on_applied=on_applied)
+    """Downgrade the database to ``revision`` (``-1``, ``base``, an id), or write the SQL; guarded as ``upgrade``."""
+    _migrate("downgrade", revision=revision, sql=sql, url=url, stdout=stdout, on_applied=on_applied,
+             on_lock_retry=on_lock_retry)
 
 
 def stamp(*, revision: str, url: sa.URL | str | None = None, stdout: TextIO | None = None) -> None:
     """Record ``revision`` as the database's revision without running anything."""
     with _alembic_errors(), connect(url) as connection:
-        command.stamp(alembic_config(stdout=stdout, connection=connection, needs_metadata=False), revision)
+        command.stamp(alembic_config(stdout=stdout, connection=connection, needs_metadata=False, writes=True),
+                      revision)
 
 
 def status(*, url: sa.URL | str | None = None) -> SchemaStatus:

@@ -110,6 +110,14 @@ if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
+# migrate_schema on PostgreSQL (reautomation/migration_guard.py): how long a second migrator waits
+# for the first; how long DDL may wait for a table lock before it gives up and retries.
+MIGRATION_LOCK_WAIT_SECONDS = env.float("MIGRATION_LOCK_WAIT_SECONDS", default=900)
+MIGRATION_LOCK_TIMEOUT = env.str("MIGRATION_LOCK_TIMEOUT", default="5s")
+MIGRATION_LOCK_RETRIES = env.int("MIGRATION_LOCK_RETRIES", default=5)
+MIGRATION_RETRY_PAUSE_SECONDS = env.float("MIGRATION_RETRY_PAUSE_SECONDS", default=2)
+MIGRATION_STATEMENT_TIMEOUT = env.str("MIGRATION_STATEMENT_TIMEOUT", default="30min")
+
 # Token counting and the context policy (calls/tokens.py, calls/context_policy.py).
 TOKEN_ENCODING = env.str("TOKEN_ENCODING", default="cl100k_base")
 CONTEXT_MAX_TOKENS = env.int("CONTEXT_MAX_TOKENS", default=8192)

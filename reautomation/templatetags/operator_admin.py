@@ -27,9 +27,14 @@ class DateRange:
 
     def __init__(self, queryset: models.QuerySet) -> None:
         self.queryset = queryset
+        self._bounds: dict[str, dict[str, Any]] = {}
 
     def aggregate(self, **kwargs: Any) -> dict[str, Any]:
-        return self.queryset.aggregate(**kwargs)
+        # Django asks for MIN and MAX, and so does _periods: one query for both.
+        key = repr(sorted(kwargs.items()))
+        if key not in self._bounds:
+            self._bounds[key] = self.queryset.aggregate(**kwargs)
+        return self._bounds[key]
 
     def datetimes(self, field_name: str, kind: str) -> list[datetime.datetime]:
         return self._periods(field_name, kind, as_datetimes=True)
@@ -38,7 +43,7 @@ class DateRange:
         return self._periods(field_name, kind, as_datetimes=False)
 
     def _periods(self, field_name: str, kind: str, *, as_datetimes: bool) -> list[Any]:
-        bounds = self.queryset.aggregate(first=Min(field_name), last=Max(field_name))
+        bounds = self.aggregate(first=Min(field_name), last=Max(field_name))
         first, last = bounds["first"], bounds["last"]
         if first is None or last is None:
             return []

@@ -216,3 +216,17 @@ def test_index_links_to_the_operations_pages(admin_client: Client) -> None:
 def test_operator_pages_are_staff_only(client: Client, name: str) -> None:
     response = client.get(reverse(name))
     assert response.status_code == 302 and reverse("admin:login") in response["Location"]
+
+
+def test_call_search_by_phone_number_call_sid_or_contact_last_name(admin_client: Client, operator_data: None) -> None:
+    url = reverse("admin:calls_call_changelist")
+    call = Call.objects.filter(contact__isnull=False, call_sid__isnull=False).select_related("contact").order_by("pk").first()
+
+    def found(term: str) -> set[int]:
+        return {c.pk for c in admin_client.get(url, {"q": term}).context["cl"].result_list}
+
+    assert found(call.phone_number) == set(Call.objects.filter(phone_number=call.phone_number).values_list("pk", flat=True))
+    assert found(call.call_sid) == {call.pk}
+    by_name = set(Call.objects.filter(contact__last_name=call.contact.last_name).values_list("pk", flat=True))
+    assert call.pk in by_name and found(call.contact.last_name) == by_name
+    assert found("Nobody-By-This-Name") == set()

@@ -17,11 +17,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--calls", type=int, default=1000, help="how many calls to create (default 1000)")
         parser.add_argument("--seed", type=int, default=42, help="random seed; the same seed gives the same data")
+        parser.add_argument("--max-turns", type=int, default=60,
+                            help="longest conversation of an answered call (default 60; at least 8)")
         parser.add_argument("--days", type=int, default=90, help="spread the calls over this many past days")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["calls"] < 1:
             raise CommandError("--calls must be at least 1")
+        if options["max_turns"] < 8:
+            raise CommandError("--max-turns must be at least 8")
         started = time.perf_counter()
 
         def progress(done: int, total: int) -> None:
@@ -32,7 +36,7 @@ class Command(BaseCommand):
             with schema.connect() as connection:
                 counts = generate_sample_data(
                     connection=connection, calls=options["calls"], seed=options["seed"], days=options["days"],
-                    on_progress=progress,
+                    max_turns=options["max_turns"], on_progress=progress,
                 )
         except schema.SchemaError as exc:
             raise CommandError(str(exc)) from exc

@@ -64,14 +64,18 @@ class Command(BaseCommand):
             if self.verbosity:
                 self.stdout.write(f"{action.capitalize()} {database.display_url(database.sqlalchemy_url())} to {revision}")
             applied = []
-            run(revision=revision, stdout=out, on_applied=lambda step: (applied.append(step), self._report(step)))
+            run(revision=revision, stdout=out, on_applied=lambda step: (applied.append(step), self._report(step)),
+                on_lock_retry=self._report_retry)
+            status = schema.status()
             if self.verbosity:
-                where = "; ".join(schema.status().current) or "base"
+                where = "; ".join(status.current) or "base"
                 verb = "applied" if action == "upgrade" else "reverted"
                 done = f"{len(applied)} revision(s) {verb}" if applied else "Nothing to do"
                 self.stdout.write(self.style.SUCCESS(f"{done}; database is at {where}"))
+            self._report_invalid_indexes(status)
         elif action == "current":
             schema.current(verbose=verbose, stdout=out)
+            self._report_invalid_indexes(schema.status())
         elif action == "history":
             schema.history(rev_range=options["rev_range"], verbose=verbose, stdout=out)
         elif action == "heads":
@@ -95,6 +99,15 @@ class Command(BaseCommand):
         elif action == "check":
             schema.check(stdout=out)
             self.stdout.write(self.style.SUCCESS("The database matches the models"))
+
+    def _report_retry(self, attempt: int, pause: float, reason: str) -> None:
+        self.stderr.write(f"  lock_timeout: {reason}; retry {attempt} in {pause:.1f} s")
+
+    def _report_invalid_indexes(self, status: schema.SchemaStatus) -> None:
+        for index, table in status.invalid_indexes:
+            self.stderr.write(f"warning: index {index} on {table} is INVALID (a CONCURRENTLY build failed): "
+                              "writes pay for it and queries cannot use it; 'migrate_schema upgrade head' rebuilds "
+                              "it if a revision owns it, else DROP INDEX CONCURRENTLY it")
 
     def _report(self, step: schema.AppliedRevision) -> None:
         if self.verbosity:

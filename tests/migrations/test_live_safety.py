@@ -1,0 +1,148 @@
+"""``migrate_schema`` on a live PostgreSQL: two deploy hosts at once, long transactions, failed index builds.
+
+Every case runs the real command in its own process, as deploy hosts do, against a database that
+other connections of the test hold locks on.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from calls.sample_data import generate_sample_data
+from reautomation import database, migration_guard, schema
+from tests.conftest import django_url, run_sql
+from tests.migrations.conftest import REVISIONS
+from tests.migrations.test_migrate_schema import ROOT, run_cli
+
+pytestmark = pytest.mark.postgres
+HEAD = REVISIONS[-1]
+
+
+def manage(url: sa.URL, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=django_url(url), **env)
+
+
+def start_manage(url: sa.URL, *args: str, **env: str) -> subprocess.Popen[str]:
+    import os
+
+    environment = {**os.environ, "DATABASE_URL": django_url(url), "SECRET_KEY": "cli-test",
+                   "DJANGO_SETTINGS_MODULE": "reautomation.settings", **env}
+    return subprocess.Popen([sys.executable, "manage.py", "migrate_schema", *args], cwd=ROOT, env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def pg_db(make_database) -> sa.URL:
+    return make_database("postgresql")
+
+
+@pytest.fixture
+def other_session(pg_db: sa.URL) -> Iterator[sa.Connection]:
+    """A connection of someone else's: another deploy host, or the application's long transaction."""
+    engine = database.create_engine(pg_db)
+    with engine.connect() as conn:
+        yield conn
+    engine.dispose()
+
+
+def hold_migration_lock(conn: sa.Connection) -> None:
+    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": migration_guard.MIGRATION_LOCK_KEY})
+    conn.commit()  # session-level: it outlives the transaction
+
+
+def release_migration_lock(conn: sa.Connection) -> None:
+    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": migration_guard.MIGRATION_LOCK_KEY})
+    conn.commit()
+
+
+def current(url: sa.URL) -> list[str]:
+    return list(schema.status(url=url).current)
+
+
+def test_two_hosts_upgrading_at_once_apply_each_revision_once(pg_db: sa.URL, other_session: sa.Connection) -> None:
+    # Both hosts start while a third migrator holds the lock, so both wait, then race for it.
+    hold_migration_lock(other_session)
+    hosts = [start_manage(pg_db, "upgrade", "head") for _ in range(2)]
+    time.sleep(2)
+    assert all(host.poll() is None for host in hosts), "a host did not wait for the migration lock"
+    release_migration_lock(other_session)
+    outputs = [host.communicate(timeout=120) for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0], outputs
+    stdout = [out for out, _ in outputs]
+    assert sum(f"{len(REVISIONS)} revision(s) applied" in out for out in stdout) == 1, stdout
+    assert sum("Nothing to do" in out for out in stdout) == 1, stdout
+    assert current(pg_db) == [HEAD]
+
+
+def test_a_host_that_waits_too_long_for_the_lock_stops_with_one_line(pg_db: sa.URL,
+                                                                     other_session: sa.Connection) -> None:
+    hold_migration_lock(other_session)
+    started = time.monotonic()
+    result = manage(pg_db, "upgrade", "head", MIGRATION_LOCK_WAIT_SECONDS="1")
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("CommandError: another migration holds the migration lock")
+    assert "pid" in lines[0] and "MIGRATION_LOCK_WAIT_SECONDS" in lines[0]
+    assert current(pg_db) == []
+
+
+def test_ddl_behind_a_long_transaction_retries_then_gives_up_with_nothing_half_applied(
+        pg_db: sa.URL, other_session: sa.Connection) -> None:
+    schema.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    other_session.execute(sa.text("SELECT count(*) FROM calls"))  # a transaction left open: ACCESS SHARE on calls
+    result = manage(pg_db, "upgrade", "head", MIGRATION_LOCK_TIMEOUT="100ms", MIGRATION_LOCK_RETRIES="2",
+                    MIGRATION_RETRY_PAUSE_SECONDS="0.05")
+    other_session.rollback()
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
+    assert errors == [errors[0]] and "could not lock a table within lock_timeout=100ms, 3 tries" in errors[0]
+    assert result.stderr.count("retry ") == 2
+    assert current(pg_db) == ["002_voice_agent_integration"]
+    columns = {c["name"] for c in sa.inspect(database.create_engine(pg_db)).get_columns("calls")}
+    assert "total_context_tokens" not in columns  # 003 was rolled back whole
+
+
+def test_ddl_succeeds_once_the_long_transaction_ends(pg_db: sa.URL, other_session: sa.Connection) -> None:
+    schema.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    other_session.execute(sa.text("SELECT count(*) FROM calls"))
+    ender = threading.Timer(1.5, other_session.rollback)
+    ender.start()
+    result = manage(pg_db, "upgrade", "head", MIGRATION_LOCK_TIMEOUT="200ms", MIGRATION_LOCK_RETRIES="8",
+                    MIGRATION_RETRY_PAUSE_SECONDS="0.2")
+    ender.join()
+    assert result.returncode == 0, result.stderr
+    assert "retry 1" in result.stderr
+    assert current(pg_db) == [HEAD]
+
+
+def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL) -> None:
+    schema.upgrade(revision="003_context_management", url=pg_db)
+    with schema.connect(pg_db) as conn:
+        generate_sample_data(connection=conn, calls=400, seed=5)
+    # A statement timeout too short for any index build: CREATE INDEX CONCURRENTLY is cancelled
+    # part-way, which leaves an INVALID index behind.
+    failed = manage(pg_db, "upgrade", "head", MIGRATION_STATEMENT_TIMEOUT="1ms")
+    assert failed.returncode == 1
+    assert "ran longer than statement_timeout=1ms" in failed.stderr
+    invalid = run_sql(pg_db, "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                             "WHERE NOT i.indisvalid")
+    assert invalid, "the cancelled build left no INVALID index"
+    name = invalid[0][0]
+
+    reported = manage(pg_db, "current")
+    assert reported.returncode == 0
+    assert f"warning: index {name} on " in reported.stderr and "INVALID" in reported.stderr
+
+    rebuilt = manage(pg_db, "upgrade", "head")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "INVALID" not in rebuilt.stderr
+    assert run_sql(pg_db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")[0][0] == 0
+    assert run_sql(pg_db, "SELECT count(*) FROM pg_class WHERE relname = :n", {"n": name})[0][0] == 1
+    assert current(pg_db) == [HEAD]
