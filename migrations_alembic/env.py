@@ -69,6 +69,11 @@ def run_migrations_offline() -> None:
         dialect_opts={"paramstyle": "named"},
         **configure_options(url.get_backend_name()),
     )
+    if url.get_backend_name() == "postgresql":
+        # Whoever runs this script by hand gets the same guards as migrate_schema.
+        guard = migration_guard.GuardSettings.from_settings()
+        context.execute(f"SET lock_timeout = '{guard.lock_timeout}'")
+        context.execute(f"SET statement_timeout = '{guard.statement_timeout}'")
     with context.begin_transaction():
         context.run_migrations()
 

@@ -1,0 +1,53 @@
+"""Lint migration SQL with squawk (the ``squawk-cli`` package), configured by ``.squawk.toml``."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SQUAWK_CONFIG = ROOT / ".squawk.toml"
+
+
+class LintUnavailable(Exception):
+    """squawk is not installed or could not run."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    message: str
+    line: int
+    statement: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.message} (line {self.line}: {self.statement})"
+
+
+def squawk_executable() -> str:
+    # The virtualenv's own (pip install squawk-cli), else one on PATH.
+    beside = Path(sys.executable).with_name("squawk")
+    found = str(beside) if beside.exists() else shutil.which("squawk")
+    if not found:
+        raise LintUnavailable("squawk is not installed: pip install squawk-cli (it is in the project's dependencies)")
+    return found
+
+
+def lint_sql(sql: str) -> list[Finding]:
+    """Return squawk's findings on ``sql`` (PostgreSQL), with the rules ``.squawk.toml`` leaves off."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "migration.sql"
+        path.write_text(sql)
+        result = subprocess.run([squawk_executable(), "--config", str(SQUAWK_CONFIG), "--reporter", "json", str(path)],
+                                capture_output=True, text=True, timeout=120)
+    if result.returncode not in (0, 1) or not result.stdout.strip().startswith("["):
+        raise LintUnavailable(f"squawk failed: {(result.stderr or result.stdout).strip().splitlines()[:1]}")
+    lines = sql.splitlines()
+    # squawk counts lines from 0.
+    return [Finding(rule=item["rule_name"], message=item["message"], line=item["line"] + 1,
+                    statement=lines[item["line"]].strip()[:120] if 0 <= item["line"] < len(lines) else "")
+            for item in json.loads(result.stdout)]
