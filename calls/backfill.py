@@ -416,10 +416,11 @@ def ensure_schema(*, url: sa.URL | str | None = None) -> None:
             "run 'manage.py migrate_schema upgrade head' first")
 
 
-def pending_rows(*, url: sa.URL | str | None = None) -> dict[str, int]:
+def pending_rows(*, url: sa.URL | str | None = None, only: tuple[str, ...] = BACKFILLS) -> dict[str, int]:
     """Return, per backfill, how many rows still need it (a count over each table: not free)."""
     ensure_schema(url=url)
-    specs = (_MessagesBackfill(), _CallsBackfill(ContextPolicy.from_settings()))
+    specs = [_MessagesBackfill() if name == "messages" else _CallsBackfill(ContextPolicy.from_settings())
+             for name in BACKFILLS if name in only]
     with schema.connect(url) as conn:
         return {spec.name: _count_needing(conn, spec, recompute=False) for spec in specs}
 

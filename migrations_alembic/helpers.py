@@ -115,3 +115,44 @@ def drop_index(name: str, table: str) -> None:
         op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
     else:
         op.drop_index(name, table_name=table)
+
+
+def set_not_null(table: str, column: str, existing_type: sa.types.TypeEngine) -> None:
+    """Make ``table.column`` NOT NULL without scanning the table under an exclusive lock (PostgreSQL).
+
+    ``SET NOT NULL`` alone scans every row under ACCESS EXCLUSIVE: reads and writes wait. Instead:
+    add ``CHECK (column IS NOT NULL) NOT VALID`` (instant; new rows are checked from then on),
+    commit, ``VALIDATE`` it (scans, but under SHARE UPDATE EXCLUSIVE: writes go on), after which
+    ``SET NOT NULL`` trusts the valid constraint and skips its scan. The check stays (redundant,
+    and cheap): dropping it would be one more ACCESS EXCLUSIVE lock for nothing.
+    Commits part-way (autocommit block): a rerun after an interruption skips what is done.
+    Elsewhere (SQLite): a plain ``ALTER COLUMN``, a table rebuild in batch mode.
+    """
+    if op.get_context().dialect.name != "postgresql":
+        with op.batch_alter_table(table) as batch:
+            batch.alter_column(column, existing_type=existing_type, nullable=False)
+        return
+    check = f"ck_{table}_{column}_not_null"
+    quoted = f'"{table}"'
+    if _constraint_exists(table, check) is not True:
+        op.execute(f"ALTER TABLE {quoted} ADD CONSTRAINT {check} CHECK ({column} IS NOT NULL) NOT VALID")
+    with op.get_context().autocommit_block():
+        op.execute(f"ALTER TABLE {quoted} VALIDATE CONSTRAINT {check}")
+        op.execute(f"ALTER TABLE {quoted} ALTER COLUMN {column} SET NOT NULL")
+
+
+def drop_not_null(table: str, column: str, existing_type: sa.types.TypeEngine) -> None:
+    """Allow NULL in ``table.column`` again, dropping ``set_not_null``'s check (instant on PostgreSQL)."""
+    if op.get_context().dialect.name == "postgresql":
+        op.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS ck_{table}_{column}_not_null')
+    with op.batch_alter_table(table) as batch:
+        batch.alter_column(column, existing_type=existing_type, nullable=True)
+
+
+def _constraint_exists(table: str, name: str) -> bool | None:
+    if op.get_context().as_sql:
+        return None
+    return op.get_bind().execute(
+        sa.text("SELECT 1 FROM pg_constraint WHERE conname = :name AND conrelid = CAST(:table AS regclass)"),
+        {"name": name, "table": table},
+    ).first() is not None

@@ -1,46 +1,21 @@
 """Every revision's offline PostgreSQL SQL, linted by squawk (rules left off for all: ``.squawk.toml``)."""
 from __future__ import annotations
 
-import io
-
 import pytest
 import sqlalchemy as sa
 
 from reautomation import lint, schema
 from tests.migrations.conftest import REVISIONS, previous
 
-# Findings accepted in revisions released before this check existed, each with why. A new
-# revision gets none: fix what squawk finds, or argue for an entry here in review.
-RELEASED_EXCEPTIONS: dict[str, dict[str, str]] = {
-    "002_voice_agent_integration": {
-        # The table dropped is archive_002_calls, emptied back into calls in the same transaction.
-        "ban-drop-table": "drops the archive a downgrade made, after restoring its rows",
-        # uq_calls_call_sid and ix_calls_current_agent are on columns this revision adds (all NULL),
-        # built under the revision's lock on calls; at 400k calls that is a fraction of a second
-        # (bench/migration_timing.py, bench/writer_stall.py).
-        "disallowed-unique-constraint": "unique constraint on a column added in the same revision",
-        "constraint-missing-not-valid": "the same unique constraint",
-        "require-concurrent-index-creation": "ix_calls_current_agent, on a column added in the same revision",
-    },
-    "003_context_management": {
-        "ban-drop-table": "drops archive_003_* after restoring their rows",
-        "require-concurrent-index-creation": "ix_calls_context_pruning, on columns added in the same revision",
-    },
-}
-
-
 def offline_sql(revision: str) -> str:
-    out = io.StringIO()
     # Rendering needs the dialect only; nothing connects.
-    schema.upgrade(revision=f"{previous(revision)}:{revision}", sql=True,
-                   url=sa.make_url("postgresql+psycopg://offline@localhost/offline"), stdout=out)
-    return out.getvalue()
+    return schema.revision_sql(revision, previous(revision), url=sa.make_url("postgresql+psycopg://offline@localhost/offline"))
 
 
 @pytest.mark.parametrize("revision", REVISIONS)
 def test_revision_sql_passes_squawk(revision: str) -> None:
     findings = lint.lint_sql(offline_sql(revision))
-    accepted = RELEASED_EXCEPTIONS.get(revision, {})
+    accepted = lint.ACCEPTED_FINDINGS.get(revision, {})
     unexpected = [str(f) for f in findings if f.rule not in accepted]
     assert unexpected == []
 
@@ -58,8 +33,8 @@ def test_squawk_finds_what_it_should() -> None:
     assert [f.rule for f in findings] == ["require-concurrent-index-creation"]
 
 
-@pytest.mark.parametrize("revision", sorted(RELEASED_EXCEPTIONS))
+@pytest.mark.parametrize("revision", sorted(lint.ACCEPTED_FINDINGS))
 def test_every_accepted_finding_still_occurs(revision: str) -> None:
     """An exception nobody needs any more is removed, not left to hide a new finding."""
     rules = {f.rule for f in lint.lint_sql(offline_sql(revision))}
-    assert set(RELEASED_EXCEPTIONS[revision]) <= rules
+    assert set(lint.ACCEPTED_FINDINGS[revision]) <= rules

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from reautomation import database, schema
+
+
+PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
 
 
 class Command(BaseCommand):
@@ -42,6 +46,8 @@ class Command(BaseCommand):
         rev.add_argument("-m", "--message", required=True)
         rev.add_argument("--autogenerate", action="store_true", help="compare the models with the database")
         sub.add_parser("check", help="fail if the models and the database (at head) differ")
+        pln = sub.add_parser("plan", help="what 'upgrade head' would do and whether it is safe now (exit 0) or not (3)")
+        pln.add_argument("--json", action="store_true", help="print the plan as JSON")
         for subparser in sub.choices.values():
             subparser.formatter_class = argparse.RawDescriptionHelpFormatter
 
@@ -96,9 +102,30 @@ class Command(BaseCommand):
                 self.stdout.write("No changes between the models and the database; no revision written")
             else:
                 self.stdout.write(self.style.SUCCESS(f"Created revision {revision}: review it before applying"))
+        elif action == "plan":
+            self._plan(schema.plan(), as_json=options["json"])
         elif action == "check":
             schema.check(stdout=out)
             self.stdout.write(self.style.SUCCESS("The database matches the models"))
+
+    def _plan(self, plan: schema.Plan, *, as_json: bool) -> None:
+        if as_json:
+            self.stdout.write(json.dumps(plan.as_dict(), indent=2))
+        else:
+            self.stdout.write(f"Database at {'; '.join(plan.current) or 'base'}; head {'; '.join(plan.heads)}")
+            if not plan.pending:
+                self.stdout.write("No revision pending")
+            for rev in plan.pending:
+                needs = f"  [needs backfill: {', '.join(rev.requires_backfills)}]" if rev.requires_backfills else ""
+                self.stdout.write(f"  pending {rev.revision:<30} {rev.doc}{needs}")
+            for problem in plan.problems:
+                self.stdout.write(f"  problem: {problem}")
+            if plan.safe:
+                self.stdout.write(self.style.SUCCESS("Safe to apply: 'manage.py migrate_schema upgrade head'"))
+        if not plan.safe:
+            raise CommandError(f"not safe to apply: {plan.problems[0]}"
+                               + (f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else ""),
+                               returncode=PLAN_UNSAFE)
 
     def _report_retry(self, attempt: int, pause: float, reason: str) -> None:
         self.stderr.write(f"  lock_timeout: {reason}; retry {attempt} in {pause:.1f} s")
