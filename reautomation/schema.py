@@ -311,16 +311,13 @@ def plan(*, url: sa.URL | str | None = None) -> Plan:
     from reautomation import lint
 
     url = sa.make_url(url) if url is not None else database.sqlalchemy_url()
-    script = ScriptDirectory.from_config(alembic_config())
+    state = status(url=url)
+    if len(state.heads) > 1:
+        raise MultipleHeads("the revision history has multiple heads; merge them with "
+                            "'manage.py migrate_schema merge heads -m \"merge heads\"'")
+    current = state.current
     with _alembic_errors():
-        with connect(url) as connection:
-            current = _current_heads(connection)
-            invalid = invalid_indexes(connection)
-        heads = tuple(script.get_heads())
-        if len(heads) > 1:
-            raise MultipleHeads("the revision history has multiple heads; merge them with "
-                                "'manage.py migrate_schema merge heads -m \"merge heads\"'")
-        scripts = _pending_scripts(script, current, "head")
+        scripts = _pending_scripts(ScriptDirectory.from_config(alembic_config()), current, "head")
         pending = []
         for rev in scripts:
             findings: tuple[str, ...] = ()
@@ -330,8 +327,8 @@ def plan(*, url: sa.URL | str | None = None) -> Plan:
             doc = (rev.doc or "").strip().splitlines()[0] if rev.doc else ""
             pending.append(PendingRevision(rev.revision, doc, requires_backfills(rev), findings))
         blockers = tuple(backfill_blockers(scripts, current, url=url))
-    return Plan(current=current, heads=heads, pending=tuple(pending), backfill_blockers=blockers,
-                invalid_indexes=invalid)
+    return Plan(current=current, heads=state.heads, pending=tuple(pending), backfill_blockers=blockers,
+                invalid_indexes=state.invalid_indexes)
 
 
 def requires_backfills(script: Any) -> tuple[str, ...]:

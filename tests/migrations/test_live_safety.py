@@ -122,27 +122,42 @@ def test_ddl_succeeds_once_the_long_transaction_ends(pg_db: sa.URL, other_sessio
     assert current(pg_db) == [HEAD]
 
 
-def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL) -> None:
+def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL, other_session: sa.Connection) -> None:
     schema.upgrade(revision="003_context_management", url=pg_db)
     with schema.connect(pg_db) as conn:
-        generate_sample_data(connection=conn, calls=400, seed=5)
-    # A statement timeout too short for any index build: CREATE INDEX CONCURRENTLY is cancelled
-    # part-way, which leaves an INVALID index behind.
-    failed = manage(pg_db, "upgrade", "head", MIGRATION_STATEMENT_TIMEOUT="1ms")
+        generate_sample_data(connection=conn, calls=50, seed=5)
+    # A transaction holding an old snapshot: CREATE INDEX CONCURRENTLY, having created its index,
+    # waits for it to end before marking the index valid; lock_timeout ends that wait, which
+    # leaves the index INVALID, as a killed or failed build does.
+    other_session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    other_session.execute(sa.text("SELECT count(*) FROM contacts"))
+    failed = manage(pg_db, "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms", MIGRATION_LOCK_RETRIES="0")
     assert failed.returncode == 1
-    assert "ran longer than statement_timeout=1ms" in failed.stderr
+    assert "could not lock a table within lock_timeout=300ms, 1 tries" in failed.stderr
     invalid = run_sql(pg_db, "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
                              "WHERE NOT i.indisvalid")
-    assert invalid, "the cancelled build left no INVALID index"
+    assert invalid, "the interrupted build left no INVALID index"
     name = invalid[0][0]
 
     reported = manage(pg_db, "current")
     assert reported.returncode == 0
     assert f"warning: index {name} on " in reported.stderr and "INVALID" in reported.stderr
 
+    other_session.rollback()
     rebuilt = manage(pg_db, "upgrade", "head")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "INVALID" not in rebuilt.stderr
     assert run_sql(pg_db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")[0][0] == 0
     assert run_sql(pg_db, "SELECT count(*) FROM pg_class WHERE relname = :n", {"n": name})[0][0] == 1
     assert current(pg_db) == [HEAD]
+
+
+def test_a_statement_over_statement_timeout_stops_with_one_line(pg_db: sa.URL, other_session: sa.Connection) -> None:
+    schema.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    other_session.execute(sa.text("SELECT count(*) FROM calls"))  # 003's ALTER TABLE calls waits on it...
+    result = manage(pg_db, "upgrade", "head", MIGRATION_LOCK_TIMEOUT="30s", MIGRATION_STATEMENT_TIMEOUT="500ms")
+    other_session.rollback()  # ... longer than statement_timeout, well within lock_timeout
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
+    assert len(errors) == 1 and "ran longer than statement_timeout=500ms" in errors[0]
+    assert current(pg_db) == ["002_voice_agent_integration"]

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from reautomation import database, schema
+from reautomation import backup, database, schema
 
 
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
@@ -25,6 +26,8 @@ class Command(BaseCommand):
         up = sub.add_parser("upgrade", help="upgrade to REV (default: head)")
         up.add_argument("revision", nargs="?", default="head")
         up.add_argument("--sql", action="store_true", help="print the SQL from the current revision instead")
+        up.add_argument("--backup", metavar="DIR", type=Path, default=None,
+                        help="first write a backup of the database into DIR (pg_dump) and print how to restore it")
         down = sub.add_parser("downgrade", help="downgrade to REV (-1, base, or an id)")
         down.add_argument("revision")
         down.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
@@ -46,6 +49,9 @@ class Command(BaseCommand):
         rev.add_argument("-m", "--message", required=True)
         rev.add_argument("--autogenerate", action="store_true", help="compare the models with the database")
         sub.add_parser("check", help="fail if the models and the database (at head) differ")
+        rst = sub.add_parser("restore", help="replace the database's contents with a backup made by --backup")
+        rst.add_argument("backup_file", type=Path)
+        rst.add_argument("--yes", action="store_true", help="confirm: everything written since the backup is lost")
         pln = sub.add_parser("plan", help="what 'upgrade head' would do and whether it is safe now (exit 0) or not (3)")
         pln.add_argument("--json", action="store_true", help="print the plan as JSON")
         for subparser in sub.choices.values():
@@ -67,6 +73,11 @@ class Command(BaseCommand):
             if options.get("sql"):
                 run(revision=revision, sql=True, stdout=out)
                 return
+            if options.get("backup"):
+                where = "-".join(schema.status().current) or "base"
+                saved = backup.back_up(options["backup"], label=f"at-{where}")
+                self.stdout.write(f"Backup written: {saved.path}")
+                self.stdout.write(f"To restore it: {saved.restore_command}")
             if self.verbosity:
                 self.stdout.write(f"{action.capitalize()} {database.display_url(database.sqlalchemy_url())} to {revision}")
             applied = []
@@ -102,6 +113,12 @@ class Command(BaseCommand):
                 self.stdout.write("No changes between the models and the database; no revision written")
             else:
                 self.stdout.write(self.style.SUCCESS(f"Created revision {revision}: review it before applying"))
+        elif action == "restore":
+            if not options["yes"]:
+                raise CommandError("restore replaces the database's contents with the backup: add --yes to confirm")
+            backup.restore(options["backup_file"])
+            self.stdout.write(self.style.SUCCESS(f"Restored {options['backup_file']}; database is at "
+                                                 f"{'; '.join(schema.status().current) or 'base'}"))
         elif action == "plan":
             self._plan(schema.plan(), as_json=options["json"])
         elif action == "check":
