@@ -18,7 +18,7 @@ from calls.sample_data import generate_sample_data
 from reautomation import database, migration_guard, schema
 from tests.conftest import django_url, run_sql
 from tests.migrations.conftest import REVISIONS
-from tests.migrations.test_migrate_schema import ROOT, run_cli
+from tests.migrations.test_migrate_schema import ROOT, cli_environment, run_cli
 
 pytestmark = pytest.mark.postgres
 HEAD = REVISIONS[-1]
@@ -29,11 +29,8 @@ def manage(url: sa.URL, *args: str, **env: str) -> subprocess.CompletedProcess[s
 
 
 def start_manage(url: sa.URL, *args: str, **env: str) -> subprocess.Popen[str]:
-    import os
-
-    environment = {**os.environ, "DATABASE_URL": django_url(url), "SECRET_KEY": "cli-test",
-                   "DJANGO_SETTINGS_MODULE": "reautomation.settings", **env}
-    return subprocess.Popen([sys.executable, "manage.py", "migrate_schema", *args], cwd=ROOT, env=environment,
+    return subprocess.Popen([sys.executable, "manage.py", "migrate_schema", *args], cwd=ROOT,
+                            env=cli_environment(django_url(url), **env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

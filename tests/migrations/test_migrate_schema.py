@@ -24,11 +24,16 @@ def migrate_schema(*args: str) -> str:
     return out.getvalue()
 
 
+def cli_environment(database_url: str, **env: str) -> dict[str, str]:
+    """The environment of a command run by an operator against ``database_url``."""
+    return {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": "cli-test",
+            "DJANGO_SETTINGS_MODULE": "reautomation.settings", **env}
+
+
 def run_cli(*args: str, database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run a command-line tool from the repository root, as an operator would."""
-    environment = {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": "cli-test",
-                   "DJANGO_SETTINGS_MODULE": "reautomation.settings", **env}
-    return subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
+    return subprocess.run(args, cwd=ROOT, env=cli_environment(database_url, **env), capture_output=True, text=True,
+                          timeout=120)
 
 
 @pytest.fixture
