@@ -87,10 +87,12 @@ class CallAdmin(OperatorAdmin):
                        "workflow_trace_links"]
     fieldsets = [
         (None, {"fields": ["contact", "phone_number", "direction", "status", "tier", "outcome", "summary"]}),
-        ("Timing and cost", {"classes": ["collapse"], "fields": ["created_at", "updated_at", "started_at", "ended_at", "duration_seconds",
-                                         "total_cost"]}),
-        ("Voice agent", {"classes": ["collapse"], "fields": ["call_sid", "voice_provider", "voice_id", "current_agent", "escalation_count",
-                                    "avg_response_latency_ms", "error_message"]}),
+        # Collapsed: the conversation below is what operators open a call for.
+        ("Timing and cost", {"classes": ["collapse"], "fields": [
+            "created_at", "updated_at", "started_at", "ended_at", "duration_seconds", "total_cost"]}),
+        ("Voice agent", {"classes": ["collapse"], "fields": [
+            "call_sid", "voice_provider", "voice_id", "current_agent", "escalation_count", "avg_response_latency_ms",
+            "error_message"]}),
         ("Context", {"fields": ["total_context_tokens", "context_pruned", "pruning_count"]}),
         ("Traces", {"fields": ["workflow_trace_links"]}),
     ]

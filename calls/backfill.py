@@ -416,11 +416,14 @@ def ensure_schema(*, url: sa.URL | str | None = None) -> None:
             "run 'manage.py migrate_schema upgrade head' first")
 
 
+def _spec(name: str, policy: ContextPolicy | None = None) -> _MessagesBackfill | _CallsBackfill:
+    return _MessagesBackfill() if name == "messages" else _CallsBackfill(policy or ContextPolicy.from_settings())
+
+
 def pending_rows(*, url: sa.URL | str | None = None, only: tuple[str, ...] = BACKFILLS) -> dict[str, int]:
     """Return, per backfill, how many rows still need it (a count over each table: not free)."""
     ensure_schema(url=url)
-    specs = [_MessagesBackfill() if name == "messages" else _CallsBackfill(ContextPolicy.from_settings())
-             for name in BACKFILLS if name in only]
+    specs = [_spec(name) for name in BACKFILLS if name in only]
     with schema.connect(url) as conn:
         return {spec.name: _count_needing(conn, spec, recompute=False) for spec in specs}
 
@@ -441,8 +444,7 @@ def backfill_context(
     results = []
     try:
         for name in (b for b in BACKFILLS if b in only):
-            spec = _MessagesBackfill() if name == "messages" else _CallsBackfill(policy or ContextPolicy.from_settings())
-            results.append(_run_one(engine, spec, options, on_progress, on_start))
+            results.append(_run_one(engine, _spec(name, policy), options, on_progress, on_start))
     finally:
         engine.dispose()
     return results

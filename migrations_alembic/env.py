@@ -114,11 +114,11 @@ def _run(connection: sa.Connection) -> None:
 
 
 def _writes() -> bool:
-    if "writes" in config.attributes:
+    if "writes" in config.attributes:  # reautomation.schema says so
         return bool(config.attributes["writes"])
-    command_function = getattr(config.cmd_opts, "cmd", None)
-    name = getattr(command_function[0] if isinstance(command_function, tuple) else command_function, "__name__", "")
-    return name in WRITING_COMMANDS
+    # The alembic CLI: its parser stores (command function, positional, keyword names) as ``cmd``.
+    command_function, _, _ = getattr(config.cmd_opts, "cmd", (None, None, None))
+    return getattr(command_function, "__name__", "") in WRITING_COMMANDS
 
 
 if context.is_offline_mode():

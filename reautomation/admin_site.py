@@ -49,18 +49,21 @@ class OperatorAdminSite(admin.AdminSite):
     def metrics_view(self, request: HttpRequest) -> HttpResponse:
         """Performance and system metrics over a window, one small chart per metric."""
         window = request.GET.get("window", charts.DEFAULT_WINDOW)
-        sections = [(model._meta.verbose_name_plural.capitalize(), model._meta.model_name, charts.metric_chart(model, window))
-                    for model in (PerformanceMetric, SystemMetric)]
+        sections = []
+        for model in (PerformanceMetric, SystemMetric):
+            chart = charts.metric_chart(model, window)
+            sections.append({
+                "title": model._meta.verbose_name_plural.capitalize(),
+                "model_name": model._meta.model_name,
+                "chart": chart,
+                "drawn": [(series, series.polyline(chart.start, chart.end)) for series in chart.series],
+            })
         context = {
             **self.each_context(request),
             "title": "Metrics",
-            "window": window if window in charts.WINDOWS else charts.DEFAULT_WINDOW,
+            "window": sections[0]["chart"].window,  # an unknown window falls back to the default
             "windows": list(charts.WINDOWS),
-            "sections": [
-                {"title": title, "model_name": model_name, "chart": chart,
-                 "drawn": [(series, series.polyline(chart.start, chart.end)) for series in chart.series]}
-                for title, model_name, chart in sections
-            ],
+            "sections": sections,
             "width": charts.CHART_WIDTH,
             "height": charts.CHART_HEIGHT,
         }

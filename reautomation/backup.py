@@ -46,22 +46,31 @@ def back_up(directory: Path, *, label: str, url: sa.URL | str | None = None) -> 
     return _back_up_postgresql(url, directory / f"{name}-{label}-{stamp}.dump")
 
 
+def _libpq(url: sa.URL) -> tuple[str, dict[str, str]]:
+    """Return ``url`` as libpq's own URL without the password, and an environment carrying it (PGPASSWORD).
+
+    A password on a command line is visible to every user of the host (``ps``).
+    """
+    target = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    env = dict(os.environ)
+    if url.password:
+        env["PGPASSWORD"] = str(url.password)
+    return target, env
+
+
 def _back_up_postgresql(url: sa.URL, path: Path) -> Backup:
     pg_dump = shutil.which("pg_dump")
     if pg_dump is None:
         raise BackupFailed("pg_dump is not installed: install PostgreSQL's client tools (Debian: postgresql-client)")
-    env = {**os.environ, "PGHOST": url.host or "", "PGPORT": str(url.port or 5432), "PGUSER": url.username or "",
-           "PGDATABASE": url.database or "", "PGPASSWORD": str(url.password or "")}
-    env = {k: v for k, v in env.items() if v != "" or k not in ("PGHOST", "PGUSER", "PGPASSWORD")}
-    result = subprocess.run([pg_dump, "--format=custom", "--file", str(path)], env=env, capture_output=True, text=True)
+    target, env = _libpq(url)
+    result = subprocess.run([pg_dump, "--format=custom", "--file", str(path), "--dbname", target], env=env,
+                            capture_output=True, text=True)
     if result.returncode != 0:
         path.unlink(missing_ok=True)
         reason = (result.stderr.strip().splitlines() or ["no output"])[0]
         if url.password:
             reason = reason.replace(str(url.password), "***")
         raise BackupFailed(f"pg_dump failed, nothing was migrated: {reason}")
-    # libpq's own URL form, without the password (pg_restore reads PGPASSWORD or ~/.pgpass).
-    target = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
     restore = (f"pg_restore --clean --if-exists --no-owner --single-transaction --dbname "
                f"{shlex.quote(target)} {shlex.quote(str(path))}")
     return Backup(path=path, restore_command=restore)
@@ -103,10 +112,9 @@ def restore(path: Path, *, url: sa.URL | str | None = None) -> None:
     pg_restore = shutil.which("pg_restore")
     if pg_restore is None:
         raise BackupFailed("pg_restore is not installed: install PostgreSQL's client tools (Debian: postgresql-client)")
-    env = {**os.environ, "PGPASSWORD": str(url.password or "")} if url.password else dict(os.environ)
-    target_url = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    target, env = _libpq(url)
     result = subprocess.run([pg_restore, "--clean", "--if-exists", "--no-owner", "--single-transaction",
-                             "--dbname", target_url, str(path)], env=env, capture_output=True, text=True)
+                             "--dbname", target, str(path)], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         reason = (result.stderr.strip().splitlines() or ["no output"])[0]
         raise BackupFailed(f"pg_restore failed and rolled back, the database is unchanged: {reason}")

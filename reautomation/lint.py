@@ -9,6 +9,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from reautomation.schema import SchemaError
+
 ROOT = Path(__file__).resolve().parent.parent
 SQUAWK_CONFIG = ROOT / ".squawk.toml"
 
@@ -33,7 +35,7 @@ ACCEPTED_FINDINGS: dict[str, dict[str, str]] = {
 }
 
 
-class LintUnavailable(Exception):
+class LintUnavailable(SchemaError):
     """squawk is not installed or could not run."""
 
 
@@ -71,7 +73,8 @@ def lint_sql(sql: str) -> list[Finding]:
         result = subprocess.run([squawk_executable(), "--config", str(SQUAWK_CONFIG), "--reporter", "json", str(path)],
                                 capture_output=True, text=True, timeout=120)
     if result.returncode not in (0, 1) or not result.stdout.strip().startswith("["):
-        raise LintUnavailable(f"squawk failed: {(result.stderr or result.stdout).strip().splitlines()[:1]}")
+        output = (result.stderr or result.stdout).strip().splitlines()
+        raise LintUnavailable(f"squawk failed: {output[0] if output else f'exit {result.returncode}'}")
     lines = sql.splitlines()
     # squawk counts lines from 0.
     return [Finding(rule=item["rule_name"], message=item["message"], line=item["line"] + 1,

@@ -2,7 +2,7 @@
 
 - An advisory lock, session-level and on its own connection (a transaction-level one would be
   released by Alembic's ``autocommit_block``), so two deploy hosts never apply a revision twice:
-  the second waits up to ``MIGRATION_LOCK_WAIT`` seconds, then finds nothing left to do.
+  the second waits up to ``MIGRATION_LOCK_WAIT_SECONDS``, then finds nothing left to do.
 - ``lock_timeout`` on the migration connection, set after the advisory lock is held (else the
   wait for the advisory lock itself would time out): an ALTER TABLE stuck behind a long
   transaction gives up quickly instead of queueing every later query behind it, and the revision
@@ -22,7 +22,7 @@ from typing import Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 
-from reautomation.schema import SchemaError
+from reautomation.schema import SchemaError, error_line
 
 # pg_advisory_lock's key: any constant bigint that this project's migrators agree on.
 MIGRATION_LOCK_KEY = 0x5245_4155_544F  # "REAUTO"
@@ -126,7 +126,7 @@ def with_lock_retries(run: Callable[[], T], guard: GuardSettings,
             return run()
         except sa.exc.DBAPIError as exc:
             state = _sqlstate(exc)
-            reason = str(exc.orig).strip().splitlines()[0]
+            reason = error_line(exc)
             if state == QUERY_CANCELED and "statement timeout" in reason:
                 raise StatementTimedOut(
                     f"a statement ran longer than statement_timeout={guard.statement_timeout} and was rolled back "

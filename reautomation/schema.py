@@ -175,8 +175,8 @@ def _alembic_errors() -> Iterator[None]:
         raise SchemaError(message) from exc
     except sa.exc.DBAPIError as exc:
         if exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError) and _is_connect_error(exc):
-            raise DatabaseUnreachable(f"lost the database connection: {_first_line(exc)}") from exc
-        raise RevisionFailed(f"a revision failed and was rolled back: {_first_line(exc)}") from exc
+            raise DatabaseUnreachable(f"lost the database connection: {error_line(exc)}") from exc
+        raise RevisionFailed(f"a revision failed and was rolled back: {error_line(exc)}") from exc
 
 
 def _is_connect_error(exc: sa.exc.DBAPIError) -> bool:
@@ -184,8 +184,14 @@ def _is_connect_error(exc: sa.exc.DBAPIError) -> bool:
     return "connection" in text and ("refused" in text or "closed" in text or "terminat" in text)
 
 
-def _first_line(exc: sa.exc.DBAPIError) -> str:
+def error_line(exc: sa.exc.DBAPIError) -> str:
+    """Return the first line of the database's own message for ``exc``."""
     return str(exc.orig).strip().splitlines()[0]
+
+
+def _summary(script: Any) -> str:
+    """Return the first line of a revision's docstring: what it does."""
+    return script.doc.strip().splitlines()[0] if script is not None and script.doc else ""
 
 
 def _progress_hook(on_applied: Callable[[AppliedRevision], None] | None) -> Callable[..., None] | None:
@@ -198,8 +204,8 @@ def _progress_hook(on_applied: Callable[[AppliedRevision], None] | None) -> Call
         # For a downgrade step too, ``up_revision`` is the revision being applied or undone.
         script = step.up_revision
         revision = step.up_revision_id
-        doc = (script.doc or "").strip().splitlines()[0] if script is not None and script.doc else ""
-        on_applied(AppliedRevision(revision=revision, is_upgrade=step.is_upgrade, seconds=now - started[0], doc=doc))
+        on_applied(AppliedRevision(revision=revision, is_upgrade=step.is_upgrade, seconds=now - started[0],
+                                   doc=_summary(script)))
         started[0] = now
 
     return on_version_apply
@@ -285,8 +291,7 @@ class Plan:
     def problems(self) -> list[str]:
         found = list(self.backfill_blockers)
         found += [f"revision {rev.revision}: squawk: {finding}" for rev in self.pending for finding in rev.lint_findings]
-        found += [f"index {index} on {table} is INVALID: 'migrate_schema upgrade head' rebuilds it if a revision "
-                  "owns it, else drop it" for index, table in self.invalid_indexes]
+        found += [invalid_index_problem(index, table) for index, table in self.invalid_indexes]
         return found
 
     @property
@@ -324,8 +329,7 @@ def plan(*, url: sa.URL | str | None = None) -> Plan:
             if url.get_backend_name() == "postgresql":  # squawk reads PostgreSQL
                 sql = revision_sql(rev.revision, rev.down_revision or "base", url=url)
                 findings = tuple(str(f) for f in lint.unaccepted(rev.revision, lint.lint_sql(sql)))
-            doc = (rev.doc or "").strip().splitlines()[0] if rev.doc else ""
-            pending.append(PendingRevision(rev.revision, doc, requires_backfills(rev), findings))
+            pending.append(PendingRevision(rev.revision, _summary(rev), requires_backfills(rev), findings))
         blockers = tuple(backfill_blockers(scripts, current, url=url))
     return Plan(current=current, heads=state.heads, pending=tuple(pending), backfill_blockers=blockers,
                 invalid_indexes=state.invalid_indexes)
@@ -420,8 +424,15 @@ def status(*, url: sa.URL | str | None = None) -> SchemaStatus:
         pending = []
         for head in heads:
             for rev in script.iterate_revisions(head, current or "base"):
-                pending.append((rev.revision, (rev.doc or "").strip().splitlines()[0] if rev.doc else ""))
+                pending.append((rev.revision, _summary(rev)))
     return SchemaStatus(current=current, heads=heads, pending=tuple(reversed(pending)), invalid_indexes=invalid)
+
+
+def invalid_index_problem(index: str, table: str) -> str:
+    """Return what to say of an INVALID index, and what to do about it."""
+    return (f"index {index} on {table} is INVALID (a CONCURRENTLY build failed): writes pay for it and queries "
+            "cannot use it; 'migrate_schema upgrade head' rebuilds it if a revision owns it, else DROP INDEX "
+            "CONCURRENTLY it")
 
 
 def invalid_indexes(connection: sa.Connection) -> tuple[tuple[str, str], ...]:

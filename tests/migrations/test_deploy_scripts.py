@@ -1,7 +1,6 @@
 """``scripts/deploy`` and ``scripts/rollback`` end to end against PostgreSQL, as an operator runs them."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +12,15 @@ from calls.sample_data import generate_sample_data
 from reautomation import schema
 from tests.conftest import django_url, run_sql
 from tests.migrations.conftest import REVISIONS
+from tests.migrations.test_migrate_schema import cli_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.postgres
 
 
 def script(name: str, url: sa.URL | str, *args: str, backups: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DATABASE_URL": url if isinstance(url, str) else django_url(url), "SECRET_KEY": "deploy-test",
-           "ENV_FILE": "/dev/null", "BACKUP_DIR": str(backups), "PYTHON": sys.executable,
-           "DJANGO_SETTINGS_MODULE": "reautomation.settings"}
+    env = cli_environment(url if isinstance(url, str) else django_url(url), ENV_FILE="/dev/null",
+                          BACKUP_DIR=str(backups), PYTHON=sys.executable)
     return subprocess.run(["bash", str(ROOT / "scripts" / name), *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 

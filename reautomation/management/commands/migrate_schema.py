@@ -49,7 +49,10 @@ class Command(BaseCommand):
         rev.add_argument("-m", "--message", required=True)
         rev.add_argument("--autogenerate", action="store_true", help="compare the models with the database")
         sub.add_parser("check", help="fail if the models and the database (at head) differ")
-        rst = sub.add_parser("restore", help="replace the database's contents with a backup made by --backup")
+        # pg_restore --clean replaces what the backup holds and leaves other tables alone: downgrade to
+        # the backup's revision (in its file name) first, as scripts/rollback does.
+        rst = sub.add_parser("restore", help="replace the database's contents with a backup made by --backup "
+                                             "(downgrade to its revision first)")
         rst.add_argument("backup_file", type=Path)
         rst.add_argument("--yes", action="store_true", help="confirm: everything written since the backup is lost")
         pln = sub.add_parser("plan", help="what 'upgrade head' would do and whether it is safe now (exit 0) or not (3)")
@@ -149,9 +152,7 @@ class Command(BaseCommand):
 
     def _report_invalid_indexes(self, status: schema.SchemaStatus) -> None:
         for index, table in status.invalid_indexes:
-            self.stderr.write(f"warning: index {index} on {table} is INVALID (a CONCURRENTLY build failed): "
-                              "writes pay for it and queries cannot use it; 'migrate_schema upgrade head' rebuilds "
-                              "it if a revision owns it, else DROP INDEX CONCURRENTLY it")
+            self.stderr.write(f"warning: {schema.invalid_index_problem(index, table)}")
 
     def _report(self, step: schema.AppliedRevision) -> None:
         if self.verbosity:
