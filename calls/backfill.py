@@ -19,18 +19,24 @@ How a run works, and why:
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Sequence
 
 import sqlalchemy as sa
+from django.conf import settings
 
 from calls import tokens
-from calls.context_policy import ContextPolicy, PolicyMessage, importance_of, policy_message, replay
+from calls.context_policy import (
+    ContextPolicy, ContextState, PolicyMessage, importance_of, policy_message, replay, state_from_totals,
+)
 from reautomation import database, metadata, schema
 
 BACKFILLS = ("messages", "calls")
@@ -113,20 +119,34 @@ def _count_needing(conn: sa.Connection, spec: "_MessagesBackfill | _CallsBackfil
                         {"after": after}).scalar_one()
 
 
+def message_fields(encoding_name: str, messages: list[tuple[str, str, bool]]) -> tuple[list[int], list[float | None]]:
+    """Return the token counts, and the importance where asked, of (role, content, needs importance) messages.
+
+    The CPU-bound part of the messages backfill, run in worker processes when there are several
+    workers (threads would queue on the GIL between tiktoken calls).
+    """
+    counts = tokens.count_tokens_batch([content for _role, content, _needs in messages], encoding_name=encoding_name)
+    return counts, [importance_of(role, content) if needs else None for role, content, needs in messages]
+
+
 class _MessagesBackfill:
     name = "messages"
     table = "conversation_history"
     pending = "(token_count IS NULL OR importance IS NULL)"
+
+    def __init__(self) -> None:
+        self.pool: Executor | None = None  # set while a run has several workers
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         where = _needing(self, recompute)
         # The hot path reads through the driver's cursor: plain tuples, no per-row objects.
         rows = _fetch_tuples(conn, f"SELECT id, role, content, token_count, importance FROM conversation_history "
                                    f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
-        counts = tokens.count_tokens_batch([content for _id, _role, content, _tc, _imp in rows])
+        work = (settings.TOKEN_ENCODING, [(role, content, importance is None) for _id, role, content, _tc, importance in rows])
+        counts, importances = self.pool.submit(message_fields, *work).result() if self.pool else message_fields(*work)
         changes = []
-        for (id_, role, content, token_count, importance), count in zip(rows, counts):
-            new_importance = importance if importance is not None else importance_of(role, content)
+        for (id_, _role, _content, token_count, importance), count, computed in zip(rows, counts, importances):
+            new_importance = importance if importance is not None else computed
             if count != token_count or new_importance != importance:
                 changes.append((id_, count, new_importance))
         if write and changes:
@@ -149,23 +169,24 @@ class _CallsBackfill:
                                     f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
         if not calls:
             return 0, 0
-        # A call's conversation in order (turn index where set, then time, then id); content is
-        # only fetched for messages the messages backfill has not reached yet. Calls' ids are a
-        # contiguous keyset range, so the messages are read by range, not by a list of ids.
-        messages = _fetch_tuples(conn, (
-            "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END, "
-            f"token_count, importance FROM conversation_history WHERE call_id >= {{p}} AND call_id <= {{p}} "
-            "ORDER BY call_id, turn_index NULLS LAST, created_at, id"), (calls[0][0], calls[-1][0]))
-        by_call: dict[int, list[PolicyMessage]] = {}
-        for call_id, role, content, token_count, importance in messages:
-            if token_count is not None and importance is not None:
-                message = PolicyMessage(role, token_count, importance)
-            else:
-                message = policy_message(role=role, content=content, token_count=token_count, importance=importance)
-            by_call.setdefault(call_id, []).append(message)
+        # Calls' ids are a contiguous keyset range: per call, the message count, the token sum and
+        # how many messages the messages backfill has not reached yet, summed by the database.
+        totals = {call_id: (n, token_sum, missing) for call_id, n, token_sum, missing in _fetch_tuples(conn, (
+            "SELECT call_id, count(*), COALESCE(sum(token_count), 0), "
+            "sum(CASE WHEN token_count IS NULL OR importance IS NULL THEN 1 ELSE 0 END) "
+            "FROM conversation_history WHERE call_id >= {p} AND call_id <= {p} GROUP BY call_id"),
+            (calls[0][0], calls[-1][0]))}
+        states: dict[int, ContextState] = {}
+        for call_id, *_ in calls:
+            n, token_sum, missing = totals.get(call_id, (0, 0, 0))
+            state = None if missing else state_from_totals(n, token_sum, self.policy)
+            if state is not None:
+                states[call_id] = state
+        if len(states) < len(calls):
+            states.update(self._replayed(conn, [call[0] for call in calls if call[0] not in states]))
         changes = []
         for call_id, total, pruned, count in calls:
-            state = replay(by_call.get(call_id, ()), self.policy)
+            state = states[call_id]
             new = (state.total_context_tokens, state.context_pruned, state.pruning_count)
             if new != (total, bool(pruned), count):
                 changes.append((call_id, *new))
@@ -173,6 +194,25 @@ class _CallsBackfill:
             _bulk_update(conn, "calls", ["total_context_tokens", "context_pruned", "pruning_count"],
                          ["integer", "boolean", "integer"], changes)
         return len(calls), len(changes)
+
+    def _replayed(self, conn: sa.Connection, call_ids: list[int]) -> dict[int, ContextState]:
+        """Replay the policy over the conversations that may have been pruned (or are not counted yet).
+
+        Each conversation in order (turn index where set, then time, then id); content is only
+        fetched for messages the messages backfill has not reached yet.
+        """
+        messages = _fetch_tuples(conn, (
+            "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END, "
+            f"token_count, importance FROM conversation_history WHERE call_id IN ({', '.join(['{p}'] * len(call_ids))}) "
+            "ORDER BY call_id, turn_index NULLS LAST, created_at, id"), tuple(call_ids))
+        by_call: dict[int, list[PolicyMessage]] = {call_id: [] for call_id in call_ids}
+        for call_id, role, content, token_count, importance in messages:
+            if token_count is not None and importance is not None:
+                message = PolicyMessage(role, token_count, importance)
+            else:
+                message = policy_message(role=role, content=content, token_count=token_count, importance=importance)
+            by_call[call_id].append(message)
+        return {call_id: replay(conversation, self.policy) for call_id, conversation in by_call.items()}
 
 
 def _fetch_tuples(conn: sa.Connection, sql: str, params: tuple) -> list[tuple]:
@@ -309,6 +349,10 @@ class _Run:
         """
         runs, batches = self.runs, self.batches
         with conn.begin():
+            if conn.dialect.name == "postgresql":
+                # Not waiting for the WAL flush is safe here: a crash can lose only the last few
+                # batches' commits, and with them their batch rows' deletion, so they are redone.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             pick = sa.select(batches.c.id).where(batches.c.backfill == self.spec.name)
             pick = pick.where(batches.c.id == batch_id) if batch_id else pick.order_by(batches.c.id).limit(1)
             batch = conn.execute(sa.delete(batches).where(
@@ -450,6 +494,19 @@ def backfill_context(
     return results
 
 
+def _compute_pool(workers: int) -> ProcessPoolExecutor:
+    """Return a pool of ``workers`` processes for ``message_fields``, started before any worker thread.
+
+    Forked (Django is set up and the encoding loaded already); all at once now, since forking
+    once the worker threads run could copy a lock one of them holds. Ctrl-C is left to the
+    main process, which stops the workers and records the run as interrupted.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    pool.submit(message_fields, settings.TOKEN_ENCODING, []).result()
+    return pool
+
+
 def _run_one(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, options: BackfillOptions,
              on_progress: ProgressCallback | None,
              on_start: Callable[[str, int | None, bool, int | None], None] | None) -> BackfillResult:
@@ -469,6 +526,8 @@ def _run_one(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
     workers = [threading.Thread(target=run.work, name=f"backfill-{spec.name}-{i}", daemon=True)
                for i in range(options.workers)]
     try:
+        if isinstance(spec, _MessagesBackfill) and options.workers > 1:
+            spec.pool = _compute_pool(options.workers)
         for worker in workers:
             worker.start()
         while any(w.is_alive() for w in workers):
@@ -482,6 +541,10 @@ def _run_one(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
         raise BackfillInterrupted(
             f"backfill {spec.name!r} stopped after {run.scanned} rows (run {run.run_id}); "
             "run the same command again to resume") from None
+    finally:
+        if getattr(spec, "pool", None):
+            spec.pool.shutdown(cancel_futures=True)
+            spec.pool = None
     if run.errors:
         error = run.errors[0]
         first_line = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

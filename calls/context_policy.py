@@ -69,6 +69,7 @@ class ContextState:
 
 
 _FACT = re.compile(r"\d|\$|@|\?")
+_ROLE_IMPORTANCE = {"user": 0.6, "assistant": 0.4, "tool": 0.3}
 
 
 def importance_of(role: str, content: str) -> float:
@@ -80,7 +81,7 @@ def importance_of(role: str, content: str) -> float:
     """
     if role == SYSTEM:
         return 1.0
-    score = {"user": 0.6, "assistant": 0.4, "tool": 0.3}.get(role, 0.4)
+    score = _ROLE_IMPORTANCE.get(role, 0.4)
     if _FACT.search(content):
         score += 0.2
     if len(content.split(None, 4)) <= 3:  # three words or fewer (split: cheaper than a regex per message)
@@ -99,15 +100,37 @@ def policy_message(*, role: str, content: str | None, token_count: int | None, i
     )
 
 
+def conversation_total(message_count: int, token_sum: int, policy: ContextPolicy) -> int:
+    """Return ``total_context_tokens`` of a conversation of ``message_count`` messages with ``token_sum`` tokens."""
+    if not message_count:
+        return 0
+    return token_sum + message_count * policy.per_message + policy.reply_priming
+
+
+def state_from_totals(message_count: int, token_sum: int, policy: ContextPolicy) -> ContextState | None:
+    """Return the context fields from the totals alone when no pruning can have happened; else None.
+
+    The running context never exceeds the whole conversation, so one whose total fits in
+    ``max_tokens`` was never pruned: no need to replay it message by message (the backfill
+    replays only the rest).
+    """
+    total = conversation_total(message_count, token_sum, policy)
+    if message_count and total > policy.max_tokens:
+        return None
+    return ContextState(total_context_tokens=total, context_pruned=False, pruning_count=0)
+
+
 def replay(messages: Iterable[PolicyMessage], policy: ContextPolicy) -> ContextState:
     """Return the context fields of a conversation, given its messages in conversation order."""
     context: list[tuple[int, PolicyMessage]] = []  # (position, message) still in the context
     context_tokens = 0
-    total = 0
+    token_sum = 0
+    count = 0
     events = 0
     for position, message in enumerate(messages):
         cost = message.token_count + policy.per_message
-        total += cost
+        token_sum += message.token_count
+        count += 1
         context.append((position, message))
         context_tokens += cost
         if context_tokens + policy.reply_priming <= policy.max_tokens:
@@ -125,6 +148,5 @@ def replay(messages: Iterable[PolicyMessage], policy: ContextPolicy) -> ContextS
             dropped.add(pos)
             context_tokens -= by_position[pos].token_count + policy.per_message
         context = [(pos, m) for pos, m in context if pos not in dropped]
-    if total:
-        total += policy.reply_priming
-    return ContextState(total_context_tokens=total, context_pruned=events > 0, pruning_count=events)
+    return ContextState(total_context_tokens=conversation_total(count, token_sum, policy),
+                        context_pruned=events > 0, pruning_count=events)

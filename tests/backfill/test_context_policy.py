@@ -1,9 +1,18 @@
 """The context policy on hand-computed conversations (costs: tokens + 3 a message, + 3 reply priming)."""
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from calls.context_policy import ContextPolicy, ContextState, PolicyMessage, importance_of, replay
+from calls.context_policy import (
+    ContextPolicy,
+    ContextState,
+    PolicyMessage,
+    importance_of,
+    replay,
+    state_from_totals,
+)
 
 SMALL = ContextPolicy(max_tokens=100, target_tokens=60, keep_recent=2, per_message=3, reply_priming=3)
 
@@ -55,6 +64,26 @@ def test_the_most_recent_messages_are_never_dropped() -> None:
     # and each later message over the limit is another event.
     state = replay([m("user", 20), m("assistant", 20), m("user", 20)], policy)
     assert state == ContextState(72, True, 1)
+
+
+def test_totals_decide_exactly_the_conversations_that_were_never_pruned() -> None:
+    # The backfill's shortcut: from (count, token sum) alone, the same state as the replay when
+    # the conversation fits, and None exactly when the replay prunes. Boundary sizes included.
+    rng = random.Random(7)
+    for case in range(2000):
+        size = rng.randint(0, 12)
+        conversation = [m(rng.choice(["system", "user", "assistant", "tool"]), rng.randint(0, 30),
+                          rng.choice([0.2, 0.5, 0.8])) for _ in range(size)]
+        replayed = replay(conversation, SMALL)
+        shortcut = state_from_totals(size, sum(c.token_count for c in conversation), SMALL)
+        if shortcut is None:
+            assert replayed.context_pruned, case
+            assert replayed.total_context_tokens > SMALL.max_tokens
+        else:
+            assert shortcut == replayed, case
+    fits = [m("user", 100 - 3 - 3)]  # exactly max_tokens: not pruned
+    assert state_from_totals(1, 94, SMALL) == replay(fits, SMALL) == ContextState(100, False, 0)
+    assert state_from_totals(1, 95, SMALL) is None and replay([m("user", 95)], SMALL).context_pruned
 
 
 @pytest.mark.parametrize(
