@@ -85,7 +85,8 @@ def main() -> None:
     parser.add_argument("--server-url", default=os.environ.get(
         "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
-    settings_to_try = [dict(workers=1), dict(workers=2), dict(workers=2, batch_size=2000)]
+    settings_to_try = [dict(workers=1), dict(workers=2), dict(workers=2, batch_size=2000),
+                       dict(workers=3, batch_size=2000)]
 
     admin = database.create_engine(args.server_url, isolation_level="AUTOCOMMIT")
     name = f"bench_backfill_{uuid.uuid4().hex[:8]}"

@@ -16,6 +16,10 @@ How a run works, and why:
   is marked ``interrupted`` and resumed from its cursor by a new run.
 - Each batch is one round trip to write (``UPDATE ... FROM unnest(...)`` on PostgreSQL) and
   only rows whose values change are written: a second run changes nothing.
+- Several workers are forked processes (one is a thread): counting tokens is CPU-bound Python
+  glue around tiktoken, and threads would take turns on the GIL.
+- A call whose conversation fits in ``CONTEXT_MAX_TOKENS`` was never pruned: its fields follow
+  from per-call sums the database computes; only the others are replayed message by message.
 """
 from __future__ import annotations
 
@@ -25,13 +29,11 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
-from django.conf import settings
 
 from calls import tokens
 from calls.context_policy import (
@@ -119,34 +121,20 @@ def _count_needing(conn: sa.Connection, spec: "_MessagesBackfill | _CallsBackfil
                         {"after": after}).scalar_one()
 
 
-def message_fields(encoding_name: str, messages: list[tuple[str, str, bool]]) -> tuple[list[int], list[float | None]]:
-    """Return the token counts, and the importance where asked, of (role, content, needs importance) messages.
-
-    The CPU-bound part of the messages backfill, run in worker processes when there are several
-    workers (threads would queue on the GIL between tiktoken calls).
-    """
-    counts = tokens.count_tokens_batch([content for _role, content, _needs in messages], encoding_name=encoding_name)
-    return counts, [importance_of(role, content) if needs else None for role, content, needs in messages]
-
-
 class _MessagesBackfill:
     name = "messages"
     table = "conversation_history"
     pending = "(token_count IS NULL OR importance IS NULL)"
-
-    def __init__(self) -> None:
-        self.pool: Executor | None = None  # set while a run has several workers
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         where = _needing(self, recompute)
         # The hot path reads through the driver's cursor: plain tuples, no per-row objects.
         rows = _fetch_tuples(conn, f"SELECT id, role, content, token_count, importance FROM conversation_history "
                                    f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
-        work = (settings.TOKEN_ENCODING, [(role, content, importance is None) for _id, role, content, _tc, importance in rows])
-        counts, importances = self.pool.submit(message_fields, *work).result() if self.pool else message_fields(*work)
+        counts = tokens.count_tokens_batch([content for _id, _role, content, _tc, _imp in rows])
         changes = []
-        for (id_, _role, _content, token_count, importance), count, computed in zip(rows, counts, importances):
-            new_importance = importance if importance is not None else computed
+        for (id_, role, content, token_count, importance), count in zip(rows, counts):
+            new_importance = importance if importance is not None else importance_of(role, content)
             if count != token_count or new_importance != importance:
                 changes.append((id_, count, new_importance))
         if write and changes:
@@ -284,8 +272,10 @@ class _Run:
         self.total: int | None = None
         self.scanned = self.changed = 0
         self.lock = threading.Lock()
-        self.stop = threading.Event()
+        self.stop = _FORK.Event()  # seen by worker threads and forked worker processes alike
         self.errors: list[BaseException] = []
+        self.report: Callable[[int, int], None] = self.account  # a worker process reports to its parent
+        self.parent_pid: int | None = None  # set in a worker process
 
     def start(self) -> None:
         """Join the running run of this backfill, resume a dead one, or start a new one."""
@@ -395,11 +385,14 @@ class _Run:
 
     def step(self, conn: sa.Connection, rate: float | None, batch_id: int | None = None) -> bool:
         """Process one batch and throttle; return whether there was one."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.stop.set()  # the invoking process was killed: stop too, the batches wait for a rerun
+            return False
         started = time.monotonic()
         result = self.process(conn, batch_id)
         if result is None:
             return False
-        self.account(*result)
+        self.report(*result)
         wait = self.options.pause + (result[0] / rate - (time.monotonic() - started) if rate else 0)
         if wait > 0:
             self.stop.wait(wait)
@@ -494,17 +487,42 @@ def backfill_context(
     return results
 
 
-def _compute_pool(workers: int) -> ProcessPoolExecutor:
-    """Return a pool of ``workers`` processes for ``message_fields``, started before any worker thread.
+_FORK = multiprocessing.get_context("fork")
 
-    Forked (Django is set up and the encoding loaded already); all at once now, since forking
-    once the worker threads run could copy a lock one of them holds. Ctrl-C is left to the
-    main process, which stops the workers and records the run as interrupted.
-    """
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                               initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
-    pool.submit(message_fields, settings.TOKEN_ENCODING, []).result()
-    return pool
+
+class _WorkerError(Exception):
+    """An error a worker process reported (exceptions themselves may not survive pickling)."""
+
+    def __init__(self, kind: str, line: str) -> None:
+        super().__init__(line)
+        self.kind, self.line = kind, line
+
+
+def _describe(error: BaseException) -> tuple[str, str]:
+    """Return an error's type name and first line (a database error's own message)."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return type(error).__name__, text.splitlines()[0] if text else type(error).__name__
+
+
+def _work_in_process(run: _Run, reports: Any, parent_pid: int) -> None:
+    """A forked worker: the thread's loop, reporting each batch and how it ended to the parent."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle: it sets run.stop
+        signal.signal(signum, signal.SIG_IGN)
+    run.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+    run.parent_pid = parent_pid
+    run.report = lambda scanned, changed: reports.put(("batch", scanned, changed))
+    run.work()
+    if run.errors:
+        reports.put(("error", *_describe(run.errors[0])))
+    run.engine.dispose()
+
+
+def _receive(run: _Run, report: tuple) -> None:
+    if report[0] == "batch":
+        run.account(report[1], report[2])
+    else:
+        run.errors.append(_WorkerError(report[1], report[2]))
+        run.stop.set()
 
 
 def _run_one(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, options: BackfillOptions,
@@ -523,16 +541,24 @@ def _run_one(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
         run.start()
     if on_start:
         on_start(spec.name, run.run_id, run.joined, run.resumed_from)
-    workers = [threading.Thread(target=run.work, name=f"backfill-{spec.name}-{i}", daemon=True)
-               for i in range(options.workers)]
+    reports = _FORK.SimpleQueue()
+    # One worker: a thread. Several: forked processes, since threads would take turns on the GIL
+    # between tiktoken calls.
+    workers: list[threading.Thread | multiprocessing.process.BaseProcess] = (
+        [threading.Thread(target=run.work, name=f"backfill-{spec.name}", daemon=True)] if options.workers == 1 else
+        [_FORK.Process(target=_work_in_process, args=(run, reports, os.getpid()), name=f"backfill-{spec.name}-{i}",
+                       daemon=True) for i in range(options.workers)])
     try:
-        if isinstance(spec, _MessagesBackfill) and options.workers > 1:
-            spec.pool = _compute_pool(options.workers)
         for worker in workers:
             worker.start()
-        while any(w.is_alive() for w in workers):
+        while any(w.is_alive() for w in workers) or not reports.empty():
             for worker in workers:
-                worker.join(timeout=0.2)
+                worker.join(timeout=0.1)
+            while not reports.empty():
+                _receive(run, reports.get())
+        for worker in workers:
+            if getattr(worker, "exitcode", 0) and not run.errors:  # died without a word (OOM killer, ...)
+                run.errors.append(_WorkerError("WorkerDied", f"worker process {worker.name} exited with {worker.exitcode}"))
     except KeyboardInterrupt:
         run.stop.set()
         for worker in workers:
@@ -541,15 +567,11 @@ def _run_one(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
         raise BackfillInterrupted(
             f"backfill {spec.name!r} stopped after {run.scanned} rows (run {run.run_id}); "
             "run the same command again to resume") from None
-    finally:
-        if getattr(spec, "pool", None):
-            spec.pool.shutdown(cancel_futures=True)
-            spec.pool = None
     if run.errors:
         error = run.errors[0]
-        first_line = str(getattr(error, "orig", None) or error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if not isinstance(error, BackfillFailed):
-            run.end("failed", f"{type(error).__name__}: {first_line}")
+        kind, first_line = (error.kind, error.line) if isinstance(error, _WorkerError) else _describe(error)
+        if kind != BackfillFailed.__name__:
+            run.end("failed", f"{kind}: {first_line}")
         raise BackfillFailed(
             f"backfill {spec.name!r} failed in run {run.run_id}: {first_line}; "
             "fix the cause and run the same command again to resume") from error

@@ -68,8 +68,10 @@ def stored_calls(url: sa.URL) -> dict[int, tuple]:
             for r in run_sql(url, "SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls")}
 
 
-def run(url: sa.URL, **options: object) -> dict[str, backfill.BackfillResult]:
-    results = backfill.backfill_context(url=url, options=backfill.BackfillOptions(**options), policy=POLICY)
+def run(url: sa.URL, *, only: tuple[str, ...] = backfill.BACKFILLS, on_progress=None,
+        **options: object) -> dict[str, backfill.BackfillResult]:
+    results = backfill.backfill_context(url=url, only=only, options=backfill.BackfillOptions(**options), policy=POLICY,
+                                        on_progress=on_progress)
     return {r.backfill: r for r in results}
 
 
@@ -150,11 +152,25 @@ def test_refuses_below_the_revisions_it_needs(empty_db: sa.URL, revision: str, n
         run(empty_db)
 
 
-def test_workers_in_one_process_never_share_a_batch(filled_db: sa.URL) -> None:
-    results = run(filled_db, batch_size=40, workers=3)
+def test_worker_processes_never_share_a_batch(filled_db: sa.URL) -> None:
+    progress: list[int] = []
+    results = run(filled_db, batch_size=40, workers=3,
+                  on_progress=lambda p: progress.append(p.scanned) if p.backfill == "messages" else None)
     total = run_sql(filled_db, "SELECT count(*) FROM conversation_history")[0][0]
     assert results["messages"].scanned == total  # each row scanned once: no batch twice
     assert stored_calls(filled_db) == expected_calls(filled_db)
+    assert progress == sorted(progress) and total in progress  # every batch reported to the parent
+    assert run_sql(filled_db, "SELECT backfill, status, rows_scanned FROM backfill_runs ORDER BY id") == [
+        ("messages", "succeeded", total), ("calls", "succeeded", results["calls"].scanned)]
+
+
+def test_a_failing_worker_process_fails_the_run_with_its_error(filled_db: sa.URL) -> None:
+    # A real database error inside a worker process: the message column is not text any more.
+    run_sql(filled_db, "ALTER TABLE conversation_history RENAME COLUMN content TO body")
+    with pytest.raises(backfill.BackfillFailed, match="failed in run 1: .*content.*run the same command again"):
+        run(filled_db, batch_size=40, workers=2, only=("messages",))
+    ((status, error),) = run_sql(filled_db, "SELECT status, error FROM backfill_runs")
+    assert status == "failed" and "content" in error
 
 
 @pytest.mark.parametrize(("ended_as", "claims"), [("succeeded", []), ("failed", None)])
@@ -233,12 +249,16 @@ def pg_seeded(pg_head_db: sa.URL) -> sa.URL:
     return pg_head_db
 
 
-def test_resumes_after_kill_9(pg_seeded: sa.URL) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_resumes_after_kill_9(pg_seeded: sa.URL, workers: str) -> None:
     url = pg_seeded
-    process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--pause", "0.05")
+    process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--pause", "0.05", "--workers", workers)
     wait_for(lambda: (run_sql(url, "SELECT max(rows_scanned) FROM backfill_runs")[0][0] or 0) >= 100)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    # Worker processes notice and stop after their batch: nobody is left writing.
+    wait_for(lambda: run_sql(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                  "AND pid <> pg_backend_pid()")[0][0] == 0, timeout=30)
     (killed,) = run_sql(url, "SELECT id, status FROM backfill_runs")
     assert killed.status == "running"  # nobody could record it: the next run finds out
     assert run_sql(url, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0] > 0
@@ -269,9 +289,10 @@ def test_the_same_command_on_two_hosts_cooperates(pg_seeded: sa.URL) -> None:
     assert run_sql(url, "SELECT status, rows_scanned FROM backfill_runs") == [("succeeded", total)]
 
 
-def test_a_run_with_other_options_is_refused_while_one_runs(pg_seeded: sa.URL) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_run_with_other_options_is_refused_while_one_runs(pg_seeded: sa.URL, workers: str) -> None:
     url = pg_seeded
-    first = start_backfill(url, "--only", "messages", "--batch-size", "10", "--pause", "0.1")
+    first = start_backfill(url, "--only", "messages", "--batch-size", "10", "--pause", "0.1", "--workers", workers)
     wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
     second = start_backfill(url, "--only", "messages", "--recompute")
     out, err = second.communicate(timeout=60)

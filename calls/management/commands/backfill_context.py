@@ -25,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--only", choices=backfill.BACKFILLS, help="run one backfill (default: both, messages first)")
         parser.add_argument("--recompute", action="store_true", help="recompute rows that already have values")
         parser.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
-        parser.add_argument("--workers", type=int, default=1, help="parallel workers in this process (default 1)")
+        parser.add_argument("--workers", type=int, default=1, help="parallel workers; more than 1 are processes forked from this one (default 1)")
         parser.add_argument("--max-rows-per-second", type=float, default=None, help="throttle for live systems")
         parser.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between batches")
         parser.add_argument("--stale-after", type=float, default=120.0,
