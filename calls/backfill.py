@@ -183,16 +183,21 @@ class _CallsBackfill:
                          ["integer", "boolean", "integer"], changes)
         return len(calls), len(changes)
 
+    # Bound parameters per query stay well under SQLite's and PostgreSQL's limits, whatever --batch-size.
+    IDS_PER_QUERY = 1000
+
     def _replayed(self, conn: sa.Connection, call_ids: list[int]) -> dict[int, ContextState]:
         """Replay the policy over the conversations that may have been pruned (or are not counted yet).
 
         Each conversation in order (turn index where set, then time, then id); content is only
         fetched for messages the messages backfill has not reached yet.
         """
-        messages = _fetch_tuples(conn, (
-            "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END, "
-            f"token_count, importance FROM conversation_history WHERE call_id IN ({', '.join(['{p}'] * len(call_ids))}) "
-            "ORDER BY call_id, turn_index NULLS LAST, created_at, id"), tuple(call_ids))
+        messages = []
+        for chunk in (call_ids[i:i + self.IDS_PER_QUERY] for i in range(0, len(call_ids), self.IDS_PER_QUERY)):
+            messages += _fetch_tuples(conn, (
+                "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END, "
+                f"token_count, importance FROM conversation_history WHERE call_id IN ({', '.join(['{p}'] * len(chunk))}) "
+                "ORDER BY call_id, turn_index NULLS LAST, created_at, id"), tuple(chunk))
         by_call: dict[int, list[PolicyMessage]] = {call_id: [] for call_id in call_ids}
         for call_id, role, content, token_count, importance in messages:
             if token_count is not None and importance is not None:

@@ -164,6 +164,15 @@ def test_worker_processes_never_share_a_batch(filled_db: sa.URL) -> None:
         ("messages", "succeeded", total), ("calls", "succeeded", results["calls"].scanned)]
 
 
+def test_calls_before_messages_replay_every_call_from_content(filled_db: sa.URL, monkeypatch) -> None:
+    # No message counted yet: no call can be decided from sums, all are replayed from their
+    # content, a few call ids per query (the bound keeps parameters under the databases' limits).
+    monkeypatch.setattr(backfill._CallsBackfill, "IDS_PER_QUERY", 3)
+    run(filled_db, batch_size=50, only=("calls",))
+    assert stored_calls(filled_db) == expected_calls(filled_db)
+    assert run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE token_count IS NOT NULL")[0][0] == 0
+
+
 def test_a_failing_worker_process_fails_the_run_with_its_error(filled_db: sa.URL) -> None:
     # A real database error inside a worker process: the message column is not text any more.
     run_sql(filled_db, "ALTER TABLE conversation_history RENAME COLUMN content TO body")
