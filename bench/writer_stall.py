@@ -58,7 +58,12 @@ TARGET_MS = 500
 
 
 def url_for(name: str) -> str:
+    """libpq URL of database ``name`` on the server (for psycopg and the manage.py subprocess)."""
     return SERVER.rsplit("/", 1)[0] + f"/{name}"
+
+
+def sqlalchemy_url_for(name: str) -> sa.URL:
+    return sa.make_url(url_for(name).replace("postgresql://", "postgresql+psycopg://"))
 
 
 def admin(statement: str) -> None:
@@ -69,7 +74,7 @@ def admin(statement: str) -> None:
 def seed(calls: int, max_turns: int) -> None:
     admin(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
     admin(f'CREATE DATABASE "{TEMPLATE}"')
-    url = sa.make_url(url_for(TEMPLATE).replace("postgresql://", "postgresql+psycopg://"))
+    url = sqlalchemy_url_for(TEMPLATE)
     started = time.perf_counter()
     schema.upgrade(revision="003_context_management", url=url)
     with schema.connect(url) as conn:
@@ -178,7 +183,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, object]:
         raise SystemExit(f"[{variant}] migrate_schema upgrade failed: {upgrade.stderr.strip() or upgrade.stdout}")
     stalls = sorted(s for w in writers for at, s in w.samples if window_start <= at <= window_end + 0.001)
     before = sorted(s for w in writers for at, s in w.samples if at < window_start)
-    engine = database.create_engine(url_for(TARGET).replace("postgresql://", "postgresql+psycopg://"))
+    engine = database.create_engine(sqlalchemy_url_for(TARGET))
     with engine.connect() as conn:
         invalid = schema.invalid_indexes(conn)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
