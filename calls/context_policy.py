@@ -68,8 +68,21 @@ class ContextState:
     pruning_count: int
 
 
-_FACT = re.compile(r"\d|\$|@|\?")
+_FACT = re.compile(r"[\d$@?]")
 _ROLE_IMPORTANCE = {"user": 0.6, "assistant": 0.4, "tool": 0.3}
+_OTHER_ROLE_IMPORTANCE = 0.4
+
+
+def _importance(role_score: float, has_fact: bool, is_short: bool) -> float:
+    return round(min(1.0, max(0.0, role_score + (0.2 if has_fact else 0.0) - (0.2 if is_short else 0.0))), 2)
+
+
+# Every outcome of the heuristic, computed once: the backfill calls it for each of millions of messages.
+_IMPORTANCE = {
+    (role, has_fact, is_short): _importance(score, has_fact, is_short)
+    for role, score in [*_ROLE_IMPORTANCE.items(), (None, _OTHER_ROLE_IMPORTANCE)]
+    for has_fact in (False, True) for is_short in (False, True)
+}
 
 
 def importance_of(role: str, content: str) -> float:
@@ -81,12 +94,11 @@ def importance_of(role: str, content: str) -> float:
     """
     if role == SYSTEM:
         return 1.0
-    score = _ROLE_IMPORTANCE.get(role, 0.4)
-    if _FACT.search(content):
-        score += 0.2
-    if len(content.split(None, 4)) <= 3:  # three words or fewer (split: cheaper than a regex per message)
-        score -= 0.2
-    return round(min(1.0, max(0.0, score)), 2)
+    return _IMPORTANCE[
+        role if role in _ROLE_IMPORTANCE else None,
+        _FACT.search(content) is not None,
+        len(content.split(None, 4)) <= 3,  # three words or fewer (split: cheaper than a regex per message)
+    ]
 
 
 def policy_message(*, role: str, content: str | None, token_count: int | None, importance: float | None) -> PolicyMessage:

@@ -141,6 +141,48 @@ def test_each_run_is_recorded(filled_db: sa.URL) -> None:
     assert run_sql(filled_db, "SELECT count(*) FROM backfill_batches")[0][0] == 0
 
 
+def test_a_batch_write_stores_exactly_the_values_given(filled_db: sa.URL) -> None:
+    # On PostgreSQL the values travel as array literals written by us: floats must round-trip
+    # bit for bit, NULL must stay NULL (and keep what is stored), booleans and big ints intact.
+    ids = [r[0] for r in run_sql(filled_db, "SELECT id FROM conversation_history ORDER BY id LIMIT 5")]
+    run_sql(filled_db, f"UPDATE conversation_history SET importance = 0.25 WHERE id = {ids[4]}")
+    importances = [0.1, 1 / 3, 5e-324, 0.6, None]
+    engine = database.create_engine(filled_db)
+    with engine.begin() as conn:
+        backfill._bulk_update(conn, "conversation_history", ["token_count", "importance"],
+                              ["integer", "double precision"],
+                              [(id_, 2**31 - 1 - i, imp) for i, (id_, imp) in enumerate(zip(ids, importances))],
+                              keep_existing={"importance"})
+        calls = [r[0] for r in conn.execute(sa.text("SELECT id FROM calls ORDER BY id LIMIT 2"))]
+        backfill._bulk_update(conn, "calls", ["total_context_tokens", "context_pruned", "pruning_count"],
+                              ["integer", "boolean", "integer"], [(calls[0], 0, True, 7), (calls[1], 12, False, 0)])
+    engine.dispose()
+    stored = run_sql(filled_db, f"SELECT token_count, importance FROM conversation_history "
+                                f"WHERE id IN ({', '.join(map(str, ids))}) ORDER BY id")
+    assert [tuple(r) for r in stored] == [(2**31 - 1 - i, imp) for i, imp in enumerate([*importances[:4], 0.25])]
+    assert stored_calls(filled_db)[calls[0]] == (0, True, 7) and stored_calls(filled_db)[calls[1]] == (12, False, 0)
+
+
+def test_the_total_is_counted_beside_the_workers_as_rows_were_before_any_batch(
+    pg_seeded: sa.URL, monkeypatch
+) -> None:
+    # The count (a read of the whole table) is held back until batches have committed; its
+    # snapshot, taken before any worker started, still sees every row the run visits.
+    count_needing = backfill._count_needing
+
+    def count_after_some_batches(conn, spec, recompute, after=0):
+        wait_for(lambda: (run_sql(pg_seeded, "SELECT max(rows_scanned) FROM backfill_runs")[0][0] or 0) >= 100)
+        return count_needing(conn, spec, recompute, after)
+
+    monkeypatch.setattr(backfill, "_count_needing", count_after_some_batches)
+    totals: list[int | None] = []
+    results = run(pg_seeded, batch_size=20, only=("messages",), on_progress=lambda p: totals.append(p.total))
+    total = run_sql(pg_seeded, "SELECT count(*) FROM conversation_history")[0][0]
+    assert results["messages"].scanned == total
+    assert run_sql(pg_seeded, "SELECT rows_total FROM backfill_runs") == [(total,)]
+    assert totals[0] is None and totals[-1] == total  # progress had no total until it was counted
+
+
 @pytest.mark.parametrize(
     ("revision", "names"),
     [("002_voice_agent_integration", "below 003_context_management"),

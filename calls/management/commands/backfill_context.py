@@ -72,6 +72,8 @@ class Command(BaseCommand):
             if self.bar is None or self.bar.desc != progress.backfill:
                 self._close_bar()
                 self.bar = tqdm(total=progress.total, desc=progress.backfill, unit="rows", file=self.stdout._out)
+            if self.bar.total != progress.total:  # a new run's total is counted while it works
+                self.bar.total = progress.total
             self.bar.update(progress.scanned - self.bar.n)
             self.bar.set_postfix(changed=progress.changed, refresh=False)
         elif time.monotonic() - self.last_line >= 5:
