@@ -125,6 +125,9 @@ class _MessagesBackfill:
     name = "messages"
     table = "conversation_history"
     pending = "(token_count IS NULL OR importance IS NULL)"
+    # Nearly every pending message lacks its token count, and revision 004's partial index lists
+    # exactly those: batches are bounded by it, without reading the table (see _Run.next_ids).
+    indexed_pending = "token_count IS NULL"
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         where = _needing(self, recompute)
@@ -147,6 +150,7 @@ class _CallsBackfill:
     name = "calls"
     table = "calls"
     pending = "total_context_tokens IS NULL"
+    indexed_pending = pending  # revision 004's partial index
 
     def __init__(self, policy: ContextPolicy) -> None:
         self.policy = policy
@@ -361,10 +365,7 @@ class _Run:
                 return []  # a cooperating worker finished the last batch: nothing is left to hand out
             if run.status != "running":
                 raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
-            where = _needing(self.spec, self.options.recompute)
-            ids = [row[0] for row in _fetch_tuples(
-                conn, f"SELECT id FROM {self.spec.table} WHERE id > {{p}}{where} ORDER BY id LIMIT {{p}}",
-                (run.cursor, size * batches_wanted))]
+            ids = self.next_ids(conn, run.cursor, size * batches_wanted)
             if not ids:
                 return []
             bounds = [run.cursor, *ids[size - 1::size]]
@@ -374,6 +375,24 @@ class _Run:
             return list(conn.execute(sa.insert(batches).returning(batches.c.id), [
                 {"run_id": self.run_id, "backfill": self.spec.name, "lo": lo, "hi": hi}
                 for lo, hi in zip(bounds, bounds[1:])]).scalars())
+
+    def next_ids(self, conn: sa.Connection, cursor: int, limit: int) -> list[int]:
+        """Return the ids of the next ``limit`` rows to visit after ``cursor``, in order, to bound batches by.
+
+        Pending rows are looked up in the backfill's partial index first (no table read); once it
+        has none left, the whole condition catches the rare rest (messages with a token count but
+        no importance). A batch visits every pending row in its range, whichever found it.
+        """
+        if self.options.recompute:
+            conditions = [""]
+        else:
+            conditions = list(dict.fromkeys([f" AND {self.spec.indexed_pending}", f" AND {self.spec.pending}"]))
+        for where in conditions:
+            ids = [row[0] for row in _fetch_tuples(
+                conn, f"SELECT id FROM {self.spec.table} WHERE id > {{p}}{where} ORDER BY id LIMIT {{p}}", (cursor, limit))]
+            if ids:
+                return ids
+        return []
 
     def process(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int] | None:
         """Take one batch (``batch_id``, or any waiting one), process it and commit, in one transaction.

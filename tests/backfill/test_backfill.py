@@ -120,6 +120,23 @@ def test_importance_already_stored_is_kept(filled_db: sa.URL) -> None:
     assert kept == run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE id % 3 = 0")[0][0]
 
 
+def test_messages_missing_only_their_importance_are_found_too(filled_db: sa.URL) -> None:
+    # Batches are bounded by the index of messages without a token count; messages with a count
+    # but no importance fall between those bounds, or after the last one (the highest ids here).
+    run(filled_db)
+    run_sql(filled_db, "UPDATE conversation_history SET token_count = NULL WHERE id % 7 = 0")
+    top = run_sql(filled_db, "SELECT max(id) FROM conversation_history")[0][0]
+    run_sql(filled_db, f"UPDATE conversation_history SET importance = NULL WHERE id % 5 = 0 OR id > {top - 10}")
+    pending = run_sql(filled_db, "SELECT count(*) FROM conversation_history "
+                                 "WHERE token_count IS NULL OR importance IS NULL")[0][0]
+    again = run(filled_db, batch_size=20, workers=2, only=("messages",))
+    assert again["messages"].scanned == pending
+    assert run_sql(filled_db, "SELECT count(*) FROM conversation_history "
+                              "WHERE token_count IS NULL OR importance IS NULL") == [(0,)]
+    assert {r.id: r.token_count for r in run_sql(filled_db, "SELECT id, token_count FROM conversation_history")} \
+        == expected_messages(filled_db)
+
+
 def test_dry_run_counts_and_writes_nothing(filled_db: sa.URL) -> None:
     results = run(filled_db, dry_run=True)
     total = run_sql(filled_db, "SELECT count(*) FROM conversation_history")[0][0]
