@@ -6,19 +6,26 @@
 On a scratch PostgreSQL database seeded with calls/sample_data.py, measures in one run:
 - tiktoken alone: ``encode_ordinary`` over the same texts, in memory, one core;
 - a naive loop: per message, read it, count it, ``UPDATE ... WHERE id = %s``, commit (on a sample);
-- ``backfill_context`` (messages, then calls) with the settings listed, from NULL each time:
-  the messages backfill alone (what the other two do: read, count, write every message) and
-  the whole command, which then computes every call's context fields.
-Prints messages/s for each and the ratios the README quotes. The database is dropped at the end.
+- the database alone: the same rows written by SQL only, one backend per core (what no backfill
+  can go below), and with tiktoken alone the best any backfill could do on this machine;
+- ``backfill_context`` (messages, then calls) with the settings listed: the messages backfill
+  (what the other two do: read, count and write every message) and the whole command, which
+  then computes every call's context fields.
+The naive loop and each backfill run on a fresh copy of the seeded database (no counts yet, as
+before a first backfill). Prints messages/s for each and the ratios the README quotes. The
+databases are dropped at the end.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
@@ -35,19 +42,22 @@ from calls.context_policy import importance_of  # noqa: E402
 from calls.sample_data import generate_sample_data  # noqa: E402
 from reautomation import database, schema  # noqa: E402
 
-RESET = [
-    "UPDATE conversation_history SET token_count = NULL, importance = NULL",
-    "UPDATE calls SET total_context_tokens = NULL, context_pruned = FALSE, pruning_count = 0",
-    "DELETE FROM backfill_runs",
-]
 
+@contextlib.contextmanager
+def copy_of(admin: sa.Engine, template: str) -> Iterator[sa.URL]:
+    """A fresh copy of the seeded database, as it was before any backfill; dropped afterwards.
 
-def reset(engine: sa.Engine) -> None:
-    with engine.begin() as conn:
-        for statement in RESET:
-            conn.execute(sa.text(statement))
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(sa.text("VACUUM ANALYZE"))
+    FILE_COPY starts from a checkpoint, so every measurement writes its full-page images from
+    the same state (a long backfill in production spans many checkpoints).
+    """
+    name = f"{template}_copy"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY = FILE_COPY'))
+    try:
+        yield admin.url.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def tiktoken_alone(engine: sa.Engine) -> tuple[int, float]:
@@ -60,8 +70,9 @@ def tiktoken_alone(engine: sa.Engine) -> tuple[int, float]:
     return len(texts), time.perf_counter() - started
 
 
-def naive_loop(engine: sa.Engine, sample: int) -> tuple[int, float]:
+def naive_loop(url: sa.URL, sample: int) -> tuple[int, float]:
     """What a first script does: one row at a time, a round trip and a commit per row."""
+    engine = database.create_engine(url)
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
@@ -78,6 +89,52 @@ def naive_loop(engine: sa.Engine, sample: int) -> tuple[int, float]:
         return len(ids), time.perf_counter() - started
     finally:
         raw.close()
+        engine.dispose()
+
+
+# The database's own share of the work, with no Python at all: the same rows written by SQL in
+# batches of 2,000 ids, one transaction each, by one backend per core. Token counts are stood in
+# for by length(content); a call's fields by its per-call sums (no replay).
+DATABASE_ALONE = {
+    "conversation_history": "UPDATE conversation_history SET token_count = length(content), importance = 0.5 "
+                            "WHERE id > lo AND id <= lo + {batch}",
+    "calls": "UPDATE calls AS c SET total_context_tokens = s.tokens + 3 * s.n + 3, context_pruned = FALSE, "
+             "pruning_count = 0 FROM (SELECT call_id, count(*) AS n, sum(token_count) AS tokens "
+             "FROM conversation_history WHERE call_id > lo AND call_id <= lo + {batch} GROUP BY call_id) AS s "
+             "WHERE c.id = s.call_id",
+}
+
+
+def database_alone(url: sa.URL, batch: int = 2000, backends: int = os.cpu_count() or 1) -> dict[str, float]:
+    """Seconds the database alone takes to write each table's backfilled rows, on every core."""
+    engine = database.create_engine(url)
+    seconds = {}
+    try:
+        for table, update in DATABASE_ALONE.items():
+            with engine.connect() as conn:
+                top = conn.execute(sa.text(f"SELECT max(id) FROM {table}")).scalar_one()
+
+            def write_share(first: int) -> None:
+                raw = engine.raw_connection()
+                try:
+                    raw.driver_connection.autocommit = True  # the DO block commits each batch itself
+                    raw.driver_connection.execute(
+                        f"DO $$ DECLARE lo bigint; BEGIN SET LOCAL synchronous_commit TO OFF; "
+                        f"FOR lo IN SELECT generate_series({first}, {top}, {batch * backends}) LOOP "
+                        f"{update.format(batch=batch)}; COMMIT; END LOOP; END $$")
+                finally:
+                    raw.close()
+
+            threads = [threading.Thread(target=write_share, args=(i * batch,)) for i in range(backends)]
+            started = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            seconds[table] = time.perf_counter() - started
+    finally:
+        engine.dispose()
+    return seconds
 
 
 def main() -> None:
@@ -91,28 +148,45 @@ def main() -> None:
                        dict(workers=3, batch_size=2000)]
 
     admin = database.create_engine(args.server_url, isolation_level="AUTOCOMMIT")
-    name = f"bench_backfill_{uuid.uuid4().hex[:8]}"
+    template = f"bench_backfill_{uuid.uuid4().hex[:8]}"
     with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name)
-    engine = database.create_engine(url)
+        conn.execute(sa.text(f'CREATE DATABASE "{template}"'))
     try:
+        # The template: sample data as it stands before a backfill (no counts), vacuumed as an
+        # established table is; each measurement runs on a copy of it.
+        url = admin.url.set(database=template)
         schema.upgrade(revision="head", url=url)
         with schema.connect(url) as conn:
             counts = generate_sample_data(connection=conn, calls=args.calls)
-        reset(engine)
+        engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text("VACUUM ANALYZE"))
         print(f"seeded {counts.calls:,} calls, {counts.messages:,} messages")
         n, seconds = tiktoken_alone(engine)
+        engine.dispose()
         alone = n / seconds
         print(f"tiktoken alone, one core:          {alone:>10,.0f} messages/s")
-        n, seconds = naive_loop(engine, args.naive_sample)
+        with copy_of(admin, template) as copy:
+            n, seconds = naive_loop(copy, args.naive_sample)
         naive = n / seconds
         print(f"naive per-row UPDATE loop:         {naive:>10,.0f} messages/s  ({n:,}-message sample)")
+        with copy_of(admin, template) as copy:
+            db = database_alone(copy)
+        cores = os.cpu_count() or 1
+        spread = counts.messages / alone / cores  # tiktoken's work over every core
+        print(f"database alone (SQL, {cores} backends): messages {counts.messages / db['conversation_history']:,.0f}/s, "
+              f"then calls {counts.calls / db['calls']:,.0f}/s")
+        best = counts.messages / (db["conversation_history"] + spread)
+        best_whole = counts.messages / (db["conversation_history"] + db["calls"] + spread)
+        print(f"best possible on this machine's {cores} cores (the database's work, then tiktoken's, no overhead): "
+              f"messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command {best_whole:,.0f}/s "
+              f"= {best_whole / alone:.2f}x")
         for options in settings_to_try:
-            reset(engine)
-            started = time.perf_counter()
-            results = {r.backfill: r for r in backfill.backfill_context(url=url, options=backfill.BackfillOptions(**options))}
-            total = time.perf_counter() - started
+            with copy_of(admin, template) as copy:
+                started = time.perf_counter()
+                results = {r.backfill: r for r in backfill.backfill_context(
+                    url=copy, options=backfill.BackfillOptions(**options))}
+                total = time.perf_counter() - started
             messages = results["messages"]
             label = ", ".join(f"{k}={v}" for k, v in options.items())
             phase = messages.scanned / messages.seconds
@@ -121,9 +195,8 @@ def main() -> None:
                   f"whole command (messages, then {results['calls'].scanned:,} calls) {messages.scanned / total:,.0f} "
                   f"messages/s = {messages.scanned / total / alone:.2f}x, {messages.scanned / total / naive:.0f}x naive")
     finally:
-        engine.dispose()
         with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
         admin.dispose()
 
 

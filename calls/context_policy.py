@@ -69,6 +69,18 @@ class ContextState:
 
 
 _FACT = re.compile(r"[\d$@?]")
+# In ASCII text the same characters are 0-9, $, @ and ?: deleting every other byte is about 3x
+# faster than the regex (the backfill asks this of millions of messages).
+_NOT_FACT_BYTES = bytes(b for b in range(128) if not _FACT.match(chr(b))) + bytes(range(128, 256))
+
+
+def has_fact(content: str) -> bool:
+    """Whether ``content`` holds a digit (any script), a price, an e-mail address or a question."""
+    if content.isascii():
+        return bool(content.encode("ascii").translate(None, _NOT_FACT_BYTES))
+    return _FACT.search(content) is not None
+
+
 _ROLE_IMPORTANCE = {"user": 0.6, "assistant": 0.4, "tool": 0.3}
 _OTHER_ROLE_IMPORTANCE = 0.4
 
@@ -96,7 +108,7 @@ def importance_of(role: str, content: str) -> float:
         return 1.0
     return _IMPORTANCE[
         role if role in _ROLE_IMPORTANCE else None,
-        _FACT.search(content) is not None,
+        has_fact(content),
         len(content.split(None, 4)) <= 3,  # three words or fewer (split: cheaper than a regex per message)
     ]
 

@@ -6,9 +6,11 @@ import random
 import pytest
 
 from calls.context_policy import (
+    _FACT,
     ContextPolicy,
     ContextState,
     PolicyMessage,
+    has_fact,
     importance_of,
     replay,
     state_from_totals,
@@ -102,3 +104,13 @@ def test_totals_decide_exactly_the_conversations_that_were_never_pruned() -> Non
 )
 def test_importance_heuristic(role: str, content: str, expected: float) -> None:
     assert importance_of(role, content) == expected
+
+
+def test_fact_check_agrees_with_its_regex_on_any_text() -> None:
+    # has_fact takes a byte-level shortcut for ASCII text; it must answer as the regex does.
+    rng = random.Random(11)
+    alphabet = [*map(chr, range(128)), "٣", "５", "€", "é", "🏡", "我", "\u00a0"]
+    texts = ["", "?", "no facts here", "call me at 5", "٣", "x" * 10_000 + "@"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+    for text in texts:
+        assert has_fact(text) == (_FACT.search(text) is not None), repr(text)
