@@ -367,6 +367,11 @@ class _Run:
                 raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
             ids = self.next_ids(conn, run.cursor, size * batches_wanted)
             if not ids:
+                # Nothing is left after the cursor: move it to the end, so that the other
+                # workers' claims do not read the table again to find that out.
+                end = conn.execute(sa.text(f"SELECT max(id) FROM {self.spec.table}")).scalar()
+                if end is not None and end > run.cursor:
+                    conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=end))
                 return []
             bounds = [run.cursor, *ids[size - 1::size]]
             if bounds[-1] != ids[-1]:

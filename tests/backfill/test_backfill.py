@@ -100,9 +100,13 @@ def test_hand_computed_call(head_db: sa.URL) -> None:
 
 def test_second_run_changes_nothing_and_recompute_only_fixes_what_is_wrong(filled_db: sa.URL) -> None:
     run(filled_db)
-    again = run(filled_db)
+    again = run(filled_db, workers=2)
     assert (again["messages"].scanned, again["messages"].changed) == (0, 0)
     assert (again["calls"].scanned, again["calls"].changed) == (0, 0)
+    # The first claim that found nothing moved the cursor to the end, so the other worker's
+    # claim did not read the table again.
+    assert run_sql(filled_db, "SELECT cursor FROM backfill_runs WHERE backfill = 'messages' ORDER BY id DESC LIMIT 1") \
+        == run_sql(filled_db, "SELECT max(id) FROM conversation_history")
     run_sql(filled_db, "UPDATE conversation_history SET token_count = 999 WHERE id % 10 = 0")
     wrong = run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE token_count = 999")[0][0]
     assert run(filled_db)["messages"].changed == 0  # not NULL: a normal run leaves them
