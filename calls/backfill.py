@@ -357,7 +357,7 @@ class _Run:
 
     def claim(self, conn: sa.Connection, batches_wanted: int) -> list[int]:
         """Hand out the next id ranges from the run's cursor as batches; [] when there are none."""
-        runs, batches, size = self.runs, self.batches, self.options.batch_size
+        runs, batches = self.runs, self.batches
         with conn.begin():
             run = conn.execute(sa.select(runs.c.cursor, runs.c.status).where(runs.c.id == self.run_id)
                                .with_for_update()).one()
@@ -365,39 +365,43 @@ class _Run:
                 return []  # a cooperating worker finished the last batch: nothing is left to hand out
             if run.status != "running":
                 raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
-            ids = self.next_ids(conn, run.cursor, size * batches_wanted)
-            if not ids:
+            bounds = self.next_bounds(conn, run.cursor, batches_wanted)
+            if not bounds:
                 # Nothing is left after the cursor: move it to the end, so that the other
                 # workers' claims do not read the table again to find that out.
                 end = conn.execute(sa.text(f"SELECT max(id) FROM {self.spec.table}")).scalar()
                 if end is not None and end > run.cursor:
                     conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=end))
                 return []
-            bounds = [run.cursor, *ids[size - 1::size]]
-            if bounds[-1] != ids[-1]:
-                bounds.append(ids[-1])
-            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=ids[-1], heartbeat_at=sa.func.now()))
+            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=bounds[-1], heartbeat_at=sa.func.now()))
             return list(conn.execute(sa.insert(batches).returning(batches.c.id), [
                 {"run_id": self.run_id, "backfill": self.spec.name, "lo": lo, "hi": hi}
                 for lo, hi in zip(bounds, bounds[1:])]).scalars())
 
-    def next_ids(self, conn: sa.Connection, cursor: int, limit: int) -> list[int]:
-        """Return the ids of the next ``limit`` rows to visit after ``cursor``, in order, to bound batches by.
+    def next_bounds(self, conn: sa.Connection, cursor: int, batches_wanted: int) -> list[int]:
+        """Return ``[cursor, b1, b2, ...]``: the next batches are the id ranges ``(cursor, b1], (b1, b2], ...``.
 
-        Pending rows are looked up in the backfill's partial index first (no table read); once it
-        has none left, the whole condition catches the rare rest (messages with a token count but
-        no importance). A batch visits every pending row in its range, whichever found it.
+        Where rows to visit start and end is read from the backfill's partial index (two index
+        probes, no table read): ranges of ``batch_size`` ids from the first, up to the last (ids
+        are a sequence, so a range holds at most that many rows). Once the index has none left,
+        the whole condition finds the rare rest (messages with a token count but no importance),
+        reading the table. A batch visits every row to visit in its range, whichever found it.
         """
-        if self.options.recompute:
-            conditions = [""]
-        else:
-            conditions = list(dict.fromkeys([f" AND {self.spec.indexed_pending}", f" AND {self.spec.pending}"]))
-        for where in conditions:
-            ids = [row[0] for row in _fetch_tuples(
-                conn, f"SELECT id FROM {self.spec.table} WHERE id > {{p}}{where} ORDER BY id LIMIT {{p}}", (cursor, limit))]
-            if ids:
-                return ids
-        return []
+        size, table = self.options.batch_size, self.spec.table
+        where = "" if self.options.recompute else f" AND {self.spec.indexed_pending}"
+        first, last = conn.execute(sa.text(f"SELECT min(id), max(id) FROM {table} WHERE id > :cursor{where}"),
+                                   {"cursor": cursor}).one()
+        if first is not None:
+            ends = [min(first - 1 + size * k, last) for k in range(1, batches_wanted + 1)]
+            return [cursor, *sorted(set(ends))]
+        if self.options.recompute or self.spec.indexed_pending == self.spec.pending:
+            return []
+        ids = [row[0] for row in _fetch_tuples(
+            conn, f"SELECT id FROM {table} WHERE id > {{p}} AND {self.spec.pending} ORDER BY id LIMIT {{p}}",
+            (cursor, size * batches_wanted))]
+        if not ids:
+            return []
+        return [cursor, *sorted({*ids[size - 1::size], ids[-1]})]
 
     def process(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int] | None:
         """Take one batch (``batch_id``, or any waiting one), process it and commit, in one transaction.

@@ -141,6 +141,21 @@ def test_messages_missing_only_their_importance_are_found_too(filled_db: sa.URL)
         == expected_messages(filled_db)
 
 
+def test_batches_are_ranges_of_ids_and_never_hold_more_rows_than_the_batch_size(filled_db: sa.URL) -> None:
+    # Ids with gaps (deleted messages) and rows already counted between those still to count.
+    run_sql(filled_db, "DELETE FROM conversation_history WHERE id % 3 = 0")
+    run(filled_db, only=("messages",))
+    run_sql(filled_db, "UPDATE conversation_history SET token_count = NULL WHERE id % 4 <> 0")
+    pending = run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0]
+    scanned: list[int] = []
+    again = run(filled_db, batch_size=10, only=("messages",),
+                on_progress=lambda p: scanned.append(p.scanned))  # one worker: one report per batch
+    assert again["messages"].scanned == pending
+    assert all(b - a <= 10 for a, b in zip([0, *scanned], scanned))
+    assert {r.id: r.token_count for r in run_sql(filled_db, "SELECT id, token_count FROM conversation_history")} \
+        == expected_messages(filled_db)
+
+
 def test_dry_run_counts_and_writes_nothing(filled_db: sa.URL) -> None:
     results = run(filled_db, dry_run=True)
     total = run_sql(filled_db, "SELECT count(*) FROM conversation_history")[0][0]
