@@ -633,7 +633,9 @@ def _run_one(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
         for worker in workers:
             worker.start()
         counter.start()
-        while any(w.is_alive() for w in [*workers, counter]) or not reports.empty():
+        # The count is waited for only while the run goes on: a failed run reports at once.
+        while (any(w.is_alive() for w in workers) or not reports.empty()
+               or (counter.is_alive() and not run.stop.is_set())):
             for worker in [*workers, counter]:
                 worker.join(timeout=0.1)
             while not reports.empty():

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -217,6 +218,25 @@ def test_the_total_is_counted_beside_the_workers_as_rows_were_before_any_batch(
     assert results["messages"].scanned == total
     assert run_sql(pg_seeded, "SELECT rows_total FROM backfill_runs") == [(total,)]
     assert totals[0] is None and totals[-1] == total  # progress had no total until it was counted
+
+
+def test_a_failed_run_reports_without_waiting_for_its_count(pg_seeded: sa.URL, monkeypatch) -> None:
+    count_needing, release, counted = backfill._count_needing, threading.Event(), []
+
+    def slow_count(*args, **kwargs):  # as on a table too big to count quickly
+        release.wait(60)
+        counted.append(count_needing(*args, **kwargs))
+        return counted[-1]
+
+    monkeypatch.setattr(backfill, "_count_needing", slow_count)
+    run_sql(pg_seeded, "ALTER TABLE conversation_history RENAME COLUMN content TO body")
+    try:
+        with pytest.raises(backfill.BackfillFailed, match="content"):
+            run(pg_seeded, batch_size=20, only=("messages",))
+        assert counted == []  # reported while the count was still going
+    finally:
+        release.set()
+    assert run_sql(pg_seeded, "SELECT status FROM backfill_runs") == [("failed",)]
 
 
 @pytest.mark.parametrize(
