@@ -126,7 +126,7 @@ class _MessagesBackfill:
     table = "conversation_history"
     pending = "(token_count IS NULL OR importance IS NULL)"
     # Nearly every pending message lacks its token count, and revision 004's partial index lists
-    # exactly those: batches are bounded by it, without reading the table (see _Run.next_ids).
+    # exactly those: batches are bounded by it, without reading the table (see _Run.next_bounds).
     indexed_pending = "token_count IS NULL"
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
@@ -329,8 +329,8 @@ class _Run:
     def count(self) -> None:
         """Record a new run's total (``rows_total``): the rows it visits, as they were before any batch.
 
-        Counting reads the whole table (pending rows have no index of their own), which takes a
-        while on a large one. On PostgreSQL it runs beside the workers, in a REPEATABLE READ
+        Counting messages reads the whole table (one missing only its importance is in no index),
+        which takes a while on a large one. On PostgreSQL it runs beside the workers, in a REPEATABLE READ
         snapshot taken before ``self.counting`` lets them start; SQLite counts first (a reader
         there would hold off the writers).
         """
@@ -389,8 +389,9 @@ class _Run:
         """
         size, table = self.options.batch_size, self.spec.table
         where = "" if self.options.recompute else f" AND {self.spec.indexed_pending}"
-        first, last = conn.execute(sa.text(f"SELECT min(id), max(id) FROM {table} WHERE id > :cursor{where}"),
-                                   {"cursor": cursor}).one()
+        # min and max in separate queries: SQLite reads the index from one end only for a lone min() or max().
+        first, last = (conn.execute(sa.text(f"SELECT {end}(id) FROM {table} WHERE id > :cursor{where}"),
+                                    {"cursor": cursor}).scalar() for end in ("min", "max"))
         if first is not None:
             ends = [min(first - 1 + size * k, last) for k in range(1, batches_wanted + 1)]
             return [cursor, *sorted(set(ends))]
