@@ -6,7 +6,10 @@ from ``calls/context_policy.replay``, the function live code uses).
 
 How a run works, and why:
 - Rows that need a backfill are those with NULL fields (``--recompute``: all rows), found by
-  keyset pagination over ``id`` (the partial indexes of revision 004 serve it), never OFFSET.
+  keyset pagination over ``id``, never OFFSET: batches are ranges of ``--batch-size`` ids
+  between the first and last id in revision 004's partial index (``_Run.next_bounds``).
+- A new run's total, for progress, is counted beside the workers in a snapshot taken before
+  their first batch (``_Run.count``): on a large table the count alone takes a while.
 - A run's ``cursor`` (on its ``backfill_runs`` row) hands out id ranges ``(lo, hi]``; each is
   recorded in ``backfill_batches``. A worker processes a batch and deletes it in ONE short
   transaction, holding the batch row's lock (``FOR UPDATE SKIP LOCKED``): no batch is processed
