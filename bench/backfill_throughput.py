@@ -93,12 +93,12 @@ def naive_loop(url: sa.URL, sample: int) -> tuple[int, float]:
 
 
 # The database's own share of the work, with no Python at all: the same rows written by SQL in
-# batches of 2,000 ids, one transaction each, by one backend per core. Token counts are stood in
-# for by length(content); a call's fields by its per-call sums (no replay).
+# batches of 2,000 ids, one transaction each, by one backend per core. The values are stand-ins:
+# length(content) for a token count, a call's per-call sums for its fields (no policy, no replay).
 DATABASE_ALONE = {
     "conversation_history": "UPDATE conversation_history SET token_count = length(content), importance = 0.5 "
                             "WHERE id > lo AND id <= lo + {batch}",
-    "calls": "UPDATE calls AS c SET total_context_tokens = s.tokens + 3 * s.n + 3, context_pruned = FALSE, "
+    "calls": "UPDATE calls AS c SET total_context_tokens = s.tokens + s.n, context_pruned = FALSE, "
              "pruning_count = 0 FROM (SELECT call_id, count(*) AS n, sum(token_count) AS tokens "
              "FROM conversation_history WHERE call_id > lo AND call_id <= lo + {batch} GROUP BY call_id) AS s "
              "WHERE c.id = s.call_id",

@@ -85,15 +85,15 @@ _ROLE_IMPORTANCE = {"user": 0.6, "assistant": 0.4, "tool": 0.3}
 _OTHER_ROLE_IMPORTANCE = 0.4
 
 
-def _importance(role_score: float, has_fact: bool, is_short: bool) -> float:
-    return round(min(1.0, max(0.0, role_score + (0.2 if has_fact else 0.0) - (0.2 if is_short else 0.0))), 2)
+def _importance(role_score: float, with_facts: bool, short: bool) -> float:
+    return round(min(1.0, max(0.0, role_score + (0.2 if with_facts else 0.0) - (0.2 if short else 0.0))), 2)
 
 
 # Every outcome of the heuristic, computed once: the backfill calls it for each of millions of messages.
 _IMPORTANCE = {
-    (role, has_fact, is_short): _importance(score, has_fact, is_short)
+    (role, with_facts, short): _importance(score, with_facts, short)
     for role, score in [*_ROLE_IMPORTANCE.items(), (None, _OTHER_ROLE_IMPORTANCE)]
-    for has_fact in (False, True) for is_short in (False, True)
+    for with_facts in (False, True) for short in (False, True)
 }
 
 
