@@ -7,7 +7,7 @@ from ``calls/context_policy.replay``, the function live code uses).
 How a run works, and why:
 - Rows that need a backfill are those with NULL fields (``--recompute``: all rows), found by
   keyset pagination over ``id``, never OFFSET: batches are ranges of ``--batch-size`` ids
-  between the first and last id in revision 004's partial index (``_Run.next_bounds``).
+  between the first and last id in revision 004's partial index (``_next_bounds``).
 - A new run's total, for progress, is counted beside the workers in a snapshot taken before
   their first batch (``_Run.count``): on a large table the count alone takes a while.
 - A run's ``cursor`` (on its ``backfill_runs`` row) hands out id ranges ``(lo, hi]``; each is
@@ -129,7 +129,7 @@ class _MessagesBackfill:
     table = "conversation_history"
     pending = "(token_count IS NULL OR importance IS NULL)"
     # Nearly every pending message lacks its token count, and revision 004's partial index lists
-    # exactly those: batches are bounded by it, without reading the table (see _Run.next_bounds).
+    # exactly those: batches are bounded by it, without reading the table (see _next_bounds).
     indexed_pending = "token_count IS NULL"
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
@@ -213,6 +213,34 @@ class _CallsBackfill:
                 message = policy_message(role=role, content=content, token_count=token_count, importance=importance)
             by_call[call_id].append(message)
         return {call_id: replay(conversation, self.policy) for call_id, conversation in by_call.items()}
+
+
+def _next_bounds(conn: sa.Connection, spec: "_MessagesBackfill | _CallsBackfill", options: BackfillOptions,
+                 cursor: int, batches_wanted: int) -> list[int]:
+    """Return ``[cursor, b1, b2, ...]``: the next batches are the id ranges ``(cursor, b1], (b1, b2], ...``.
+
+    Where rows to visit start and end is read from the backfill's partial index (two index
+    probes, no table read): ranges of ``batch_size`` ids from the first, up to the last (ids
+    are a sequence, so a range holds at most that many rows). Once the index has none left,
+    the whole condition finds the rare rest (messages with a token count but no importance),
+    reading the table. A batch visits every row to visit in its range, whichever found it.
+    """
+    size, table = options.batch_size, spec.table
+    where = "" if options.recompute else f" AND {spec.indexed_pending}"
+    # min and max in separate queries: SQLite reads the index from one end only for a lone min() or max().
+    first, last = (conn.execute(sa.text(f"SELECT {end}(id) FROM {table} WHERE id > :cursor{where}"),
+                                {"cursor": cursor}).scalar() for end in ("min", "max"))
+    if first is not None:
+        ends = [min(first - 1 + size * k, last) for k in range(1, batches_wanted + 1)]
+        return [cursor, *sorted(set(ends))]
+    if options.recompute or spec.indexed_pending == spec.pending:
+        return []
+    ids = [row[0] for row in _fetch_tuples(
+        conn, f"SELECT id FROM {table} WHERE id > {{p}} AND {spec.pending} ORDER BY id LIMIT {{p}}",
+        (cursor, size * batches_wanted))]
+    if not ids:
+        return []
+    return [cursor, *sorted({*ids[size - 1::size], ids[-1]})]
 
 
 def _fetch_tuples(conn: sa.Connection, sql: str, params: tuple) -> list[tuple]:
@@ -368,7 +396,7 @@ class _Run:
                 return []  # a cooperating worker finished the last batch: nothing is left to hand out
             if run.status != "running":
                 raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
-            bounds = self.next_bounds(conn, run.cursor, batches_wanted)
+            bounds = _next_bounds(conn, self.spec, self.options, run.cursor, batches_wanted)
             if not bounds:
                 # Nothing is left after the cursor: move it to the end, so that the other
                 # workers' claims do not read the table again to find that out.
@@ -380,32 +408,6 @@ class _Run:
             return list(conn.execute(sa.insert(batches).returning(batches.c.id), [
                 {"run_id": self.run_id, "backfill": self.spec.name, "lo": lo, "hi": hi}
                 for lo, hi in zip(bounds, bounds[1:])]).scalars())
-
-    def next_bounds(self, conn: sa.Connection, cursor: int, batches_wanted: int) -> list[int]:
-        """Return ``[cursor, b1, b2, ...]``: the next batches are the id ranges ``(cursor, b1], (b1, b2], ...``.
-
-        Where rows to visit start and end is read from the backfill's partial index (two index
-        probes, no table read): ranges of ``batch_size`` ids from the first, up to the last (ids
-        are a sequence, so a range holds at most that many rows). Once the index has none left,
-        the whole condition finds the rare rest (messages with a token count but no importance),
-        reading the table. A batch visits every row to visit in its range, whichever found it.
-        """
-        size, table = self.options.batch_size, self.spec.table
-        where = "" if self.options.recompute else f" AND {self.spec.indexed_pending}"
-        # min and max in separate queries: SQLite reads the index from one end only for a lone min() or max().
-        first, last = (conn.execute(sa.text(f"SELECT {end}(id) FROM {table} WHERE id > :cursor{where}"),
-                                    {"cursor": cursor}).scalar() for end in ("min", "max"))
-        if first is not None:
-            ends = [min(first - 1 + size * k, last) for k in range(1, batches_wanted + 1)]
-            return [cursor, *sorted(set(ends))]
-        if self.options.recompute or self.spec.indexed_pending == self.spec.pending:
-            return []
-        ids = [row[0] for row in _fetch_tuples(
-            conn, f"SELECT id FROM {table} WHERE id > {{p}} AND {self.spec.pending} ORDER BY id LIMIT {{p}}",
-            (cursor, size * batches_wanted))]
-        if not ids:
-            return []
-        return [cursor, *sorted({*ids[size - 1::size], ids[-1]})]
 
     def process(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int] | None:
         """Take one batch (``batch_id``, or any waiting one), process it and commit, in one transaction.
@@ -506,16 +508,14 @@ def _dry_run(engine: sa.Engine, spec: _MessagesBackfill | _CallsBackfill, option
              on_progress: ProgressCallback | None) -> tuple[int, int]:
     """Count what a run would change, writing nothing."""
     scanned = changed = cursor = 0
-    where = _needing(spec, options.recompute)
     with engine.connect() as conn:
         total = _count_needing(conn, spec, options.recompute)
         while True:
-            hi = conn.execute(sa.text(
-                f"SELECT max(id) FROM (SELECT id FROM {spec.table} WHERE id > :cursor{where} "
-                f"ORDER BY id LIMIT :n) AS next_batch"), {"cursor": cursor, "n": options.batch_size}).scalar()
-            if hi is None:
+            bounds = _next_bounds(conn, spec, options, cursor, 1)  # the batches a run would take
+            if not bounds:
                 conn.rollback()
                 return scanned, changed
+            hi = bounds[-1]
             s, c = spec.process(conn, cursor, hi, recompute=options.recompute, write=False)
             conn.rollback()  # one short read-only transaction per batch
             scanned, changed, cursor = scanned + s, changed + c, hi
