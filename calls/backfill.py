@@ -360,20 +360,21 @@ class _Run:
     def count(self) -> None:
         """Record a new run's total (``rows_total``): the rows it visits, as they were before any batch.
 
-        Counting messages reads the whole table (one missing only its importance is in no index),
-        which takes a while on a large one. On PostgreSQL it runs beside the workers, in a REPEATABLE READ
-        snapshot taken before ``self.counting`` lets them start; SQLite counts first (a reader
-        there would hold off the writers).
+        Counting messages reads the whole table (one missing only its importance is in no
+        index), which takes a while on a large one. On PostgreSQL it runs beside the workers, in
+        a REPEATABLE READ snapshot taken before ``self.counting`` lets them start; SQLite counts
+        first (a reader there would hold off the writers).
         """
         try:
             if self.count_after is None:
                 return  # joined a running run, which has (or is counting) its total
             with self.engine.connect() as conn:
-                if conn.dialect.name == "postgresql":
+                beside_workers = conn.dialect.name == "postgresql"
+                if beside_workers:
                     conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
                     conn.exec_driver_sql("SELECT 1")  # takes the snapshot the count sees
-                    if conn.dialect.name == "postgresql":
+                    if beside_workers:
                         self.counting.set()
                     total = _count_needing(conn, self.spec, self.options.recompute, after=self.count_after)
             with self.lock:

@@ -64,6 +64,10 @@ def expected_calls(url: sa.URL) -> dict[int, tuple]:
     return result
 
 
+def stored_messages(url: sa.URL) -> dict[int, int]:
+    return {r.id: r.token_count for r in run_sql(url, "SELECT id, token_count FROM conversation_history")}
+
+
 def stored_calls(url: sa.URL) -> dict[int, tuple]:
     return {r.id: (r.total_context_tokens, bool(r.context_pruned), r.pruning_count)
             for r in run_sql(url, "SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls")}
@@ -114,8 +118,7 @@ def test_second_run_changes_nothing_and_recompute_only_fixes_what_is_wrong(fille
     forced = run(filled_db, recompute=True)
     total = run_sql(filled_db, "SELECT count(*) FROM conversation_history")[0][0]
     assert forced["messages"].scanned == total and forced["messages"].changed == wrong
-    assert {r.id: r.token_count for r in run_sql(filled_db, "SELECT id, token_count FROM conversation_history")} \
-        == expected_messages(filled_db)
+    assert stored_messages(filled_db) == expected_messages(filled_db)
 
 
 def test_importance_already_stored_is_kept(filled_db: sa.URL) -> None:
@@ -138,8 +141,7 @@ def test_messages_missing_only_their_importance_are_found_too(filled_db: sa.URL)
     assert again["messages"].scanned == pending
     assert run_sql(filled_db, "SELECT count(*) FROM conversation_history "
                               "WHERE token_count IS NULL OR importance IS NULL") == [(0,)]
-    assert {r.id: r.token_count for r in run_sql(filled_db, "SELECT id, token_count FROM conversation_history")} \
-        == expected_messages(filled_db)
+    assert stored_messages(filled_db) == expected_messages(filled_db)
 
 
 def test_batches_are_ranges_of_ids_and_never_hold_more_rows_than_the_batch_size(filled_db: sa.URL) -> None:
@@ -153,8 +155,7 @@ def test_batches_are_ranges_of_ids_and_never_hold_more_rows_than_the_batch_size(
                 on_progress=lambda p: scanned.append(p.scanned))  # one worker: one report per batch
     assert again["messages"].scanned == pending
     assert all(b - a <= 10 for a, b in zip([0, *scanned], scanned))
-    assert {r.id: r.token_count for r in run_sql(filled_db, "SELECT id, token_count FROM conversation_history")} \
-        == expected_messages(filled_db)
+    assert stored_messages(filled_db) == expected_messages(filled_db)
 
 
 def test_dry_run_counts_and_writes_nothing(filled_db: sa.URL) -> None:
@@ -376,8 +377,7 @@ def test_resumes_after_kill_9(pg_seeded: sa.URL, workers: str) -> None:
     assert f"resuming interrupted run {killed.id}" in out
     statuses = run_sql(url, "SELECT backfill, status, resumed_from_id FROM backfill_runs ORDER BY id")
     assert [tuple(s) for s in statuses][:2] == [("messages", "interrupted", None), ("messages", "succeeded", killed.id)]
-    assert {r.id: r.token_count for r in run_sql(url, "SELECT id, token_count FROM conversation_history")} \
-        == expected_messages(url)
+    assert stored_messages(url) == expected_messages(url)
     assert run_sql(url, "SELECT count(*) FROM backfill_batches")[0][0] == 0
 
 
