@@ -228,8 +228,8 @@ def _next_bounds(conn: sa.Connection, spec: "_MessagesBackfill | _CallsBackfill"
     size, table = options.batch_size, spec.table
     where = "" if options.recompute else f" AND {spec.indexed_pending}"
     # min and max in separate queries: SQLite reads the index from one end only for a lone min() or max().
-    first, last = (conn.execute(sa.text(f"SELECT {end}(id) FROM {table} WHERE id > :cursor{where}"),
-                                {"cursor": cursor}).scalar() for end in ("min", "max"))
+    first, last = (_fetch_tuples(conn, f"SELECT {end}(id) FROM {table} WHERE id > {{p}}{where}", (cursor,))[0][0]
+                   for end in ("min", "max"))
     if first is not None:
         ends = [min(first - 1 + size * k, last) for k in range(1, batches_wanted + 1)]
         return [cursor, *sorted(set(ends))]
@@ -245,11 +245,19 @@ def _next_bounds(conn: sa.Connection, spec: "_MessagesBackfill | _CallsBackfill"
 
 def _fetch_tuples(conn: sa.Connection, sql: str, params: tuple) -> list[tuple]:
     """Run ``sql`` (``{p}`` marks each parameter) on the driver's cursor, in ``conn``'s transaction."""
+    return _execute(conn, sql, params, fetch=True)
+
+
+def _execute(conn: sa.Connection, sql: str, params: tuple, fetch: bool = False) -> list[tuple]:
+    """Run ``sql`` (``{p}`` marks each parameter) on the driver's cursor; its rows if ``fetch``.
+
+    For the hot path: no statement object to build, no result object per query.
+    """
     placeholder = "%s" if conn.dialect.name == "postgresql" else "?"
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(sql.replace("{p}", placeholder), params)
-        return cursor.fetchall()
+        return cursor.fetchall() if fetch else []
     finally:
         cursor.close()
 
@@ -389,26 +397,29 @@ class _Run:
 
     def claim(self, conn: sa.Connection, batches_wanted: int) -> list[int]:
         """Hand out the next id ranges from the run's cursor as batches; [] when there are none."""
-        runs, batches = self.runs, self.batches
+        lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""  # SQLite: the transaction's write lock
         with conn.begin():
-            run = conn.execute(sa.select(runs.c.cursor, runs.c.status).where(runs.c.id == self.run_id)
-                               .with_for_update()).one()
-            if run.status == "succeeded":
+            (cursor, status), = _fetch_tuples(conn, f"SELECT cursor, status FROM backfill_runs WHERE id = {{p}}{lock}",
+                                              (self.run_id,))
+            if status == "succeeded":
                 return []  # a cooperating worker finished the last batch: nothing is left to hand out
-            if run.status != "running":
-                raise BackfillFailed(f"run {self.run_id} was marked {run.status} by another worker")
-            bounds = _next_bounds(conn, self.spec, self.options, run.cursor, batches_wanted)
+            if status != "running":
+                raise BackfillFailed(f"run {self.run_id} was marked {status} by another worker")
+            bounds = _next_bounds(conn, self.spec, self.options, cursor, batches_wanted)
             if not bounds:
                 # Nothing is left after the cursor: move it to the end, so that the other
                 # workers' claims do not read the table again to find that out.
-                end = conn.execute(sa.text(f"SELECT max(id) FROM {self.spec.table}")).scalar()
-                if end is not None and end > run.cursor:
-                    conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=end))
+                (end,), = _fetch_tuples(conn, f"SELECT max(id) FROM {self.spec.table}", ())
+                if end is not None and end > cursor:
+                    _execute(conn, "UPDATE backfill_runs SET cursor = {p} WHERE id = {p}", (end, self.run_id))
                 return []
-            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(cursor=bounds[-1], heartbeat_at=sa.func.now()))
-            return list(conn.execute(sa.insert(batches).returning(batches.c.id), [
-                {"run_id": self.run_id, "backfill": self.spec.name, "lo": lo, "hi": hi}
-                for lo, hi in zip(bounds, bounds[1:])]).scalars())
+            _execute(conn, "UPDATE backfill_runs SET cursor = {p}, heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}",
+                     (bounds[-1], self.run_id))
+            ranges = list(zip(bounds, bounds[1:]))
+            return [id_ for id_, in _fetch_tuples(
+                conn, "INSERT INTO backfill_batches (run_id, backfill, lo, hi) VALUES "
+                      + ", ".join(["({p}, {p}, {p}, {p})"] * len(ranges)) + " RETURNING id",
+                tuple(value for lo, hi in ranges for value in (self.run_id, self.spec.name, lo, hi)))]
 
     def process(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int] | None:
         """Take one batch (``batch_id``, or any waiting one), process it and commit, in one transaction.
@@ -416,23 +427,19 @@ class _Run:
         Taking it deletes its row under a row lock (SKIP LOCKED): if this transaction fails or its
         process is killed, the delete is rolled back and the batch waits for another worker.
         """
-        runs, batches = self.runs, self.batches
+        # SQL on the driver's cursor: built by SQLAlchemy, these two statements took 3x the Python
+        # (about 0.7 ms a batch, as much as counting 70 messages).
+        take = ("DELETE FROM backfill_batches WHERE id = (SELECT id FROM backfill_batches WHERE backfill = {p}"
+                + (" AND id = {p}" if batch_id else " ORDER BY id LIMIT 1")
+                + (" FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else "") + ") RETURNING lo, hi")
         with conn.begin():
-            if conn.dialect.name == "postgresql":
-                # Not waiting for the WAL flush is safe here: a crash can lose only the last few
-                # batches' commits, and with them their batch rows' deletion, so they are redone.
-                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            pick = sa.select(batches.c.id).where(batches.c.backfill == self.spec.name)
-            pick = pick.where(batches.c.id == batch_id) if batch_id else pick.order_by(batches.c.id).limit(1)
-            batch = conn.execute(sa.delete(batches).where(
-                batches.c.id == pick.with_for_update(skip_locked=True).scalar_subquery()
-            ).returning(batches.c.lo, batches.c.hi)).first()
-            if batch is None:
+            taken = _fetch_tuples(conn, take, (self.spec.name, batch_id) if batch_id else (self.spec.name,))
+            if not taken:
                 return None
-            scanned, changed = self.spec.process(conn, batch.lo, batch.hi, recompute=self.options.recompute, write=True)
-            conn.execute(sa.update(runs).where(runs.c.id == self.run_id).values(
-                rows_scanned=runs.c.rows_scanned + scanned, rows_changed=runs.c.rows_changed + changed,
-                heartbeat_at=sa.func.now()))
+            (lo, hi), = taken
+            scanned, changed = self.spec.process(conn, lo, hi, recompute=self.options.recompute, write=True)
+            _execute(conn, "UPDATE backfill_runs SET rows_scanned = rows_scanned + {p}, rows_changed = rows_changed + {p}, "
+                           "heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}", (scanned, changed, self.run_id))
         return scanned, changed
 
     def work(self) -> None:
@@ -443,6 +450,12 @@ class _Run:
                 if self.orphaned():
                     return
             with self.engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Not waiting for the WAL flush is safe here: a crash can lose only the last
+                    # commits, the WAL's tail; a batch whose commit is lost keeps its row in
+                    # backfill_batches and is redone. The setting ends with this connection (no pool).
+                    with conn.begin():
+                        _execute(conn, "SET synchronous_commit TO OFF", ())
                 self.drain(conn, rate)
                 while not self.stop.is_set():
                     claimed = self.claim(conn, self.CLAIM_BATCHES)

@@ -383,9 +383,11 @@ def test_resumes_after_kill_9(pg_seeded: sa.URL, workers: str) -> None:
 
 def test_the_same_command_on_two_hosts_cooperates(pg_seeded: sa.URL) -> None:
     url = pg_seeded
-    first = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.02")
+    # Paced to last about 4 s (40 batches), so the second command, which takes a second to
+    # start, finds the first one's run still going.
+    first = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.1")
     wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
-    second = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.02")
+    second = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.1")
     outputs = [p.communicate(timeout=120) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
     assert "joining run 1" in outputs[1][0]
