@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
@@ -60,14 +61,18 @@ def copy_of(admin: sa.Engine, template: str) -> Iterator[sa.URL]:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def tiktoken_alone(engine: sa.Engine) -> tuple[int, float]:
+def load_texts(engine: sa.Engine) -> list[str]:
     with engine.connect() as conn:
-        texts = [row[0] for row in conn.execute(sa.text("SELECT content FROM conversation_history ORDER BY id"))]
+        return [row[0] for row in conn.execute(sa.text("SELECT content FROM conversation_history ORDER BY id"))]
+
+
+def tiktoken_alone(texts: list[str]) -> float:
+    """Messages/s of ``encode_ordinary`` over ``texts``, in memory, one core."""
     encode = tokens.encoding().encode_ordinary
     started = time.perf_counter()
     for text in texts:
         len(encode(text))
-    return len(texts), time.perf_counter() - started
+    return len(texts) / (time.perf_counter() - started)
 
 
 def naive_loop(url: sa.URL, sample: int) -> tuple[int, float]:
@@ -143,9 +148,13 @@ def main() -> None:
     parser.add_argument("--naive-sample", type=int, default=20_000)
     parser.add_argument("--server-url", default=os.environ.get(
         "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each setting (the median is printed)")
+    parser.add_argument("--workers", type=int, help="measure only this setting (with --batch-size)")
+    parser.add_argument("--batch-size", type=int, default=2000)
     args = parser.parse_args()
-    settings_to_try = [dict(workers=1), dict(workers=2), dict(workers=2, batch_size=2000),
-                       dict(workers=3, batch_size=2000)]
+    settings_to_try = ([dict(workers=args.workers, batch_size=args.batch_size)] if args.workers else
+                       [dict(workers=1), dict(workers=2), dict(workers=2, batch_size=2000),
+                        dict(workers=3, batch_size=2000)])
 
     admin = database.create_engine(args.server_url, isolation_level="AUTOCOMMIT")
     template = f"bench_backfill_{uuid.uuid4().hex[:8]}"
@@ -162,38 +171,65 @@ def main() -> None:
         with engine.connect() as conn:
             conn.execute(sa.text("VACUUM ANALYZE"))
         print(f"seeded {counts.calls:,} calls, {counts.messages:,} messages")
-        n, seconds = tiktoken_alone(engine)
+        texts = load_texts(engine)
         engine.dispose()
-        alone = n / seconds
+
+        def beside_tiktoken(measure: Callable[[], float]) -> tuple[float, float]:
+            """``measure()``'s result and tiktoken alone's rate, measured just before and after it.
+
+            This machine's CPU speed drifts by up to 20% over minutes (other tenants): a ratio
+            holds only against tiktoken measured at the same time.
+            """
+            before = tiktoken_alone(texts)
+            result = measure()
+            return result, (before + tiktoken_alone(texts)) / 2
+
+        def naive_rate() -> float:
+            with copy_of(admin, template) as copy:
+                n, seconds = naive_loop(copy, args.naive_sample)
+            return n / seconds
+
+        naive, alone = beside_tiktoken(naive_rate)
         print(f"tiktoken alone, one core:          {alone:>10,.0f} messages/s")
-        with copy_of(admin, template) as copy:
-            n, seconds = naive_loop(copy, args.naive_sample)
-        naive = n / seconds
-        print(f"naive per-row UPDATE loop:         {naive:>10,.0f} messages/s  ({n:,}-message sample)")
-        with copy_of(admin, template) as copy:
-            db = database_alone(copy)
+        print(f"naive per-row UPDATE loop:         {naive:>10,.0f} messages/s  ({args.naive_sample:,}-message sample)")
         cores = os.cpu_count() or 1
+
+        def best_rates() -> tuple[float, float]:
+            with copy_of(admin, template) as copy:
+                db = database_alone(copy)
+            print(f"database alone (SQL, {cores} backends): messages {counts.messages / db['conversation_history']:,.0f}/s, "
+                  f"then calls {counts.calls / db['calls']:,.0f}/s")
+            return db["conversation_history"], db["calls"]
+
+        (db_messages, db_calls), alone = beside_tiktoken(best_rates)
         spread = counts.messages / alone / cores  # tiktoken's work over every core
-        print(f"database alone (SQL, {cores} backends): messages {counts.messages / db['conversation_history']:,.0f}/s, "
-              f"then calls {counts.calls / db['calls']:,.0f}/s")
-        best = counts.messages / (db["conversation_history"] + spread)
-        best_whole = counts.messages / (db["conversation_history"] + db["calls"] + spread)
+        best, best_whole = counts.messages / (db_messages + spread), counts.messages / (db_messages + db_calls + spread)
         print(f"best possible on this machine's {cores} cores (the database's work, then tiktoken's, no overhead): "
               f"messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command {best_whole:,.0f}/s "
               f"= {best_whole / alone:.2f}x")
         for options in settings_to_try:
-            with copy_of(admin, template) as copy:
-                started = time.perf_counter()
-                results = {r.backfill: r for r in backfill.backfill_context(
-                    url=copy, options=backfill.BackfillOptions(**options))}
-                total = time.perf_counter() - started
-            messages = results["messages"]
             label = ", ".join(f"{k}={v}" for k, v in options.items())
-            phase = messages.scanned / messages.seconds
-            print(f"backfill_context ({label}): messages backfill {phase:,.0f} messages/s "
-                  f"= {phase / alone:.2f}x tiktoken alone, {phase / naive:.0f}x naive; "
-                  f"whole command (messages, then {results['calls'].scanned:,} calls) {messages.scanned / total:,.0f} "
-                  f"messages/s = {messages.scanned / total / alone:.2f}x, {messages.scanned / total / naive:.0f}x naive")
+
+            def backfill_rates() -> tuple[float, float]:
+                with copy_of(admin, template) as copy:
+                    started = time.perf_counter()
+                    results = {r.backfill: r for r in backfill.backfill_context(
+                        url=copy, options=backfill.BackfillOptions(**options))}
+                    total = time.perf_counter() - started
+                messages = results["messages"]
+                return messages.scanned / messages.seconds, messages.scanned / total
+
+            ratios = []
+            for _ in range(args.repeat):
+                (phase, whole), alone = beside_tiktoken(backfill_rates)
+                ratios.append((phase / alone, whole / alone))
+                print(f"backfill_context ({label}): messages backfill {phase:,.0f} messages/s "
+                      f"= {phase / alone:.2f}x tiktoken alone ({alone:,.0f}/s), {phase / naive:.0f}x naive; "
+                      f"whole command (messages, then calls) {whole:,.0f} messages/s "
+                      f"= {whole / alone:.2f}x, {whole / naive:.0f}x naive")
+            if args.repeat > 1:
+                print(f"  median of {args.repeat}: messages backfill {statistics.median(r[0] for r in ratios):.2f}x, "
+                      f"whole command {statistics.median(r[1] for r in ratios):.2f}x tiktoken alone")
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))

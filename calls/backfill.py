@@ -17,8 +17,9 @@ How a run works, and why:
 - At most one run per backfill is ``running`` (a partial unique index): a second invocation,
   on this host or another, joins it as a cooperating worker; a run whose heartbeat stopped
   is marked ``interrupted`` and resumed from its cursor by a new run.
-- Each batch is one round trip to write (``UPDATE ... FROM unnest(...)`` on PostgreSQL) and
-  only rows whose values change are written: a second run changes nothing.
+- Each batch is one round trip to write (on PostgreSQL one ``UPDATE`` over the batch's id range,
+  each row's values picked by position out of arrays) and only rows whose values change are
+  written: a second run changes nothing.
 - Several workers are forked processes (one is a thread): counting tokens is CPU-bound Python
   glue around tiktoken, and threads would take turns on the GIL.
 - A call whose conversation fits in ``CONTEXT_MAX_TOKENS`` was never pruned: its fields follow
@@ -262,6 +263,10 @@ def _execute(conn: sa.Connection, sql: str, params: tuple, fetch: bool = False) 
         cursor.close()
 
 
+# Rows are written by position when their ids span at most this many times their number.
+_DENSE_SPAN = 4
+
+
 def _bulk_update(
     conn: sa.Connection, table: str, columns: list[str], pg_types: list[str], rows: list[tuple],
     keep_existing: set[str] = frozenset(),
@@ -270,21 +275,47 @@ def _bulk_update(
     def value(column: str, stored: str, given: str) -> str:
         return f"COALESCE({stored}, {given})" if column in keep_existing else given
 
-    if conn.dialect.name == "postgresql":
-        names = ["id", *columns]
-        assignments = ", ".join(f"{c} = {value(c, f't.{c}', f'v.{c}')}" for c in columns)
-        arrays = ", ".join(f"CAST(%s AS {t}[])" for t in ["bigint", *pg_types])
-        cursor = conn.connection.driver_connection.cursor()
-        try:
-            cursor.execute(
-                f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id",
-                [_array_literal([row[i] for row in rows]) for i in range(len(names))])
-        finally:
-            cursor.close()
-    else:
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
         assignments = ", ".join(f"{c} = {value(c, c, '?')}" for c in columns)
         conn.connection.driver_connection.executemany(
             f"UPDATE {table} SET {assignments} WHERE id = ?", [(*row[1:], row[0]) for row in rows])
+        return
+    rows = sorted(rows)
+    first, last = rows[0][0], rows[-1][0]
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        if last - first < _DENSE_SPAN * len(rows):
+            # A batch's ids are (nearly) a range: read it by the primary key, each row's values
+            # at its position (id - base) in arrays with a slot per id of the range; a slot
+            # whose id is 0 has no row to write. PostgreSQL spends about 10% less than joining
+            # unnest(ids, ...), which probes the primary key once per row.
+            base, size = first - 1, last - first + 1
+            slots: list[Sequence] = list(zip(*rows))  # the ids, then each column's values
+            if size > len(rows):  # gaps: spread the values to their positions
+                positions = [id_ - first for id_ in slots[0]]
+                for i, (given, pg_type) in enumerate(zip(list(slots), ["bigint", *pg_types])):
+                    slots[i] = [False if pg_type == "boolean" else 0] * size
+                    for position, given_value in zip(positions, given):
+                        slots[i][position] = given_value
+            assignments = ", ".join(
+                f"{c} = {value(c, c, f'(CAST(%(v{i})s AS {t}[]))[id - %(base)s]')}"
+                for i, (c, t) in enumerate(zip(columns, pg_types), start=1))
+            cursor.execute(
+                f"UPDATE {table} SET {assignments} WHERE id >= %(first)s AND id <= %(last)s "
+                "AND (CAST(%(v0)s AS bigint[]))[id - %(base)s] = id",
+                {"base": base, "first": first, "last": last,
+                 **{f"v{i}": _array_literal(slot) for i, slot in enumerate(slots)}})
+        else:
+            names = ["id", *columns]
+            assignments = ", ".join(f"{c} = {value(c, f't.{c}', f'v.{c}')}" for c in columns)
+            arrays = ", ".join(f"CAST(%s AS {t}[])" for t in ["bigint", *pg_types])
+            cursor.execute(
+                f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id",
+                [_array_literal([row[i] for row in rows]) for i in range(len(names))])
+    finally:
+        cursor.close()
 
 
 def _array_literal(values: list[int | float | bool | None]) -> str:
