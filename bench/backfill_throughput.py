@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Backfill throughput against tiktoken alone and a naive loop, side by side (run by hand).
 
-    .venv/bin/python bench/backfill_throughput.py --calls 12500     # about 306k messages
+    .venv/bin/python bench/backfill_throughput.py --calls 12500 --repeat 3   # about 310k messages
 
 On a scratch PostgreSQL database seeded with calls/sample_data.py, measures in one run:
 - tiktoken alone: ``encode_ordinary`` over the same texts, in memory, one core;
@@ -12,8 +12,10 @@ On a scratch PostgreSQL database seeded with calls/sample_data.py, measures in o
   (what the other two do: read, count and write every message) and the whole command, which
   then computes every call's context fields.
 The naive loop and each backfill run on a fresh copy of the seeded database (no counts yet, as
-before a first backfill). Prints messages/s for each and the ratios the README quotes. The
-databases are dropped at the end.
+before a first backfill). Prints messages/s for each and the ratios the README quotes, each
+against tiktoken alone measured just before and after it (the CPU's speed drifts on a shared
+machine); ``--repeat`` runs each setting several times and prints the median. The databases are
+dropped at the end.
 """
 from __future__ import annotations
 
