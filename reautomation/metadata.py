@@ -9,7 +9,7 @@ Names follow ``NAMING_CONVENTION``; revisions use the same names.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Collection
 
 import sqlalchemy as sa
 from django.apps import apps
@@ -190,13 +190,13 @@ def _constraints(model: type[models.Model], table: sa.Table, connection: BaseDat
             raise UnsupportedModelField(f"{model.__name__}: unsupported constraint {constraint!r}")
 
 
-def build_metadata(dialect_name: str) -> sa.MetaData:
-    """Return the schema the Django models describe, as ``dialect_name`` should hold it."""
+def build_metadata(dialect_name: str, tables: Collection[str] | None = None) -> sa.MetaData:
+    """Return the schema the Django models describe, as ``dialect_name`` should hold it (only ``tables``, if given)."""
     connection = django_connection(dialect_name)
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
     for model in apps.get_models(include_auto_created=True):
         opts = model._meta
-        if opts.proxy or opts.concrete_model is not model:
+        if opts.proxy or opts.concrete_model is not model or (tables is not None and opts.db_table not in tables):
             continue
         table = sa.Table(opts.db_table, metadata, *_columns(model))
         _indexes(model, table, connection)

@@ -8,9 +8,10 @@ from typing import Iterator
 import pytest
 import sqlalchemy as sa
 from django.db import models
+from sqlalchemy.dialects import postgresql, sqlite
 
 from calls.models import Call
-from reautomation import schema
+from reautomation import metadata, schema
 from tests.conftest import run_sql
 
 
@@ -71,3 +72,18 @@ def test_autogenerate_without_changes_writes_nothing(head_db: sa.URL, scratch_mi
     before = sorted((scratch_migrations / "versions").glob("*.py"))
     assert schema.create_revision(message="nothing", autogenerate=True, url=head_db) is None
     assert sorted((scratch_migrations / "versions").glob("*.py")) == before
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_some_tables_of_the_metadata_are_those_of_the_whole(dialect: str) -> None:
+    # The backfill builds only its run tables: they must be what the whole schema holds.
+    sql_dialect = {"postgresql": postgresql.dialect, "sqlite": sqlite.dialect}[dialect]()
+
+    def ddl(table: sa.Table) -> list[str]:
+        return [str(sa.schema.CreateTable(table).compile(dialect=sql_dialect)),
+                *sorted(str(sa.schema.CreateIndex(index).compile(dialect=sql_dialect)) for index in table.indexes)]
+
+    whole = metadata.build_metadata(dialect).tables
+    some = metadata.build_metadata(dialect, tables={"backfill_runs", "backfill_batches"}).tables
+    assert sorted(some) == ["backfill_batches", "backfill_runs"]
+    assert {name: ddl(table) for name, table in some.items()} == {name: ddl(whole[name]) for name in some}
