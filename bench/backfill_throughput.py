@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -28,7 +29,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
@@ -75,6 +76,20 @@ def tiktoken_alone(texts: list[str]) -> float:
     for text in texts:
         len(encode(text))
     return len(texts) / (time.perf_counter() - started)
+
+
+T = TypeVar("T")
+
+
+def beside_tiktoken(texts: list[str], measure: Callable[[], T]) -> tuple[T, float]:
+    """``measure()``'s result and tiktoken alone's rate, measured just before and after it.
+
+    This machine's CPU speed drifts by up to 20% over minutes (other tenants): a ratio holds
+    only against tiktoken measured at the same time.
+    """
+    before = tiktoken_alone(texts)
+    result = measure()
+    return result, (before + tiktoken_alone(texts)) / 2
 
 
 def naive_loop(url: sa.URL, sample: int) -> tuple[int, float]:
@@ -144,6 +159,17 @@ def database_alone(url: sa.URL, batch: int = 2000, backends: int = os.cpu_count(
     return seconds
 
 
+def backfill_rates(admin: sa.Engine, template: str, options: dict[str, int]) -> tuple[float, float]:
+    """Messages/s of ``backfill_context`` on a fresh copy: the messages backfill, and the whole command."""
+    with copy_of(admin, template) as copy:
+        started = time.perf_counter()
+        results = {r.backfill: r for r in backfill.backfill_context(
+            url=copy, options=backfill.BackfillOptions(**options))}
+        total = time.perf_counter() - started
+    messages = results["messages"]
+    return messages.scanned / messages.seconds, messages.scanned / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=12_500)
@@ -176,54 +202,34 @@ def main() -> None:
         texts = load_texts(engine)
         engine.dispose()
 
-        def beside_tiktoken(measure: Callable[[], float]) -> tuple[float, float]:
-            """``measure()``'s result and tiktoken alone's rate, measured just before and after it.
-
-            This machine's CPU speed drifts by up to 20% over minutes (other tenants): a ratio
-            holds only against tiktoken measured at the same time.
-            """
-            before = tiktoken_alone(texts)
-            result = measure()
-            return result, (before + tiktoken_alone(texts)) / 2
-
         def naive_rate() -> float:
             with copy_of(admin, template) as copy:
                 n, seconds = naive_loop(copy, args.naive_sample)
             return n / seconds
 
-        naive, alone = beside_tiktoken(naive_rate)
+        naive, alone = beside_tiktoken(texts, naive_rate)
         print(f"tiktoken alone, one core:          {alone:>10,.0f} messages/s")
         print(f"naive per-row UPDATE loop:         {naive:>10,.0f} messages/s  ({args.naive_sample:,}-message sample)")
-        cores = os.cpu_count() or 1
 
-        def best_rates() -> tuple[float, float]:
+        def database_seconds() -> dict[str, float]:
             with copy_of(admin, template) as copy:
-                db = database_alone(copy)
-            print(f"database alone (SQL, {cores} backends): messages {counts.messages / db['conversation_history']:,.0f}/s, "
-                  f"then calls {counts.calls / db['calls']:,.0f}/s")
-            return db["conversation_history"], db["calls"]
+                return database_alone(copy)
 
-        (db_messages, db_calls), alone = beside_tiktoken(best_rates)
+        db, alone = beside_tiktoken(texts, database_seconds)
+        cores = os.cpu_count() or 1
+        print(f"database alone (SQL, {cores} backends): messages {counts.messages / db['conversation_history']:,.0f}/s, "
+              f"then calls {counts.calls / db['calls']:,.0f}/s")
         spread = counts.messages / alone / cores  # tiktoken's work over every core
-        best, best_whole = counts.messages / (db_messages + spread), counts.messages / (db_messages + db_calls + spread)
+        best = counts.messages / (db["conversation_history"] + spread)
+        best_whole = counts.messages / (db["conversation_history"] + db["calls"] + spread)
         print(f"best possible on this machine's {cores} cores (the database's work, then tiktoken's, no overhead): "
               f"messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command {best_whole:,.0f}/s "
               f"= {best_whole / alone:.2f}x")
         for options in settings_to_try:
             label = ", ".join(f"{k}={v}" for k, v in options.items())
-
-            def backfill_rates() -> tuple[float, float]:
-                with copy_of(admin, template) as copy:
-                    started = time.perf_counter()
-                    results = {r.backfill: r for r in backfill.backfill_context(
-                        url=copy, options=backfill.BackfillOptions(**options))}
-                    total = time.perf_counter() - started
-                messages = results["messages"]
-                return messages.scanned / messages.seconds, messages.scanned / total
-
             ratios = []
             for _ in range(args.repeat):
-                (phase, whole), alone = beside_tiktoken(backfill_rates)
+                (phase, whole), alone = beside_tiktoken(texts, functools.partial(backfill_rates, admin, template, options))
                 ratios.append((phase / alone, whole / alone))
                 print(f"backfill_context ({label}): messages backfill {phase:,.0f} messages/s "
                       f"= {phase / alone:.2f}x tiktoken alone ({alone:,.0f}/s), {phase / naive:.0f}x naive; "
