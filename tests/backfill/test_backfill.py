@@ -188,11 +188,12 @@ WRITE_LAYOUTS = {"range": [0, 1, 2, 3, 4], "gaps": [0, 2, 3, 6, 9], "far apart":
 def test_a_batch_write_stores_exactly_the_values_given(filled_db: sa.URL, layout: str) -> None:
     # On PostgreSQL the values travel as array literals written by us: floats must round-trip
     # bit for bit, NULL must stay NULL (and keep what is stored), booleans and big ints intact,
-    # and rows between the ones written are left alone.
+    # and rows between the ones written are left alone (the rows are given in reverse order).
     first_ids = [r[0] for r in run_sql(filled_db, "SELECT id FROM conversation_history ORDER BY id LIMIT 200")]
     ids = [first_ids[i] for i in WRITE_LAYOUTS[layout]]
     run_sql(filled_db, f"UPDATE conversation_history SET importance = 0.25 WHERE id = {ids[4]}")
     before = {r.id: tuple(r) for r in run_sql(filled_db, "SELECT id, token_count, importance FROM conversation_history")}
+    calls_before = stored_calls(filled_db)
     importances = [0.1, 1 / 3, 5e-324, 0.6, None]
     engine = database.create_engine(filled_db)
     with engine.begin() as conn:
@@ -200,15 +201,18 @@ def test_a_batch_write_stores_exactly_the_values_given(filled_db: sa.URL, layout
                               ["integer", "double precision"],
                               [(id_, 2**31 - 1 - i, imp) for i, (id_, imp) in enumerate(zip(ids, importances))][::-1],
                               keep_existing={"importance"})
-        calls = [r[0] for r in conn.execute(sa.text("SELECT id FROM calls ORDER BY id LIMIT 2"))]
+        calls = [r[0] for r in conn.execute(sa.text("SELECT id FROM calls ORDER BY id LIMIT 3"))]
+        # The first and third call: the second one's slot (a gap) holds a boolean filler.
         backfill._bulk_update(conn, "calls", ["total_context_tokens", "context_pruned", "pruning_count"],
-                              ["integer", "boolean", "integer"], [(calls[0], 0, True, 7), (calls[1], 12, False, 0)])
+                              ["integer", "boolean", "integer"], [(calls[0], 0, True, 7), (calls[2], 12, False, 0)])
     engine.dispose()
     after = {r.id: tuple(r) for r in run_sql(filled_db, "SELECT id, token_count, importance FROM conversation_history")}
     assert [after[id_][1:] for id_ in ids] == [(2**31 - 1 - i, imp) for i, imp in enumerate([*importances[:4], 0.25])]
     assert {id_: row for id_, row in after.items() if id_ not in ids} == {
         id_: row for id_, row in before.items() if id_ not in ids}
-    assert stored_calls(filled_db)[calls[0]] == (0, True, 7) and stored_calls(filled_db)[calls[1]] == (12, False, 0)
+    calls_after = stored_calls(filled_db)
+    assert (calls_after[calls[0]], calls_after[calls[2]]) == ((0, True, 7), (12, False, 0))
+    assert calls_after[calls[1]] == calls_before[calls[1]]
 
 
 def test_the_total_is_counted_beside_the_workers_as_rows_were_before_any_batch(
