@@ -595,8 +595,12 @@ def backfill_context(
     policy: ContextPolicy | None = None,
     on_progress: ProgressCallback | None = None,
     on_start: Callable[[str, int | None, bool, int | None], None] | None = None,
+    on_finish: Callable[[BackfillResult], None] | None = None,
 ) -> list[BackfillResult]:
-    """Run the backfills in ``only`` (messages before calls) and return what each did."""
+    """Run the backfills in ``only`` (messages before calls) and return what each did.
+
+    ``on_finish`` hears of each as it ends, so a later one's failure does not hide it.
+    """
     ensure_schema(url=url)
     tokens.encoding()  # fail before any run is recorded if the encoding cannot load
     engine = database.create_engine(url or database.sqlalchemy_url())
@@ -604,6 +608,8 @@ def backfill_context(
     try:
         for name in (b for b in BACKFILLS if b in only):
             results.append(_run_one(engine, _spec(name, policy), options, on_progress, on_start))
+            if on_finish:
+                on_finish(results[-1])
     finally:
         engine.dispose()
     return results

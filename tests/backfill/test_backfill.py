@@ -342,6 +342,23 @@ def test_command_reports_lines_off_a_terminal_and_a_bar_on_one(django_database, 
     assert "no row needed changing" in command_output("--recompute", "--only", "messages")
 
 
+def test_command_reports_each_backfill_as_it_ends(django_database, filled_db: sa.URL, monkeypatch) -> None:
+    # The messages backfill's outcome is printed before the calls backfill starts: its failure
+    # does not hide that the messages are done.
+    django_database(filled_db)
+
+    def disk_full(self, conn, lo, hi, *, recompute, write):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(backfill._CallsBackfill, "process", disk_full)
+    out = io.StringIO()
+    with pytest.raises(CommandError, match="backfill 'calls' failed in run 2: disk full"):
+        call_command("backfill_context", "--batch-size", "100", stdout=out)
+    lines = out.getvalue().splitlines()
+    done = next(i for i, line in enumerate(lines) if line.startswith("messages: ") and " rows changed in " in line)
+    assert "run 1 complete" in lines[done] and lines.index("calls: run 2") > done
+
+
 def test_command_refusal_is_one_line(django_database, empty_db: sa.URL) -> None:
     django_database(empty_db)
     with pytest.raises(CommandError, match="below 003_context_management.*migrate_schema upgrade head"):

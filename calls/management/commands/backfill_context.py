@@ -44,17 +44,15 @@ class Command(BaseCommand):
         self.last_line = 0.0
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill = Ctrl-C: record, then stop
         try:
-            results = backfill.backfill_context(
+            backfill.backfill_context(
                 only=[options["only"]] if options["only"] else backfill.BACKFILLS,
-                options=settings, on_progress=self._progress, on_start=self._started,
+                options=settings, on_progress=self._progress, on_start=self._started, on_finish=self._report,
             )
         except (backfill.BackfillError, schema.SchemaError, TokenEncodingUnavailable) as exc:
             raise CommandError(str(exc), returncode=130 if isinstance(exc, backfill.BackfillInterrupted) else 1) from exc
         finally:
             signal.signal(signal.SIGTERM, previous)
             self._close_bar()
-        for result in results:
-            self._report(result)
 
     def _started(self, name: str, run_id: int | None, joined: bool, resumed_from: int | None) -> None:
         if self.verbosity:
@@ -87,6 +85,7 @@ class Command(BaseCommand):
             self.bar = None
 
     def _report(self, result: backfill.BackfillResult) -> None:
+        self._close_bar()
         rate = result.scanned / result.seconds if result.seconds > 0 else 0
         if result.dry_run:
             self.stdout.write(f"{result.backfill}: dry run: {result.changed:,} of {result.scanned:,} rows would change; "
