@@ -137,8 +137,8 @@ class _MessagesBackfill:
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         where = _needing(self, recompute)
         # The hot path reads through the driver's cursor: plain tuples, no per-row objects.
-        rows = _fetch_tuples(conn, f"SELECT id, role, content, token_count, importance FROM conversation_history "
-                                   f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
+        rows = _driver_sql(conn, f"SELECT id, role, content, token_count, importance FROM conversation_history "
+                                 f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
         counts = tokens.count_tokens_batch([content for _id, _role, content, _tc, _imp in rows])
         changes = []
         for (id_, role, content, token_count, importance), count in zip(rows, counts):
@@ -162,13 +162,13 @@ class _CallsBackfill:
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         where = _needing(self, recompute)
-        calls = _fetch_tuples(conn, f"SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls "
-                                    f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
+        calls = _driver_sql(conn, f"SELECT id, total_context_tokens, context_pruned, pruning_count FROM calls "
+                                  f"WHERE id > {{p}} AND id <= {{p}}{where} ORDER BY id", (lo, hi))
         if not calls:
             return 0, 0
         # Calls' ids are a contiguous keyset range: per call, the message count, the token sum and
         # how many messages the messages backfill has not reached yet, summed by the database.
-        totals = {call_id: (n, token_sum, missing) for call_id, n, token_sum, missing in _fetch_tuples(conn, (
+        totals = {call_id: (n, token_sum, missing) for call_id, n, token_sum, missing in _driver_sql(conn, (
             "SELECT call_id, count(*), COALESCE(sum(token_count), 0), "
             "sum(CASE WHEN token_count IS NULL OR importance IS NULL THEN 1 ELSE 0 END) "
             "FROM conversation_history WHERE call_id >= {p} AND call_id <= {p} GROUP BY call_id"),
@@ -203,7 +203,7 @@ class _CallsBackfill:
         """
         messages = []
         for chunk in (call_ids[i:i + self.IDS_PER_QUERY] for i in range(0, len(call_ids), self.IDS_PER_QUERY)):
-            messages += _fetch_tuples(conn, (
+            messages += _driver_sql(conn, (
                 "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END, "
                 f"token_count, importance FROM conversation_history WHERE call_id IN ({', '.join(['{p}'] * len(chunk))}) "
                 "ORDER BY call_id, turn_index NULLS LAST, created_at, id"), tuple(chunk))
@@ -230,14 +230,14 @@ def _next_bounds(conn: sa.Connection, spec: "_MessagesBackfill | _CallsBackfill"
     size, table = options.batch_size, spec.table
     where = "" if options.recompute else f" AND {spec.indexed_pending}"
     # min and max in separate queries: SQLite reads the index from one end only for a lone min() or max().
-    first, last = (_fetch_tuples(conn, f"SELECT {end}(id) FROM {table} WHERE id > {{p}}{where}", (cursor,))[0][0]
+    first, last = (_driver_sql(conn, f"SELECT {end}(id) FROM {table} WHERE id > {{p}}{where}", (cursor,))[0][0]
                    for end in ("min", "max"))
     if first is not None:
         ends = [min(first - 1 + size * k, last) for k in range(1, batches_wanted + 1)]
         return [cursor, *sorted(set(ends))]
     if options.recompute or spec.indexed_pending == spec.pending:
         return []
-    ids = [row[0] for row in _fetch_tuples(
+    ids = [row[0] for row in _driver_sql(
         conn, f"SELECT id FROM {table} WHERE id > {{p}} AND {spec.pending} ORDER BY id LIMIT {{p}}",
         (cursor, size * batches_wanted))]
     if not ids:
@@ -245,21 +245,17 @@ def _next_bounds(conn: sa.Connection, spec: "_MessagesBackfill | _CallsBackfill"
     return [cursor, *sorted({*ids[size - 1::size], ids[-1]})]
 
 
-def _fetch_tuples(conn: sa.Connection, sql: str, params: tuple) -> list[tuple]:
-    """Run ``sql`` (``{p}`` marks each parameter) on the driver's cursor, in ``conn``'s transaction."""
-    return _execute(conn, sql, params, fetch=True)
+def _driver_sql(conn: sa.Connection, sql: str, params: tuple) -> list[tuple]:
+    """Run ``sql`` (``{p}`` marks each parameter) on the driver's cursor, in ``conn``'s transaction.
 
-
-def _execute(conn: sa.Connection, sql: str, params: tuple, fetch: bool = False) -> list[tuple]:
-    """Run ``sql`` (``{p}`` marks each parameter) on the driver's cursor; its rows if ``fetch``.
-
-    For the hot path: no statement object to build, no result object per query.
+    Returns its rows (none for a statement that returns none). For the hot path: no statement
+    object to build, no result object per query, plain tuples.
     """
     placeholder = "%s" if conn.dialect.name == "postgresql" else "?"
     cursor = conn.connection.driver_connection.cursor()
     try:
         cursor.execute(sql.replace("{p}", placeholder), params)
-        return cursor.fetchall() if fetch else []
+        return cursor.fetchall() if cursor.description is not None else []
     finally:
         cursor.close()
 
@@ -424,8 +420,8 @@ class _Run:
         """Hand out the next id ranges from the run's cursor as batches; [] when there are none."""
         lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""  # SQLite: the transaction's write lock
         with conn.begin():
-            (cursor, status), = _fetch_tuples(conn, f"SELECT cursor, status FROM backfill_runs WHERE id = {{p}}{lock}",
-                                              (self.run_id,))
+            (cursor, status), = _driver_sql(conn, f"SELECT cursor, status FROM backfill_runs WHERE id = {{p}}{lock}",
+                                            (self.run_id,))
             if status == "succeeded":
                 return []  # a cooperating worker finished the last batch: nothing is left to hand out
             if status != "running":
@@ -434,14 +430,14 @@ class _Run:
             if not bounds:
                 # Nothing is left after the cursor: move it to the end, so that the other
                 # workers' claims do not read the table again to find that out.
-                (end,), = _fetch_tuples(conn, f"SELECT max(id) FROM {self.spec.table}", ())
+                (end,), = _driver_sql(conn, f"SELECT max(id) FROM {self.spec.table}", ())
                 if end is not None and end > cursor:
-                    _execute(conn, "UPDATE backfill_runs SET cursor = {p} WHERE id = {p}", (end, self.run_id))
+                    _driver_sql(conn, "UPDATE backfill_runs SET cursor = {p} WHERE id = {p}", (end, self.run_id))
                 return []
-            _execute(conn, "UPDATE backfill_runs SET cursor = {p}, heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}",
-                     (bounds[-1], self.run_id))
+            _driver_sql(conn, "UPDATE backfill_runs SET cursor = {p}, heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}",
+                        (bounds[-1], self.run_id))
             ranges = list(zip(bounds, bounds[1:]))
-            return [id_ for id_, in _fetch_tuples(
+            return [id_ for id_, in _driver_sql(
                 conn, "INSERT INTO backfill_batches (run_id, backfill, lo, hi) VALUES "
                       + ", ".join(["({p}, {p}, {p}, {p})"] * len(ranges)) + " RETURNING id",
                 tuple(value for lo, hi in ranges for value in (self.run_id, self.spec.name, lo, hi)))]
@@ -458,13 +454,13 @@ class _Run:
                 + (" AND id = {p}" if batch_id else " ORDER BY id LIMIT 1")
                 + (" FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else "") + ") RETURNING lo, hi")
         with conn.begin():
-            taken = _fetch_tuples(conn, take, (self.spec.name, batch_id) if batch_id else (self.spec.name,))
+            taken = _driver_sql(conn, take, (self.spec.name, batch_id) if batch_id else (self.spec.name,))
             if not taken:
                 return None
             (lo, hi), = taken
             scanned, changed = self.spec.process(conn, lo, hi, recompute=self.options.recompute, write=True)
-            _execute(conn, "UPDATE backfill_runs SET rows_scanned = rows_scanned + {p}, rows_changed = rows_changed + {p}, "
-                           "heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}", (scanned, changed, self.run_id))
+            _driver_sql(conn, "UPDATE backfill_runs SET rows_scanned = rows_scanned + {p}, rows_changed = rows_changed + {p}, "
+                              "heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}", (scanned, changed, self.run_id))
         return scanned, changed
 
     def work(self) -> None:
@@ -480,7 +476,7 @@ class _Run:
                     # commits, the WAL's tail; a batch whose commit is lost keeps its row in
                     # backfill_batches and is redone. The setting ends with this connection (no pool).
                     with conn.begin():
-                        _execute(conn, "SET synchronous_commit TO OFF", ())
+                        _driver_sql(conn, "SET synchronous_commit TO OFF", ())
                 self.drain(conn, rate)
                 while not self.stop.is_set():
                     claimed = self.claim(conn, self.CLAIM_BATCHES)
