@@ -281,6 +281,7 @@ def _bulk_update(
         return
     rows = sorted(rows)
     first, last = rows[0][0], rows[-1][0]
+    given: list[Sequence] = list(zip(*rows))  # the ids, then each column's values
     cursor = conn.connection.driver_connection.cursor()
     try:
         if last - first < _DENSE_SPAN * len(rows):
@@ -289,13 +290,15 @@ def _bulk_update(
             # whose id is 0 has no row to write. PostgreSQL spends about 10% less than joining
             # unnest(ids, ...), which probes the primary key once per row.
             base, size = first - 1, last - first + 1
-            slots: list[Sequence] = list(zip(*rows))  # the ids, then each column's values
+            slots = given
             if size > len(rows):  # gaps: spread the values to their positions
-                positions = [id_ - first for id_ in slots[0]]
-                for i, (given, pg_type) in enumerate(zip(list(slots), ["bigint", *pg_types])):
-                    slots[i] = [False if pg_type == "boolean" else 0] * size
-                    for position, given_value in zip(positions, given):
-                        slots[i][position] = given_value
+                positions = [id_ - first for id_ in given[0]]
+                slots = []
+                for values, pg_type in zip(given, ["bigint", *pg_types]):
+                    slot = [False if pg_type == "boolean" else 0] * size
+                    for position, value_given in zip(positions, values):
+                        slot[position] = value_given
+                    slots.append(slot)
             assignments = ", ".join(
                 f"{c} = {value(c, c, f'(CAST(%(v{i})s AS {t}[]))[id - %(base)s]')}"
                 for i, (c, t) in enumerate(zip(columns, pg_types), start=1))
@@ -310,12 +313,12 @@ def _bulk_update(
             arrays = ", ".join(f"CAST(%s AS {t}[])" for t in ["bigint", *pg_types])
             cursor.execute(
                 f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id",
-                [_array_literal([row[i] for row in rows]) for i in range(len(names))])
+                [_array_literal(values) for values in given])
     finally:
         cursor.close()
 
 
-def _array_literal(values: list[int | float | bool | None]) -> str:
+def _array_literal(values: Sequence[int | float | bool | None]) -> str:
     """Return PostgreSQL's text form of an array of numbers or booleans.
 
     psycopg adapts a list element by element (checking each one's type): for a batch's arrays
