@@ -1,6 +1,7 @@
 """``backfill_context``: exact values, idempotent, resumable, cooperating, throttled, recorded; PostgreSQL and SQLite."""
 from __future__ import annotations
 
+import gc
 import io
 import os
 import signal
@@ -213,6 +214,24 @@ def test_a_batch_write_stores_exactly_the_values_given(filled_db: sa.URL, layout
     calls_after = stored_calls(filled_db)
     assert (calls_after[calls[0]], calls_after[calls[2]]) == ((0, True, 7), (12, False, 0))
     assert calls_after[calls[1]] == calls_before[calls[1]]
+
+
+def test_the_cycle_collector_is_paused_only_while_a_batch_runs(filled_db: sa.URL, monkeypatch) -> None:
+    collecting_in_batches: list[bool] = []
+    process = backfill._MessagesBackfill.process
+
+    def watched(self, *args, **kwargs):
+        collecting_in_batches.append(gc.isenabled())
+        return process(self, *args, **kwargs)
+
+    monkeypatch.setattr(backfill._MessagesBackfill, "process", watched)
+    run(filled_db, batch_size=40, only=("messages",))
+    assert collecting_in_batches and not any(collecting_in_batches)
+    assert gc.isenabled()
+    run_sql(filled_db, "ALTER TABLE conversation_history RENAME COLUMN content TO body")
+    with pytest.raises(backfill.BackfillFailed, match="content"):
+        run(filled_db, batch_size=40, only=("messages",), recompute=True)
+    assert gc.isenabled()  # a failing batch gives it back too
 
 
 def test_the_total_is_counted_beside_the_workers_as_rows_were_before_any_batch(
