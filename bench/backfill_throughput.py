@@ -7,10 +7,13 @@ On a scratch PostgreSQL database seeded with calls/sample_data.py, measures in o
 - tiktoken alone: ``encode_ordinary`` over the same texts, in memory, one core;
 - a naive loop: per message, read it, count it, ``UPDATE ... WHERE id = %s``, commit (on a sample);
 - the database alone: the same rows written by SQL only, one backend per core (what no backfill
-  can go below), and with tiktoken alone the best any backfill could do on this machine;
+  can go below), its rate and CPU; with tiktoken alone's CPU, the best any backfill could do on
+  this machine (both spread over every core, nothing else);
 - ``backfill_context`` (messages, then calls) with the settings listed: the messages backfill
   (what the other two do: read, count and write every message) and the whole command, which
-  then computes every call's context fields.
+  then computes every call's context fields; and the whole command's CPU per message, on the
+  machine (Linux's /proc/stat: every process, PostgreSQL's too) and in Python (this process and
+  its workers), which shows where the time goes and whether the cores were kept busy.
 The naive loop and each backfill run on a fresh copy of the seeded database (no counts yet, as
 before a first backfill). Prints messages/s for each and the ratios the README quotes, each
 against tiktoken alone measured just before and after it (the CPU's speed drifts on a shared
@@ -23,11 +26,13 @@ import argparse
 import contextlib
 import functools
 import os
+import resource
 import statistics
 import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -127,10 +132,19 @@ DATABASE_ALONE = {
 }
 
 
-def database_alone(url: sa.URL, batch: int = 2000, backends: int = os.cpu_count() or 1) -> dict[str, float]:
-    """Seconds the database alone takes to write each table's backfilled rows, on every core."""
+def machine_cpu_seconds() -> float:
+    """CPU seconds every process on this machine has used so far (Linux: /proc/stat)."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def database_alone(url: sa.URL, batch: int = 2000,
+                   backends: int = os.cpu_count() or 1) -> dict[str, tuple[float, float]]:
+    """Per table: the seconds the database alone takes to write its backfilled rows on every
+    core, and the CPU seconds the machine spends meanwhile."""
     engine = database.create_engine(url)
-    seconds = {}
+    spent = {}
     try:
         for table, update in DATABASE_ALONE.items():
             with engine.connect() as conn:
@@ -148,26 +162,45 @@ def database_alone(url: sa.URL, batch: int = 2000, backends: int = os.cpu_count(
                     raw.close()
 
             threads = [threading.Thread(target=write_share, args=(i * batch,)) for i in range(backends)]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), machine_cpu_seconds()
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
-            seconds[table] = time.perf_counter() - started
+            spent[table] = (time.perf_counter() - started, machine_cpu_seconds() - cpu)
     finally:
         engine.dispose()
-    return seconds
+    return spent
 
 
-def backfill_rates(admin: sa.Engine, template: str, options: dict[str, int]) -> tuple[float, float]:
-    """Messages/s of ``backfill_context`` on a fresh copy: the messages backfill, and the whole command."""
+def python_cpu_seconds() -> float:
+    """CPU seconds of this process and its ended children (the forked workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass(frozen=True)
+class BackfillMeasure:
+    """One ``backfill_context`` run: messages/s, and CPU per message (the whole command)."""
+
+    messages_rate: float  # the messages backfill
+    whole_rate: float  # the whole command (messages, then calls)
+    python_cpu: float  # seconds per message: the command and its workers
+    machine_cpu: float  # seconds per message: every process (PostgreSQL's the rest, with other tenants')
+    cores_busy: float  # share of the machine's cores in use during the run
+
+
+def backfill_rates(admin: sa.Engine, template: str, options: dict[str, int]) -> BackfillMeasure:
+    """``backfill_context`` on a fresh copy: the messages backfill, the whole command and its CPU."""
     with copy_of(admin, template) as copy:
-        started = time.perf_counter()
+        machine, python, started = machine_cpu_seconds(), python_cpu_seconds(), time.perf_counter()
         results = {r.backfill: r for r in backfill.backfill_context(
             url=copy, options=backfill.BackfillOptions(**options))}
         total = time.perf_counter() - started
-    messages = results["messages"]
-    return messages.scanned / messages.seconds, messages.scanned / total
+        machine, python = machine_cpu_seconds() - machine, python_cpu_seconds() - python
+    n = results["messages"].scanned
+    return BackfillMeasure(n / results["messages"].seconds, n / total, python / n, machine / n,
+                           machine / total / (os.cpu_count() or 1))
 
 
 def main() -> None:
@@ -211,30 +244,36 @@ def main() -> None:
         print(f"tiktoken alone, one core:          {alone:>10,.0f} messages/s")
         print(f"naive per-row UPDATE loop:         {naive:>10,.0f} messages/s  ({args.naive_sample:,}-message sample)")
 
-        def database_seconds() -> dict[str, float]:
+        def database_seconds() -> dict[str, tuple[float, float]]:
             with copy_of(admin, template) as copy:
                 return database_alone(copy)
 
         db, alone = beside_tiktoken(texts, database_seconds)
         cores = os.cpu_count() or 1
-        print(f"database alone (SQL, {cores} backends): messages {counts.messages / db['conversation_history']:,.0f}/s, "
-              f"then calls {counts.calls / db['calls']:,.0f}/s")
-        spread = counts.messages / alone / cores  # tiktoken's work over every core
-        best = counts.messages / (db["conversation_history"] + spread)
-        best_whole = counts.messages / (db["conversation_history"] + db["calls"] + spread)
-        print(f"best possible on this machine's {cores} cores (the database's work, then tiktoken's, no overhead): "
-              f"messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command {best_whole:,.0f}/s "
-              f"= {best_whole / alone:.2f}x")
+        (messages_s, messages_cpu), (calls_s, calls_cpu) = db["conversation_history"], db["calls"]
+        print(f"database alone (SQL, {cores} backends): messages {counts.messages / messages_s:,.0f}/s, "
+              f"then calls {counts.calls / calls_s:,.0f}/s; CPU per message {messages_cpu / counts.messages * 1e6:.1f} "
+              f"us, then {calls_cpu / counts.messages * 1e6:.1f} us for the calls")
+        # The floor: the database's CPU and tiktoken's, spread over every core, nothing else.
+        best = counts.messages * cores / (messages_cpu + counts.messages / alone)
+        best_whole = counts.messages * cores / (messages_cpu + calls_cpu + counts.messages / alone)
+        print(f"best possible on this machine's {cores} cores (the database alone's CPU and tiktoken's, every core "
+              f"busy, no other work): messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command "
+              f"{best_whole:,.0f}/s = {best_whole / alone:.2f}x")
         for options in settings_to_try:
             label = ", ".join(f"{k}={v}" for k, v in options.items())
             ratios = []
             for _ in range(args.repeat):
-                (phase, whole), alone = beside_tiktoken(texts, functools.partial(backfill_rates, admin, template, options))
+                measure, alone = beside_tiktoken(texts, functools.partial(backfill_rates, admin, template, options))
+                phase, whole = measure.messages_rate, measure.whole_rate
                 ratios.append((phase / alone, whole / alone))
                 print(f"backfill_context ({label}): messages backfill {phase:,.0f} messages/s "
                       f"= {phase / alone:.2f}x tiktoken alone ({alone:,.0f}/s), {phase / naive:.0f}x naive; "
                       f"whole command (messages, then calls) {whole:,.0f} messages/s "
                       f"= {whole / alone:.2f}x, {whole / naive:.0f}x naive")
+                print(f"  CPU per message, whole command: {measure.machine_cpu * 1e6:.1f} us on the machine "
+                      f"(cores {measure.cores_busy:.0%} busy), {measure.python_cpu * 1e6:.1f} us of it in Python "
+                      f"(tiktoken alone: {1e6 / alone:.1f} us), the rest PostgreSQL's")
             if args.repeat > 1:
                 print(f"  median of {args.repeat}: messages backfill {statistics.median(r[0] for r in ratios):.2f}x, "
                       f"whole command {statistics.median(r[1] for r in ratios):.2f}x tiktoken alone")
