@@ -270,7 +270,7 @@ def _bulk_update(
     conn: sa.Connection, table: str, columns: list[str], pg_types: list[str], rows: list[tuple],
     keep_existing: set[str] = frozenset(),
 ) -> None:
-    """Write ``rows`` of (id, *values) in one round trip; ``keep_existing`` columns only fill NULLs."""
+    """Write ``rows`` of (id, *values), one per id, in one round trip; ``keep_existing`` columns only fill NULLs."""
     def value(column: str, stored: str, given: str) -> str:
         return f"COALESCE({stored}, {given})" if column in keep_existing else given
 
