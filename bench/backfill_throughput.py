@@ -132,6 +132,9 @@ DATABASE_ALONE = {
 }
 
 
+CORES = os.cpu_count() or 1
+
+
 def machine_cpu_seconds() -> float:
     """CPU seconds every process on this machine has used so far (Linux: /proc/stat)."""
     ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -140,7 +143,7 @@ def machine_cpu_seconds() -> float:
 
 
 def database_alone(url: sa.URL, batch: int = 2000,
-                   backends: int = os.cpu_count() or 1) -> dict[str, tuple[float, float]]:
+                   backends: int = CORES) -> dict[str, tuple[float, float]]:
     """Per table: the seconds the database alone takes to write its backfilled rows on every
     core, and the CPU seconds the machine spends meanwhile."""
     engine = database.create_engine(url)
@@ -200,7 +203,7 @@ def backfill_rates(admin: sa.Engine, template: str, options: dict[str, int]) -> 
         machine, python = machine_cpu_seconds() - machine, python_cpu_seconds() - python
     n = results["messages"].scanned
     return BackfillMeasure(n / results["messages"].seconds, n / total, python / n, machine / n,
-                           machine / total / (os.cpu_count() or 1))
+                           machine / total / CORES)
 
 
 def main() -> None:
@@ -249,15 +252,14 @@ def main() -> None:
                 return database_alone(copy)
 
         db, alone = beside_tiktoken(texts, database_seconds)
-        cores = os.cpu_count() or 1
         (messages_s, messages_cpu), (calls_s, calls_cpu) = db["conversation_history"], db["calls"]
-        print(f"database alone (SQL, {cores} backends): messages {counts.messages / messages_s:,.0f}/s, "
+        print(f"database alone (SQL, {CORES} backends): messages {counts.messages / messages_s:,.0f}/s, "
               f"then calls {counts.calls / calls_s:,.0f}/s; CPU per message {messages_cpu / counts.messages * 1e6:.1f} "
               f"us, then {calls_cpu / counts.messages * 1e6:.1f} us for the calls")
         # The floor: the database's CPU and tiktoken's, spread over every core, nothing else.
-        best = counts.messages * cores / (messages_cpu + counts.messages / alone)
-        best_whole = counts.messages * cores / (messages_cpu + calls_cpu + counts.messages / alone)
-        print(f"best possible on this machine's {cores} cores (the database alone's CPU and tiktoken's, every core "
+        best = counts.messages * CORES / (messages_cpu + counts.messages / alone)
+        best_whole = counts.messages * CORES / (messages_cpu + calls_cpu + counts.messages / alone)
+        print(f"best possible on this machine's {CORES} cores (the database alone's CPU and tiktoken's, every core "
               f"busy, no other work): messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command "
               f"{best_whole:,.0f}/s = {best_whole / alone:.2f}x")
         for options in settings_to_try:
