@@ -9,6 +9,9 @@ On a scratch PostgreSQL database seeded with calls/sample_data.py, measures in o
 - the database alone: the same rows written by SQL only, one backend per core (what no backfill
   can go below), its rate and CPU; with tiktoken alone's CPU, the best any backfill could do on
   this machine (both spread over every core, nothing else);
+- tiktoken on one core while every core runs it, against one core alone: a backfill keeps every
+  core busy, and on shared virtual cores a busy machine's cores run slower; the best possible
+  again, at that speed;
 - ``backfill_context`` (messages, then calls) with the settings listed: the messages backfill
   (what the other two do: read, count and write every message) and the whole command, which
   then computes every call's context fields; and the whole command's CPU per message, on the
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import multiprocessing
 import os
 import resource
 import statistics
@@ -81,6 +85,29 @@ def tiktoken_alone(texts: list[str]) -> float:
     for text in texts:
         len(encode(text))
     return len(texts) / (time.perf_counter() - started)
+
+
+def tiktoken_every_core(texts: list[str]) -> float:
+    """Messages/s of tiktoken alone on one core while every core runs it (one process each)."""
+    fork = multiprocessing.get_context("fork")
+    rates = fork.SimpleQueue()
+    processes = [fork.Process(target=lambda: rates.put(tiktoken_alone(texts))) for _ in range(CORES)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    return statistics.mean(rates.get() for _ in processes)
+
+
+def loaded_core_speed(texts: list[str], pairs: int = 5) -> float:
+    """How fast a core runs tiktoken while every core does, against one core alone (median of pairs).
+
+    The backfill keeps every core busy; tiktoken alone runs on one while the others idle. On a
+    virtual machine's shared cores the two speeds differ (the cores share caches, memory and
+    the host's power budget), which sets the best any backfill can do here.
+    """
+    sample = texts[::4]
+    return statistics.median(tiktoken_every_core(sample) / tiktoken_alone(sample) for _ in range(pairs))
 
 
 T = TypeVar("T")
@@ -262,6 +289,11 @@ def main() -> None:
         print(f"best possible on this machine's {CORES} cores (the database alone's CPU and tiktoken's, every core "
               f"busy, no other work): messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command "
               f"{best_whole:,.0f}/s = {best_whole / alone:.2f}x")
+        speed = loaded_core_speed(texts)
+        loaded = counts.messages * CORES / (messages_cpu + counts.messages / (alone * speed))
+        loaded_whole = counts.messages * CORES / (messages_cpu + calls_cpu + counts.messages / (alone * speed))
+        print(f"tiktoken on each core while all {CORES} run it: {speed:.2f}x one core alone (median of 5); at that "
+              f"speed the best possible is messages {loaded / alone:.2f}x, whole command {loaded_whole / alone:.2f}x")
         for options in settings_to_try:
             label = ", ".join(f"{k}={v}" for k, v in options.items())
             ratios = []
