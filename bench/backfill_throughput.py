@@ -99,7 +99,10 @@ def tiktoken_every_core(texts: list[str]) -> float:
     return statistics.mean(rates.get() for _ in processes)
 
 
-def loaded_core_speed(texts: list[str], pairs: int = 5) -> float:
+SPEED_PAIRS = 5
+
+
+def loaded_core_speed(texts: list[str], pairs: int = SPEED_PAIRS) -> float:
     """How fast a core runs tiktoken while every core does, against one core alone (median of pairs).
 
     The backfill keeps every core busy; tiktoken alone runs on one while the others idle. On a
@@ -116,8 +119,8 @@ T = TypeVar("T")
 def beside_tiktoken(texts: list[str], measure: Callable[[], T]) -> tuple[T, float]:
     """``measure()``'s result and tiktoken alone's rate, measured just before and after it.
 
-    This machine's CPU speed drifts by up to 20% over minutes (other tenants): a ratio holds
-    only against tiktoken measured at the same time.
+    This machine's CPU speed drifts by a fifth to a third within minutes (other tenants): a
+    ratio holds only against tiktoken measured at the same time.
     """
     before = tiktoken_alone(texts)
     result = measure()
@@ -203,6 +206,11 @@ def database_alone(url: sa.URL, batch: int = 2000,
     return spent
 
 
+def best_possible(messages: int, database_cpu: float, tiktoken_rate: float) -> float:
+    """Messages/s with the database alone's CPU and tiktoken's spread over every core, nothing else."""
+    return messages * CORES / (database_cpu + messages / tiktoken_rate)
+
+
 def python_cpu_seconds() -> float:
     """CPU seconds of this process and its ended children (the forked workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -283,17 +291,16 @@ def main() -> None:
         print(f"database alone (SQL, {CORES} backends): messages {counts.messages / messages_s:,.0f}/s, "
               f"then calls {counts.calls / calls_s:,.0f}/s; CPU per message {messages_cpu / counts.messages * 1e6:.1f} "
               f"us, then {calls_cpu / counts.messages * 1e6:.1f} us for the calls")
-        # The floor: the database's CPU and tiktoken's, spread over every core, nothing else.
-        best = counts.messages * CORES / (messages_cpu + counts.messages / alone)
-        best_whole = counts.messages * CORES / (messages_cpu + calls_cpu + counts.messages / alone)
+        best = best_possible(counts.messages, messages_cpu, alone)
+        best_whole = best_possible(counts.messages, messages_cpu + calls_cpu, alone)
         print(f"best possible on this machine's {CORES} cores (the database alone's CPU and tiktoken's, every core "
               f"busy, no other work): messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command "
               f"{best_whole:,.0f}/s = {best_whole / alone:.2f}x")
         speed = loaded_core_speed(texts)
-        loaded = counts.messages * CORES / (messages_cpu + counts.messages / (alone * speed))
-        loaded_whole = counts.messages * CORES / (messages_cpu + calls_cpu + counts.messages / (alone * speed))
-        print(f"tiktoken on each core while all {CORES} run it: {speed:.2f}x one core alone (median of 5); at that "
-              f"speed the best possible is messages {loaded / alone:.2f}x, whole command {loaded_whole / alone:.2f}x")
+        loaded = best_possible(counts.messages, messages_cpu, alone * speed)
+        loaded_whole = best_possible(counts.messages, messages_cpu + calls_cpu, alone * speed)
+        print(f"tiktoken on each core while all {CORES} run it: {speed:.2f}x one core alone (median of {SPEED_PAIRS}); "
+              f"at that speed the best possible is messages {loaded / alone:.2f}x, whole command {loaded_whole / alone:.2f}x")
         for options in settings_to_try:
             label = ", ".join(f"{k}={v}" for k, v in options.items())
             ratios = []
