@@ -156,3 +156,78 @@ def _constraint_exists(table: str, name: str) -> bool | None:
         sa.text("SELECT 1 FROM pg_constraint WHERE conname = :name AND conrelid = CAST(:table AS regclass)"),
         {"name": name, "table": table},
     ).first() is not None
+
+
+def _report(message: str) -> None:
+    """Tell the operator what a revision did to data (env.py passes ``on_archive``: printed or logged)."""
+    report = op.get_context().opts.get("on_archive")
+    if report is not None:
+        report(message)
+
+
+def _table_exists(name: str) -> bool:
+    return sa.inspect(op.get_bind()).has_table(name)
+
+
+def drop_table_keeping_rows(table: str, *, archive_prefix: str) -> None:
+    """Drop ``table``, first copying its rows, if it has any, into the table ``archive_prefix + table``.
+
+    A downgrade must not lose data (the guide: "drop columns with data: create archive table
+    first"); ``restore_rows`` in the next upgrade puts the rows back and drops the archive, which
+    otherwise stays. In ``--sql`` output the archive is always made (the SQL cannot look).
+    """
+    archive = f"{archive_prefix}{table}"
+    copy = f"CREATE TABLE {archive} AS SELECT * FROM {table}"
+    if op.get_context().as_sql:
+        op.execute(copy)
+    elif op.get_bind().execute(sa.text(f"SELECT 1 FROM {table} LIMIT 1")).first():
+        op.execute(copy)
+        kept = op.get_bind().execute(sa.text(f"SELECT count(*) FROM {archive}")).scalar()
+        _report(f"archived {kept:,} row(s) of {table} in {archive}; the next upgrade puts them back")
+    op.drop_table(table)
+
+
+def restore_rows(table: sa.Table, *, archive_prefix: str) -> sa.Table:
+    """Put back into ``table`` (just created) the rows ``drop_table_keeping_rows`` kept, and drop the archive.
+
+    A row whose parent (a foreign key's target) was deleted meanwhile is treated as the key's
+    ``ON DELETE`` says: left out (CASCADE, or no rule), or kept with the key NULL (SET NULL). On
+    PostgreSQL the id sequence then continues after the highest restored id.
+    """
+    context = op.get_context()
+    archive = f"{archive_prefix}{table.name}"
+    if context.as_sql:
+        op.create_table(archive, *(sa.Column(c.name, c.type, nullable=True) for c in table.columns),
+                        if_not_exists=True)
+    elif not _table_exists(archive):
+        return table
+    quote = context.dialect.identifier_preparer.quote
+    selected = {column.name: f"a.{quote(column.name)}" for column in table.columns}
+    required = []
+    for key in table.foreign_key_constraints:
+        (column,) = key.column_keys
+        parent = key.elements[0].target_fullname.split(".")[0]
+        # A table referring to itself: the parent may be one of the rows being restored.
+        source = archive if parent == table.name else parent
+        found = f"EXISTS (SELECT 1 FROM {source} p WHERE p.id = a.{quote(column)})"
+        if (key.ondelete or "").upper() == "SET NULL":
+            selected[column] = f"CASE WHEN {found} THEN a.{quote(column)} END"
+        else:
+            required.append(f"(a.{quote(column)} IS NULL OR {found})")
+    names = ", ".join(quote(name) for name in selected)
+    where = f" WHERE {' AND '.join(required)}" if required else ""
+    insert = f"INSERT INTO {table.name} ({names}) SELECT {', '.join(selected.values())} FROM {archive} a{where}"
+    if context.dialect.name == "postgresql":
+        # The foreign keys are deferred: checked now, they leave no pending trigger events, which
+        # would forbid the revision's next CREATE INDEX on this table.
+        op.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    if context.as_sql:
+        op.execute(insert)
+    else:
+        restored = op.get_bind().execute(sa.text(insert)).rowcount
+        _report(f"restored {restored:,} row(s) of {table.name} from {archive}")
+    if context.dialect.name == "postgresql" and "id" in table.columns and table.columns["id"].autoincrement:
+        op.execute(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), max(id)) FROM {table.name} "
+                   "HAVING max(id) IS NOT NULL")
+    op.drop_table(archive)
+    return table

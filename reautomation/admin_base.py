@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connections
 from django.http import HttpRequest
@@ -31,6 +33,19 @@ class EstimatedCountPaginator(Paginator):
         return super().count
 
 
+class OperatorChangeList(ChangeList):
+    """A list whose date hierarchy refuses dates out of range (``?created_at__year=9999``) as bad input.
+
+    Django computes the next period with ``date.replace(year=year + 1)``, which raises past year 9999.
+    """
+
+    def get_filters(self, request: HttpRequest) -> Any:
+        try:
+            return super().get_filters(request)
+        except (ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(exc) from exc  # the admin answers with the list and "?e=1"
+
+
 class OperatorAdmin(admin.ModelAdmin):
     """A list page that stays fast on millions of rows."""
 
@@ -38,6 +53,22 @@ class OperatorAdmin(admin.ModelAdmin):
     show_full_result_count = False  # the second COUNT(*) over the unfiltered table
     show_facets = admin.ShowFacets.NEVER  # a COUNT per filter choice
     list_per_page = 50
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return OperatorChangeList
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[str | None, dict[str, Any]]]:
+        """On the add page, leave out the read-only fields: the database fills them when the row is made."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is not None:
+            return fieldsets
+        filled_later = set(self.get_readonly_fields(request, obj))
+        kept = []
+        for name, options in fieldsets:
+            fields = [field for field in options["fields"] if field not in filled_later]
+            if fields:
+                kept.append((name, {**options, "fields": fields}))
+        return kept
 
 
 class ReadOnlyAdmin(OperatorAdmin):

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Max
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -14,6 +15,17 @@ from calls.models import BackfillRun
 from monitoring import charts
 from monitoring.models import PerformanceMetric, SystemMetric
 from reautomation import schema
+
+
+# What each of the site's own pages needs: the view permission of what it shows.
+OPERATIONS_PERMISSION = "calls.view_backfillrun"
+METRICS_PERMISSIONS = ("monitoring.view_performancemetric", "monitoring.view_systemmetric")
+
+
+def require_any(request: HttpRequest, *permissions: str) -> None:
+    """Refuse (403) a user who has none of ``permissions``."""
+    if not any(request.user.has_perm(permission) for permission in permissions):
+        raise PermissionDenied
 
 
 class OperatorAdminSite(admin.AdminSite):
@@ -31,6 +43,7 @@ class OperatorAdminSite(admin.AdminSite):
 
     def operations_view(self, request: HttpRequest) -> HttpResponse:
         """Schema state (current revision, head, pending, INVALID indexes) and each backfill's latest run."""
+        require_any(request, OPERATIONS_PERMISSION)
         context: dict[str, Any] = {**self.each_context(request), "title": "Schema and backfills"}
         try:
             context["schema"] = schema.status()
@@ -48,6 +61,7 @@ class OperatorAdminSite(admin.AdminSite):
 
     def metrics_view(self, request: HttpRequest) -> HttpResponse:
         """Performance and system metrics over a window, one small chart per metric."""
+        require_any(request, *METRICS_PERMISSIONS)
         window = request.GET.get("window", charts.DEFAULT_WINDOW)
         sections = []
         for model in (PerformanceMetric, SystemMetric):

@@ -5,6 +5,7 @@ the tests and the benchmark scripts all get their database from here.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -20,34 +21,50 @@ SQLALCHEMY_DRIVERS = {
     "django.db.backends.sqlite3": "sqlite",
 }
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<password>[^@\s]*)(?P<tail>@)", re.I)
+# A URL's password runs from the user's colon to the last "@" of the URL: an unencoded "@" in
+# the password must not leave its tail on show.
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)", re.I)
+_PASSWORD_PARAMETER = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&\s'\"]*)", re.I)
+MASK = "***"
 
 
 class InvalidDatabaseURL(ImproperlyConfigured):
-    """DATABASE_URL cannot be used: malformed, or not a PostgreSQL/SQLite URL."""
+    """DATABASE_URL cannot be used: malformed, not a PostgreSQL/SQLite URL, or missing where required."""
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", url)
+def redact(text: str, *secrets: str | None) -> str:
+    """Return ``text`` with every URL password (in the authority or as ``?password=``) and each of ``secrets`` masked."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(str(secret), MASK)
+    text = _PASSWORD_IN_URL.sub(rf"\g<head>{MASK}\g<tail>", text)
+    return _PASSWORD_PARAMETER.sub(rf"\g<head>{MASK}", text)
 
 
-def database_config(url: str | None, *, sqlite_path: Path) -> dict[str, Any]:
-    """Return Django's ``DATABASES['default']`` for ``url``, or the embedded SQLite file if unset."""
+def database_config(url: str | None, *, sqlite_path: Path, embedded_allowed: bool = True) -> dict[str, Any]:
+    """Return Django's ``DATABASES['default']`` for ``url``; if unset, the embedded SQLite file (when allowed)."""
     if not url:
+        if not embedded_allowed:
+            raise InvalidDatabaseURL(
+                "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/NAME (or put it "
+                "in .env); the embedded SQLite file is only for DEBUG=true or an explicit DATABASE_URL=sqlite:///PATH")
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(sqlite_path)}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # environ warns on unknown schemes; we raise below
             config = environ.Env.db_url_config(url)
     except ValueError as exc:
-        raise InvalidDatabaseURL(f"DATABASE_URL {redact_url(url)!r} is malformed ({exc})") from exc
+        raise InvalidDatabaseURL(f"DATABASE_URL {redact(url)!r} is malformed ({exc})") from exc
     if config.get("ENGINE") not in SQLALCHEMY_DRIVERS:
         raise InvalidDatabaseURL(
-            f"DATABASE_URL {redact_url(url)!r} is not a postgresql:// or sqlite:/// URL"
+            f"DATABASE_URL {redact(url)!r} is not a postgresql:// or sqlite:/// URL"
         )
     if not config.get("NAME"):
-        raise InvalidDatabaseURL(f"DATABASE_URL {redact_url(url)!r} names no database")
+        raise InvalidDatabaseURL(f"DATABASE_URL {redact(url)!r} names no database")
+    options = config.get("OPTIONS") or {}
+    if "password" in options:
+        # ?password=... is the password: keep it where every printer of URLs knows to hide it.
+        config["PASSWORD"] = options.pop("password")
     return config
 
 
@@ -76,7 +93,35 @@ def sqlalchemy_url(settings_dict: Mapping[str, Any] | None = None) -> sa.URL:
 
 def display_url(url: sa.URL) -> str:
     """Return ``url`` as text that is safe to print (no password)."""
-    return url.render_as_string(hide_password=True)
+    return redact(url.render_as_string(hide_password=True))
+
+
+def libpq_connection(url: sa.URL) -> tuple[str, dict[str, str]]:
+    """Return ``url`` as a libpq URL without any password, and the environment that carries the password.
+
+    For PostgreSQL's client tools: a command line is visible to every user of the host (``ps``),
+    so the password reaches libpq only through ``PGPASSWORD``.
+    """
+    query = {key: value for key, value in url.query.items() if key.lower() != "password"}
+    password = url.password or next((v for k, v in url.query.items() if k.lower() == "password"), None)
+    bare = sa.URL.create("postgresql", username=url.username, host=url.host, port=url.port, database=url.database,
+                         query=query)
+    env = {key: value for key, value in os.environ.items() if key != "PGPASSWORD"}
+    if password:
+        env["PGPASSWORD"] = str(password if isinstance(password, str) else password[0])
+    return bare.render_as_string(hide_password=False), env
+
+
+def _private_sqlite_file(path: str | None) -> None:
+    """Create a new SQLite database file readable by its owner only: it will hold contacts and conversations."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        pass  # e.g. a missing folder: SQLite itself reports it, in its own words, on connecting
 
 
 def create_engine(url: sa.URL | str, **options: Any) -> sa.Engine:
@@ -89,6 +134,7 @@ def create_engine(url: sa.URL | str, **options: Any) -> sa.Engine:
     options.setdefault("poolclass", sa.pool.NullPool)
     if sa.make_url(url).get_backend_name() == "sqlite":
         options.setdefault("connect_args", {"timeout": 30})  # wait for another writer, not fail at once
+        _private_sqlite_file(sa.make_url(url).database)
     engine = sa.create_engine(url, **options)
     if engine.dialect.name == "sqlite":
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import environ
 
+from reautomation import setting_values
 from reautomation.database import database_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -23,7 +24,10 @@ if not SECRET_KEY:
     SECRET_KEY = "insecure-local-development-key"  # noqa: S105 - only ever with DEBUG on
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
 
-DATABASES = {"default": database_config(env.str("DATABASE_URL", default=""), sqlite_path=BASE_DIR / "db.sqlite3")}
+# Without DEBUG a missing DATABASE_URL is an error: an operator who forgot to export it must not
+# migrate or inspect an embedded file that nobody deploys.
+DATABASES = {"default": database_config(env.str("DATABASE_URL", default=""), sqlite_path=BASE_DIR / "db.sqlite3",
+                                        embedded_allowed=DEBUG)}
 # Where the Alembic revisions live; alembic.ini's script_location unless set (tests use a copy).
 ALEMBIC_SCRIPT_LOCATION = env.str("ALEMBIC_SCRIPT_LOCATION", default="")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -42,8 +46,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
 ]
-# Alembic owns every table, Django's own included: Django's migrations are switched off.
-MIGRATION_MODULES = {app.rsplit(".", 1)[-1]: None for app in INSTALLED_APPS}
+# Alembic owns every table, Django's own included: Django's migrations are switched off, for
+# every app by its label (the admin's label is "admin", whatever its config class is called;
+# tests/admin/test_production.py checks that every installed app is listed).
+MIGRATION_MODULES = {label: None for label in (
+    "reautomation", "calls", "monitoring", "admin", "auth", "contenttypes", "sessions", "messages", "staticfiles")}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
@@ -112,16 +119,39 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # migrate_schema on PostgreSQL (reautomation/migration_guard.py): how long a second migrator waits
 # for the first; how long DDL may wait for a table lock before it gives up and retries.
-MIGRATION_LOCK_WAIT_SECONDS = env.float("MIGRATION_LOCK_WAIT_SECONDS", default=900)
-MIGRATION_LOCK_TIMEOUT = env.str("MIGRATION_LOCK_TIMEOUT", default="5s")
-MIGRATION_LOCK_RETRIES = env.int("MIGRATION_LOCK_RETRIES", default=5)
-MIGRATION_RETRY_PAUSE_SECONDS = env.float("MIGRATION_RETRY_PAUSE_SECONDS", default=2)
-MIGRATION_STATEMENT_TIMEOUT = env.str("MIGRATION_STATEMENT_TIMEOUT", default="30min")
+# Each is checked for its shape (reautomation/setting_values.py): a bad value stops start-up in one line.
+MIGRATION_LOCK_WAIT_SECONDS = setting_values.seconds(env, "MIGRATION_LOCK_WAIT_SECONDS", default=900)
+MIGRATION_LOCK_TIMEOUT = setting_values.duration(env, "MIGRATION_LOCK_TIMEOUT", default="5s")
+MIGRATION_LOCK_RETRIES = setting_values.count(env, "MIGRATION_LOCK_RETRIES", default=5)
+MIGRATION_RETRY_PAUSE_SECONDS = setting_values.seconds(env, "MIGRATION_RETRY_PAUSE_SECONDS", default=2)
+MIGRATION_STATEMENT_TIMEOUT = setting_values.duration(env, "MIGRATION_STATEMENT_TIMEOUT", default="30min")
 
 # Token counting and the context policy (calls/tokens.py, calls/context_policy.py).
 TOKEN_ENCODING = env.str("TOKEN_ENCODING", default="cl100k_base")
-CONTEXT_MAX_TOKENS = env.int("CONTEXT_MAX_TOKENS", default=8192)
-CONTEXT_TARGET_TOKENS = env.int("CONTEXT_TARGET_TOKENS", default=6144)
-CONTEXT_KEEP_RECENT_MESSAGES = env.int("CONTEXT_KEEP_RECENT_MESSAGES", default=4)
-CONTEXT_TOKENS_PER_MESSAGE = env.int("CONTEXT_TOKENS_PER_MESSAGE", default=3)
-CONTEXT_REPLY_PRIMING_TOKENS = env.int("CONTEXT_REPLY_PRIMING_TOKENS", default=3)
+CONTEXT_MAX_TOKENS = setting_values.count(env, "CONTEXT_MAX_TOKENS", default=8192, minimum=1)
+CONTEXT_TARGET_TOKENS = setting_values.count(env, "CONTEXT_TARGET_TOKENS", default=6144, minimum=1)
+CONTEXT_KEEP_RECENT_MESSAGES = setting_values.count(env, "CONTEXT_KEEP_RECENT_MESSAGES", default=4)
+CONTEXT_TOKENS_PER_MESSAGE = setting_values.count(env, "CONTEXT_TOKENS_PER_MESSAGE", default=3)
+CONTEXT_REPLY_PRIMING_TOKENS = setting_values.count(env, "CONTEXT_REPLY_PRIMING_TOKENS", default=3)
+
+# Errors: a 500's traceback goes to stderr (gunicorn's error log), and by mail to ADMINS when set
+# (comma-separated addresses; EMAIL_URL, e.g. smtp://user:pass@mail:587, names the mail server).
+ADMINS = [(address, address) for address in env.list("ADMINS", default=[])]
+SERVER_EMAIL = env.str("SERVER_EMAIL", default="root@localhost")
+EMAIL_CONFIG = env.email_url("EMAIL_URL", default="smtp://localhost:25")
+vars().update(EMAIL_CONFIG)
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"require_debug_false": {"()": "django.utils.log.RequireDebugFalse"}},
+    "formatters": {"plain": {"format": "{asctime} {levelname} {name}: {message}", "style": "{"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "mail_admins": {"class": "django.utils.log.AdminEmailHandler", "level": "ERROR",
+                        "filters": ["require_debug_false"]},
+    },
+    "loggers": {
+        "django": {"handlers": ["stderr", "mail_admins"], "level": env.str("DJANGO_LOG_LEVEL", default="WARNING"),
+                   "propagate": False},
+    },
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -149,3 +150,15 @@ def django_db_setup(django_db_blocker: object, postgres_admin: sa.Engine) -> Ite
 def django_url(url: sa.URL) -> str:
     """Return ``url`` as a DATABASE_URL that Django's settings accept."""
     return url.render_as_string(hide_password=False).replace("+psycopg", "")
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 120) -> None:
+    """Wait until ``condition()`` is true: for a state (a lock, a row, a line), never for a fixed time.
+
+    ``timeout`` only bounds a test that would otherwise hang; it is generous because this machine
+    is shared and slow at moments.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {condition}"
+        time.sleep(0.05)

@@ -16,16 +16,21 @@ from typing import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from migrations_alembic.helpers import BIGINT, JSON, TIMESTAMP, foreign_key, id_column, now_column
+from migrations_alembic.helpers import (
+    BIGINT, JSON, TIMESTAMP, drop_table_keeping_rows, foreign_key, id_column, now_column, restore_rows,
+)
 
 revision: str = "001_langsmith_monitoring"
 down_revision: str | Sequence[str] | None = "26a6cb1543c8"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# A downgrade keeps the rows of each table it drops in archive_001_<table>; the next upgrade puts them back.
+ARCHIVE_PREFIX = "archive_001_"
+
 
 def upgrade() -> None:
-    op.create_table(
+    restore_rows(op.create_table(
         "workflow_traces",
         id_column(),
         sa.Column("trace_id", sa.String(64), nullable=False),
@@ -42,12 +47,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workflow_traces")),
         foreign_key("workflow_traces", "call_id", "calls", ondelete="SET NULL"),
         sa.UniqueConstraint("trace_id", name=op.f("uq_workflow_traces_trace_id")),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_workflow_traces_call_id"), "workflow_traces", ["call_id"])
     op.create_index("ix_workflow_traces_started_at", "workflow_traces", ["started_at"])
     op.create_index("ix_workflow_traces_status_started_at", "workflow_traces", ["status", "started_at"])
 
-    op.create_table(
+    restore_rows(op.create_table(
         "agent_executions",
         id_column(),
         sa.Column("trace_id", BIGINT, nullable=False),
@@ -63,11 +68,11 @@ def upgrade() -> None:
         sa.Column("ended_at", TIMESTAMP, nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_executions")),
         foreign_key("agent_executions", "trace_id", "workflow_traces", ondelete="CASCADE"),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_agent_executions_trace_id"), "agent_executions", ["trace_id"])
     op.create_index("ix_agent_executions_agent_started_at", "agent_executions", ["agent_name", "started_at"])
 
-    op.create_table(
+    restore_rows(op.create_table(
         "performance_metrics",
         id_column(),
         sa.Column("metric_name", sa.String(100), nullable=False),
@@ -78,13 +83,13 @@ def upgrade() -> None:
         now_column("recorded_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_performance_metrics")),
         foreign_key("performance_metrics", "call_id", "calls", ondelete="SET NULL"),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_performance_metrics_call_id"), "performance_metrics", ["call_id"])
     op.create_index(
         "ix_performance_metrics_name_recorded_at", "performance_metrics", ["metric_name", "recorded_at"]
     )
 
-    op.create_table(
+    restore_rows(op.create_table(
         "system_metrics",
         id_column(),
         sa.Column("metric_name", sa.String(100), nullable=False),
@@ -92,12 +97,12 @@ def upgrade() -> None:
         sa.Column("host", sa.String(100), server_default="", nullable=False),
         now_column("recorded_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_system_metrics")),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index("ix_system_metrics_name_recorded_at", "system_metrics", ["metric_name", "recorded_at"])
 
 
 def downgrade() -> None:
-    op.drop_table("system_metrics")
-    op.drop_table("performance_metrics")
-    op.drop_table("agent_executions")
-    op.drop_table("workflow_traces")
+    drop_table_keeping_rows("system_metrics", archive_prefix=ARCHIVE_PREFIX)
+    drop_table_keeping_rows("performance_metrics", archive_prefix=ARCHIVE_PREFIX)
+    drop_table_keeping_rows("agent_executions", archive_prefix=ARCHIVE_PREFIX)
+    drop_table_keeping_rows("workflow_traces", archive_prefix=ARCHIVE_PREFIX)

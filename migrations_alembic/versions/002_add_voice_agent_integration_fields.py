@@ -17,12 +17,18 @@ from typing import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from migrations_alembic.helpers import BIGINT, archive_columns, foreign_key, id_column, now_column, restore_columns
+from migrations_alembic.helpers import (
+    BIGINT, archive_columns, drop_table_keeping_rows, foreign_key, id_column, now_column, restore_columns,
+    restore_rows,
+)
 
 revision: str = "002_voice_agent_integration"
 down_revision: str | Sequence[str] | None = "001_langsmith_monitoring"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+# A downgrade keeps the rows of each table it drops in archive_002_<table>; the next upgrade puts them back.
+ARCHIVE_PREFIX = "archive_002_"
 
 ARCHIVE = "archive_002_calls"
 
@@ -46,7 +52,7 @@ def upgrade() -> None:
     restore_columns("calls", voice_columns(), archive=ARCHIVE)
     op.create_index("ix_calls_current_agent", "calls", ["current_agent"])
 
-    op.create_table(
+    restore_rows(op.create_table(
         "agent_transitions",
         id_column(),
         sa.Column("call_id", BIGINT, nullable=False),
@@ -57,10 +63,10 @@ def upgrade() -> None:
         now_column("transitioned_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_transitions")),
         foreign_key("agent_transitions", "call_id", "calls", ondelete="CASCADE"),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_agent_transitions_call_id"), "agent_transitions", ["call_id"])
 
-    op.create_table(
+    restore_rows(op.create_table(
         "tier_escalation_events",
         id_column(),
         sa.Column("call_id", BIGINT, nullable=False),
@@ -71,13 +77,13 @@ def upgrade() -> None:
         now_column("escalated_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tier_escalation_events")),
         foreign_key("tier_escalation_events", "call_id", "calls", ondelete="CASCADE"),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_tier_escalation_events_call_id"), "tier_escalation_events", ["call_id"])
 
 
 def downgrade() -> None:
-    op.drop_table("tier_escalation_events")
-    op.drop_table("agent_transitions")
+    drop_table_keeping_rows("tier_escalation_events", archive_prefix=ARCHIVE_PREFIX)
+    drop_table_keeping_rows("agent_transitions", archive_prefix=ARCHIVE_PREFIX)
     op.drop_index("ix_calls_current_agent", table_name="calls")
     archive_columns(
         "calls",

@@ -19,16 +19,21 @@ from typing import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from migrations_alembic.helpers import BIGINT, TIMESTAMP, foreign_key, id_column, now_column
+from migrations_alembic.helpers import (
+    BIGINT, TIMESTAMP, drop_table_keeping_rows, foreign_key, id_column, now_column, restore_rows,
+)
 
 revision: str = "005_backfill_runs"
 down_revision: str | Sequence[str] | None = "004_performance_indexes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# A downgrade keeps the rows of each table it drops in archive_005_<table>; the next upgrade puts them back.
+ARCHIVE_PREFIX = "archive_005_"
+
 
 def upgrade() -> None:
-    op.create_table(
+    restore_rows(op.create_table(
         "backfill_runs",
         id_column(),
         sa.Column("backfill", sa.String(32), nullable=False),
@@ -48,7 +53,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_backfill_runs")),
         foreign_key("backfill_runs", "resumed_from_id", "backfill_runs", ondelete="SET NULL"),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_backfill_runs_resumed_from_id"), "backfill_runs", ["resumed_from_id"])
     op.create_index("ix_backfill_runs_backfill_started_at", "backfill_runs", ["backfill", "started_at"])
     op.create_index(
@@ -59,7 +64,7 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'running'"),
         sqlite_where=sa.text("status = 'running'"),
     )
-    op.create_table(
+    restore_rows(op.create_table(
         "backfill_batches",
         id_column(),
         sa.Column("run_id", BIGINT, nullable=False),
@@ -69,11 +74,11 @@ def upgrade() -> None:
         now_column("claimed_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_backfill_batches")),
         foreign_key("backfill_batches", "run_id", "backfill_runs", ondelete="CASCADE"),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_backfill_batches_run_id"), "backfill_batches", ["run_id"])
     op.create_index("ix_backfill_batches_backfill_id", "backfill_batches", ["backfill", "id"])
 
 
 def downgrade() -> None:
-    op.drop_table("backfill_batches")
-    op.drop_table("backfill_runs")
+    drop_table_keeping_rows("backfill_batches", archive_prefix=ARCHIVE_PREFIX)
+    drop_table_keeping_rows("backfill_runs", archive_prefix=ARCHIVE_PREFIX)

@@ -18,16 +18,21 @@ from typing import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from migrations_alembic.helpers import BIGINT, TIMESTAMP, foreign_key, id_column, now_column
+from migrations_alembic.helpers import (
+    BIGINT, TIMESTAMP, drop_table_keeping_rows, foreign_key, id_column, now_column, restore_rows,
+)
 
 revision: str = "26a6cb1543c8"
 down_revision: str | Sequence[str] | None = "000_django_framework"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# A downgrade keeps the rows of each table it drops in archive_base_<table>; the next upgrade puts them back.
+ARCHIVE_PREFIX = "archive_base_"
+
 
 def upgrade() -> None:
-    op.create_table(
+    restore_rows(op.create_table(
         "contacts",
         id_column(),
         sa.Column("first_name", sa.String(100), server_default="", nullable=False),
@@ -45,10 +50,10 @@ def upgrade() -> None:
         now_column("updated_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
         sa.UniqueConstraint("phone_number", name=op.f("uq_contacts_phone_number")),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index("ix_contacts_name", "contacts", ["last_name", "first_name"])
 
-    op.create_table(
+    restore_rows(op.create_table(
         "calls",
         id_column(),
         sa.Column("contact_id", BIGINT, nullable=True),
@@ -67,13 +72,13 @@ def upgrade() -> None:
         sa.Column("error_message", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_calls")),
         foreign_key("calls", "contact_id", "contacts", ondelete="SET NULL"),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_calls_contact_id"), "calls", ["contact_id"])
     op.create_index(op.f("ix_calls_phone_number"), "calls", ["phone_number"])
     op.create_index(op.f("ix_calls_created_at"), "calls", ["created_at"])
     op.create_index("ix_calls_status", "calls", ["status"])
 
-    op.create_table(
+    restore_rows(op.create_table(
         "conversation_history",
         id_column(),
         sa.Column("call_id", BIGINT, nullable=False),
@@ -86,13 +91,13 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "role IN ('system', 'user', 'assistant', 'tool')", name=op.f("ck_conversation_history_role")
         ),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(
         "ix_conversation_history_call_order", "conversation_history", ["call_id", "turn_index", "created_at", "id"]
     )
     op.create_index("ix_conversation_history_created_at", "conversation_history", ["created_at"])
 
-    op.create_table(
+    restore_rows(op.create_table(
         "call_notes",
         id_column(),
         sa.Column("call_id", BIGINT, nullable=False),
@@ -102,12 +107,12 @@ def upgrade() -> None:
         now_column("created_at"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_call_notes")),
         foreign_key("call_notes", "call_id", "calls", ondelete="CASCADE"),
-    )
+    ), archive_prefix=ARCHIVE_PREFIX)
     op.create_index(op.f("ix_call_notes_call_id"), "call_notes", ["call_id"])
 
 
 def downgrade() -> None:
-    op.drop_table("call_notes")
-    op.drop_table("conversation_history")
-    op.drop_table("calls")
-    op.drop_table("contacts")
+    drop_table_keeping_rows("call_notes", archive_prefix=ARCHIVE_PREFIX)
+    drop_table_keeping_rows("conversation_history", archive_prefix=ARCHIVE_PREFIX)
+    drop_table_keeping_rows("calls", archive_prefix=ARCHIVE_PREFIX)
+    drop_table_keeping_rows("contacts", archive_prefix=ARCHIVE_PREFIX)

@@ -20,7 +20,7 @@ from calls.context_policy import ContextPolicy, policy_message, replay
 from calls.sample_data import generate_sample_data
 from calls.tokens import count_tokens
 from reautomation import database, schema
-from tests.conftest import django_url, run_sql
+from tests.conftest import django_url, run_sql, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # Small enough that sample conversations get pruned, so the replay is exercised for real.
@@ -393,13 +393,6 @@ def start_backfill(url: sa.URL, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def pg_seeded(pg_head_db: sa.URL) -> sa.URL:
     """A PostgreSQL database at head with sample data, for tests that run real processes."""
@@ -473,3 +466,19 @@ def test_the_guides_module_entry_points(head_db: sa.URL, module: str, backfill_n
     assert result.returncode == 0, result.stderr
     assert f"{backfill_name}: " in result.stdout and "complete" in result.stdout
     assert run_sql(head_db, "SELECT backfill FROM backfill_runs") == [(backfill_name,)]
+
+
+@pytest.mark.parametrize("args", [
+    ["--batch-size", "99999999999999999999"], ["--batch-size", "0"], ["--workers", "0"], ["--workers", "1000"],
+    ["--max-rows-per-second", "0"], ["--max-rows-per-second", "-5"], ["--max-rows-per-second", "nan"],
+    ["--max-rows-per-second", "1e-12"], ["--pause", "nan"], ["--pause", "inf"], ["--pause", "-1"],
+    ["--stale-after", "nan"], ["--stale-after", "-1"],
+], ids=lambda a: "".join(a))
+def test_out_of_range_options_are_one_line_and_run_nothing(tmp_path: Path, args: list[str]) -> None:
+    url = f"sqlite:///{tmp_path}/db.sqlite3"
+    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": "backfill-test", "DJANGO_SETTINGS_MODULE": "reautomation.settings"}
+    result = subprocess.run([sys.executable, "manage.py", "backfill_context", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"CommandError: {args[0]} ") and "out of range" in lines[0], lines

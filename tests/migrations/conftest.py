@@ -30,13 +30,16 @@ def previous(revision: str) -> str:
 
 
 def snapshot(url: sa.URL) -> dict[str, dict[str, object]]:
-    """Return every table's columns (name, type, nullability), indexes and unique constraints."""
+    """Return every table's columns (name, type, nullability), indexes and unique constraints.
+
+    Archive tables are data a downgrade kept (``archives`` lists them), not schema.
+    """
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         inspector = sa.inspect(engine)
         result = {}
         for table in sorted(inspector.get_table_names()):
-            if table == "alembic_version":
+            if table == "alembic_version" or table.startswith(schema.ARCHIVE_TABLE_PREFIX):
                 continue
             result[table] = {
                 "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)),
@@ -44,6 +47,15 @@ def snapshot(url: sa.URL) -> dict[str, dict[str, object]]:
                 "uniques": sorted(u["name"] or "" for u in inspector.get_unique_constraints(table)),
             }
         return result
+    finally:
+        engine.dispose()
+
+
+def archives(url: sa.URL) -> set[str]:
+    """Return the archive tables in the database: rows and values that downgrades kept."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        return {t for t in sa.inspect(engine).get_table_names() if t.startswith(schema.ARCHIVE_TABLE_PREFIX)}
     finally:
         engine.dispose()
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from typing import Iterator
 
@@ -16,7 +15,7 @@ import sqlalchemy as sa
 
 from calls.sample_data import generate_sample_data
 from reautomation import database, migration_guard, schema
-from tests.conftest import django_url, run_sql
+from tests.conftest import django_url, run_sql, wait_for
 from tests.migrations.conftest import REVISIONS
 from tests.migrations.test_migrate_schema import ROOT, cli_environment, run_cli
 
@@ -58,6 +57,12 @@ def release_migration_lock(conn: sa.Connection) -> None:
     conn.commit()
 
 
+def sessions_on(url: sa.URL) -> int:
+    """Return how many sessions are connected to ``url``'s database, besides the one asking."""
+    return run_sql(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()")[0][0]
+
+
 def current(url: sa.URL) -> list[str]:
     return list(schema.status(url=url).current)
 
@@ -66,7 +71,8 @@ def test_two_hosts_upgrading_at_once_apply_each_revision_once(pg_db: sa.URL, oth
     # Both hosts start while a third migrator holds the lock, so both wait, then race for it.
     hold_migration_lock(other_session)
     hosts = [start_manage(pg_db, "upgrade", "head") for _ in range(2)]
-    time.sleep(2)
+    # Each host waiting for the lock has two sessions open: its migration connection and the lock's own.
+    wait_for(lambda: sessions_on(pg_db) >= 1 + 2 * 2 or any(host.poll() is not None for host in hosts))
     assert all(host.poll() is None for host in hosts), "a host did not wait for the migration lock"
     release_migration_lock(other_session)
     outputs = [host.communicate(timeout=120) for host in hosts]
@@ -109,13 +115,17 @@ def test_ddl_behind_a_long_transaction_retries_then_gives_up_with_nothing_half_a
 def test_ddl_succeeds_once_the_long_transaction_ends(pg_db: sa.URL, other_session: sa.Connection) -> None:
     schema.upgrade(revision="002_voice_agent_integration", url=pg_db)
     other_session.execute(sa.text("SELECT count(*) FROM calls"))
-    ender = threading.Timer(1.5, other_session.rollback)
-    ender.start()
-    result = manage(pg_db, "upgrade", "head", MIGRATION_LOCK_TIMEOUT="200ms", MIGRATION_LOCK_RETRIES="8",
-                    MIGRATION_RETRY_PAUSE_SECONDS="0.2")
-    ender.join()
-    assert result.returncode == 0, result.stderr
-    assert "retry 1" in result.stderr
+    upgrade = start_manage(pg_db, "upgrade", "head", MIGRATION_LOCK_TIMEOUT="200ms", MIGRATION_LOCK_RETRIES="1000",
+                           MIGRATION_RETRY_PAUSE_SECONDS="0.05")
+    seen = []
+    for line in upgrade.stderr:  # type: ignore[union-attr]  # until the first retry: the DDL gave up once
+        seen.append(line)
+        if "retry 1 " in line:
+            break
+    other_session.rollback()  # the long transaction ends
+    out, err = upgrade.communicate(timeout=300)
+    assert upgrade.returncode == 0, "".join(seen) + err
+    assert any("retry 1 " in line for line in seen)
     assert current(pg_db) == [HEAD]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 from django.core.management import CommandError, call_command
 
-from reautomation import schema
-from tests.conftest import django_url, run_sql
+from reautomation import database, schema
+from tests.conftest import django_url, run_sql, wait_for
 from tests.migrations.conftest import REVISIONS
 
 ROOT = Path(schema.__file__).resolve().parent.parent
@@ -28,6 +29,11 @@ def cli_environment(database_url: str, **env: str) -> dict[str, str]:
     """The environment of a command run by an operator against ``database_url``."""
     return {**os.environ, "DATABASE_URL": database_url, "SECRET_KEY": "cli-test",
             "DJANGO_SETTINGS_MODULE": "reautomation.settings", **env}
+
+
+def error_lines(stderr: str) -> list[str]:
+    """Return what a command wrote to stderr, less the line naming the database (there with --sql and --json)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("Database: ")]
 
 
 def run_cli(*args: str, database_url: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -161,3 +167,136 @@ def test_plain_alembic_cli_works_on_the_same_database(tmp_path: Path) -> None:
     failed = run_cli(alembic, "upgrade", "nope", database_url=url)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert "FAILED: Can't locate revision identified by 'nope'" in failed.stdout
+
+
+def test_every_database_command_names_the_database_first(pg_db_url: str) -> None:
+    """An operator who forgot the export sees which database a command acts on (password hidden)."""
+    url = pg_db_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
+    for args in (["upgrade", "002_voice_agent_integration"], ["current"], ["plan"], ["downgrade", "-1"]):
+        result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=url)
+        first = result.stdout.splitlines()[0]
+        assert first.startswith("Database: postgresql+psycopg://postgres:***@127.0.0.1"), (args, result.stdout)
+        assert "hunter2" not in result.stdout + result.stderr
+    preview = run_cli(sys.executable, "manage.py", "migrate_schema", "upgrade", "head", "--sql", database_url=url)
+    assert preview.stdout.lstrip().startswith("SET lock_timeout") and "Database: " in preview.stderr
+    alembic = run_cli(str(Path(sys.executable).parent / "alembic"), "current", database_url=url)
+    assert "Database: postgresql+psycopg://postgres:***@127.0.0.1" in alembic.stderr
+    assert "hunter2" not in alembic.stdout + alembic.stderr
+
+
+@pytest.fixture
+def pg_db_url(make_database) -> str:
+    return django_url(make_database("postgresql"))
+
+
+def _record(url: sa.URL, *revisions: str) -> None:
+    run_sql(url, "DELETE FROM alembic_version")
+    for revision in revisions:
+        run_sql(url, "INSERT INTO alembic_version (version_num) VALUES (:v)", {"v": revision})
+
+
+SEVERAL = ("003_context_management", REVISIONS[-1])
+UNKNOWN = ("9f3e2a1b7c4d",)
+
+
+@pytest.mark.parametrize(("recorded", "message"), [(SEVERAL, "several revisions on one line of history"),
+                                                   (UNKNOWN, "revision 9f3e2a1b7c4d, which this code does not know")],
+                         ids=["several", "unknown"])
+@pytest.mark.parametrize("args", [["current"], ["upgrade"], ["plan"], ["plan", "--json"], ["downgrade", "-1"],
+                                  ["stamp", "002_voice_agent_integration"], ["check"]],
+                         ids=lambda a: "-".join(a))
+def test_a_database_recording_what_no_command_can_start_from_is_one_line(
+        make_database, recorded: tuple[str, ...], message: str, args: list[str]) -> None:
+    url = make_database("postgresql")
+    schema.upgrade(revision="head", url=url)
+    _record(url, *recorded)
+    result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=django_url(url))
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and message in errors[0] and "stamp REV --purge" in errors[0], result.stderr
+    assert {row[0] for row in run_sql(url, "SELECT version_num FROM alembic_version")} == set(recorded)
+
+
+@pytest.mark.parametrize("recorded", [SEVERAL, UNKNOWN], ids=["several", "unknown"])
+def test_stamp_purge_gets_the_operator_out(make_database, recorded: tuple[str, ...]) -> None:
+    """The guide's fixes (``stamp REV``, ``UPDATE alembic_version``) fail here; ``stamp --purge`` does not."""
+    url = make_database("postgresql")
+    schema.upgrade(revision="head", url=url)
+    _record(url, *recorded)
+    alembic = run_cli(str(Path(sys.executable).parent / "alembic"), "current", database_url=django_url(url))
+    assert alembic.returncode != 0 and "Traceback" not in alembic.stderr and "--purge" in alembic.stdout
+    result = run_cli(sys.executable, "manage.py", "migrate_schema", "stamp", REVISIONS[-1], "--purge",
+                     database_url=django_url(url))
+    assert result.returncode == 0, result.stderr
+    assert f"Stamped the database as {REVISIONS[-1]}" in result.stdout
+    assert run_sql(url, "SELECT version_num FROM alembic_version") == [(REVISIONS[-1],)]
+    assert "Nothing to do" in run_cli(sys.executable, "manage.py", "migrate_schema",
+                                      database_url=django_url(url)).stdout
+
+
+@pytest.mark.parametrize("args", [["current"], ["plan"], ["plan", "--json"], ["upgrade"], ["heads"]],
+                         ids=lambda a: "-".join(a))
+def test_multiple_heads_are_one_line_with_the_documented_exit_code(
+        make_database, scratch_migrations: Path, args: list[str]) -> None:
+    url = make_database("postgresql")
+    schema.upgrade(revision="head", url=url)
+    (scratch_migrations / "versions" / "b1_branch.py").write_text(
+        '"""A branch from 003."""\nrevision = "b1_branch"\ndown_revision = "003_context_management"\n'
+        "branch_labels = None\ndepends_on = None\n\n"
+        "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n")
+    result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=django_url(url),
+                     ALEMBIC_SCRIPT_LOCATION=str(scratch_migrations))
+    assert "Traceback" not in result.stderr
+    if args == ["heads"]:
+        assert result.returncode == 0 and "b1_branch (head)" in result.stdout
+    elif args == ["current"]:  # where the database is, and a warning to merge
+        assert result.returncode == 0 and REVISIONS[-1] in result.stdout
+        assert "warning: the revision history has 2 heads" in result.stderr
+    else:
+        assert result.returncode == 1
+        errors = error_lines(result.stderr)
+        assert len(errors) == 1 and "multiple heads" in errors[0] and "merge heads" in errors[0], result.stderr
+
+
+@pytest.mark.parametrize("args", [["stamp", ""], ["upgrade", ""], ["downgrade", ""], ["show", ""], ["stamp", "  "],
+                                  ["merge", "heads"], ["merge", "head", "head"]],
+                         ids=["stamp-empty", "upgrade-empty", "downgrade-empty", "show-empty", "stamp-blank",
+                              "merge-one-head", "merge-the-same-twice"])
+def test_empty_revisions_and_pointless_merges_are_refused(tmp_path: Path, args: list[str]) -> None:
+    url = f"sqlite:///{tmp_path}/db.sqlite3"
+    assert run_cli(sys.executable, "manage.py", "migrate_schema", database_url=url).returncode == 0
+    result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=url)
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1 and ("no revision given" in errors[0] or "nothing to merge" in errors[0]), result.stderr
+    versions = Path(schema.alembic_config().get_main_option("script_location")) / "versions"
+    assert len(list(versions.glob("*.py"))) == len(REVISIONS), "a merge revision was written"
+    assert f"{REVISIONS[-1]} (head)" in run_cli(sys.executable, "manage.py", "migrate_schema", "current",
+                                                database_url=url).stdout
+
+
+def test_ctrl_c_during_an_upgrade_is_one_line_and_exit_130(make_database) -> None:
+    """The revision in flight is rolled back; the operator reads which, not 126 lines of traceback."""
+    url = make_database("postgresql")
+    schema.upgrade(revision="002_voice_agent_integration", url=url)
+    blocker = database.create_engine(url).connect()
+    blocker.execute(sa.text("SELECT count(*) FROM calls"))  # holds ACCESS SHARE on calls: 003's ALTER waits
+    upgrade = subprocess.Popen([sys.executable, "manage.py", "migrate_schema", "upgrade", "head"], cwd=ROOT,
+                               env=cli_environment(django_url(url), MIGRATION_LOCK_TIMEOUT="10min"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: run_sql(url, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                      "WHERE c.relname = 'calls' AND NOT l.granted")[0][0] > 0)
+        upgrade.send_signal(signal.SIGINT)
+        out, err = upgrade.communicate(timeout=120)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        if upgrade.poll() is None:
+            upgrade.kill()
+    assert upgrade.returncode == 130, out + err
+    assert err.strip().splitlines() == ["CommandError: interrupted; revision 003_context_management rolled back; "
+                                        "the database is at 002_voice_agent_integration"]
+    assert schema.status(url=url).current == ("002_voice_agent_integration",)
+    columns = {c["name"] for c in sa.inspect(database.create_engine(url)).get_columns("calls")}
+    assert "total_context_tokens" not in columns

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from reautomation import schema
 from tests.conftest import run_sql
-from tests.migrations.conftest import CHAIN, REVISIONS, previous, snapshot
+from tests.migrations.conftest import CHAIN, REVISIONS, archives, previous, snapshot
 
 VERSIONS = Path(schema.__file__).resolve().parent.parent / "migrations_alembic" / "versions"
 
@@ -102,8 +102,11 @@ def test_full_cycle_base_head_base_head(empty_db: sa.URL) -> None:
     first = snapshot(empty_db)
     schema.downgrade(revision="base", url=empty_db)
     assert snapshot(empty_db) == {}
+    # The upgrade wrote Django's content types and permissions: base keeps them, for the next upgrade.
+    assert archives(empty_db) == {"archive_000_django_content_type", "archive_000_auth_permission"}
     schema.upgrade(revision="head", url=empty_db)
     assert snapshot(empty_db) == first
+    assert archives(empty_db) == set()
     schema.check(url=empty_db)
 
 
@@ -155,8 +158,64 @@ def test_data_survives_every_upgrade_and_downgrade(empty_db: sa.URL) -> None:
     assert [tuple(r) for r in calls] == [(1, "CA1", "scheduler", 17, True, 2), (2, None, None, None, False, 0)]
     messages = run_sql(empty_db, "SELECT token_count, importance FROM conversation_history ORDER BY id")
     assert [tuple(r) for r in messages] == [(5, 0.25), (5, 0.25)]
-    tables = set(sa.inspect(sa.create_engine(empty_db, poolclass=sa.pool.NullPool)).get_table_names())
-    assert not {t for t in tables if t.startswith(schema.ARCHIVE_TABLE_PREFIX)}
+    assert archives(empty_db) == set()
+
+
+# Rows of every table a downgrade drops, written at head: (table, columns and values). Parents first.
+TABLE_ROWS = [
+    ("contacts", "id, phone_number", "7, '+15555550007'"),
+    ("calls", "id, phone_number, contact_id, call_sid", "11, '+15555550007', 7, 'CA11'"),
+    ("conversation_history", "id, call_id, role, content", "21, 11, 'user', 'Is the house still for sale?'"),
+    ("call_notes", "id, call_id, body", "31, 11, 'Call back on Monday'"),
+    ("workflow_traces", "id, trace_id, call_id, workflow_name", "41, 'tr-41', 11, 'qualify'"),
+    ("agent_executions", "id, trace_id, agent_name", "51, 41, 'qualifier'"),
+    ("performance_metrics", "id, metric_name, value, call_id", "61, 'latency_ms', 250, 11"),
+    ("system_metrics", "id, metric_name, value", "71, 'cpu', 0.5"),
+    ("agent_transitions", "id, call_id, to_agent", "81, 11, 'scheduler'"),
+    ("tier_escalation_events", "id, call_id, from_tier, to_tier", "91, 11, 'tier1', 'tier2'"),
+    ("backfill_runs", "id, backfill, status", "101, 'messages', 'completed'"),
+    ("backfill_runs", "id, backfill, status, resumed_from_id", "102, 'messages', 'completed', 101"),
+]
+
+
+@pytest.mark.parametrize("target", [pytest.param(rev, id=f"down-to-{rev}") for rev in
+                                    ("004_performance_indexes", "001_langsmith_monitoring", "base")])
+def test_a_downgrade_that_drops_tables_keeps_their_rows_and_the_upgrade_puts_them_back(
+        empty_db: sa.URL, target: str) -> None:
+    """Dropped tables holding rows are archived, and the next upgrade restores them with their ids."""
+    schema.upgrade(revision="head", url=empty_db)
+    for table, columns, values in TABLE_ROWS:
+        run_sql(empty_db, f"INSERT INTO {table} ({columns}) VALUES ({values})")
+    before = {table: [tuple(r) for r in run_sql(empty_db, f"SELECT * FROM {table} ORDER BY 1")]
+              for table, _, _ in TABLE_ROWS}
+    reported: list[str] = []
+
+    schema.downgrade(revision=target, url=empty_db, on_archive=reported.append)
+    assert any("archived 2 row(s) of backfill_runs in archive_005_backfill_runs" in line for line in reported)
+    schema.upgrade(revision="head", url=empty_db, on_archive=reported.append)
+
+    assert any("restored 2 row(s) of backfill_runs" in line for line in reported)
+    after = {table: [tuple(r) for r in run_sql(empty_db, f"SELECT * FROM {table} ORDER BY 1")] for table in before}
+    assert after == before
+    assert archives(empty_db) == set()
+    # Ids continue after the restored ones (backfill_runs is dropped by every one of these downgrades).
+    run_sql(empty_db, "INSERT INTO backfill_runs (backfill, status) VALUES ('calls', 'completed')")
+    assert run_sql(empty_db, "SELECT max(id) FROM backfill_runs")[0][0] == 103
+
+
+def test_a_restored_row_whose_parent_was_deleted_follows_its_on_delete_rule(empty_db: sa.URL) -> None:
+    schema.upgrade(revision="head", url=empty_db)
+    for table, columns, values in TABLE_ROWS[:9]:
+        run_sql(empty_db, f"INSERT INTO {table} ({columns}) VALUES ({values})")
+    run_sql(empty_db, "INSERT INTO calls (id, phone_number) VALUES (12, '+15555550012')")
+    run_sql(empty_db, "INSERT INTO performance_metrics (id, metric_name, value, call_id) VALUES (62, 'x', 1, 12)")
+    run_sql(empty_db, "INSERT INTO agent_transitions (id, call_id, to_agent) VALUES (82, 12, 'closer')")
+    schema.downgrade(revision="26a6cb1543c8", url=empty_db)
+    run_sql(empty_db, "DELETE FROM calls WHERE id = 12")  # deleted while the archives wait
+    schema.upgrade(revision="head", url=empty_db)
+    assert run_sql(empty_db, "SELECT id FROM agent_transitions ORDER BY id") == [(81,)]  # CASCADE: gone
+    assert [tuple(r) for r in run_sql(empty_db, "SELECT id, call_id FROM performance_metrics ORDER BY id")] == [
+        (61, 11), (62, None)]  # SET NULL: kept, unlinked
 
 
 def test_downgrade_below_base_and_unknown_revisions_are_refused(empty_db: sa.URL) -> None:

@@ -32,13 +32,14 @@ class Command(BaseCommand):
                             help="seconds without a heartbeat before a running run is taken as dead and resumed")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["batch_size"] < 1 or options["workers"] < 1:
-            raise CommandError("--batch-size and --workers must be at least 1")
-        settings = backfill.BackfillOptions(
-            batch_size=options["batch_size"], recompute=options["recompute"], dry_run=options["dry_run"],
-            workers=options["workers"], max_rows_per_second=options["max_rows_per_second"],
-            pause=options["pause"], stale_after=options["stale_after"],
-        )
+        try:
+            settings = backfill.BackfillOptions(
+                batch_size=options["batch_size"], recompute=options["recompute"], dry_run=options["dry_run"],
+                workers=options["workers"], max_rows_per_second=options["max_rows_per_second"],
+                pause=options["pause"], stale_after=options["stale_after"],
+            )
+        except backfill.InvalidBackfillOption as exc:
+            raise CommandError(str(exc)) from exc
         self.verbosity = options["verbosity"]
         self.bar = None
         self.last_line = 0.0

@@ -10,20 +10,28 @@ from calls.sample_data import generate_sample_data
 from reautomation import schema
 
 
+# About 25 million messages: a large benchmark. Beyond it a typo (an extra zero) would fill the disk.
+MAX_CALLS = 1_000_000
+MAX_DAYS = 3650
+
+
 class Command(BaseCommand):
     help = "Generate realistic sample data (about 33 messages a call) for demos, tests and benchmarks."
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--calls", type=int, default=1000, help="how many calls to create (default 1000)")
+        parser.add_argument("--calls", type=int, default=1000,
+                            help=f"how many calls to create (default 1000, at most {MAX_CALLS:,}); run again to add more")
         parser.add_argument("--seed", type=int, default=42, help="random seed; the same seed gives the same data")
         parser.add_argument("--max-turns", type=int, default=60,
                             help="longest conversation of an answered call (default 60; at least 8)")
         parser.add_argument("--days", type=int, default=90, help="spread the calls over this many past days")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["calls"] < 1:
-            raise CommandError("--calls must be at least 1")
+        if not 1 <= options["calls"] <= MAX_CALLS:
+            raise CommandError(f"--calls {options['calls']} is out of range: give 1 to {MAX_CALLS:,}")
+        if not 1 <= options["days"] <= MAX_DAYS:
+            raise CommandError(f"--days {options['days']} is out of range: give 1 to {MAX_DAYS:,}")
         started = time.perf_counter()
 
         def progress(done: int, total: int) -> None:

@@ -1,17 +1,37 @@
-"""``manage.py migrate_schema``: the Alembic revisions, for operators and deploy scripts."""
+"""``manage.py migrate_schema``: the Alembic revisions, for operators and deploy scripts.
+
+Exit codes: 0 done; 1 an error (one line on stderr saying what to do); 2 ``check`` found drift;
+3 ``plan`` found it unsafe to apply now; 130 interrupted (Ctrl-C or SIGTERM).
+"""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from reautomation import backup, database, schema
 
-
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
+# Subcommands that act on the database name it (password hidden) before they act.
+ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore"}
+
+
+class _Lines:
+    """Alembic writes whole lines itself, newlines included; Django's OutputWrapper would add its own."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text, ending="")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class Command(BaseCommand):
@@ -26,11 +46,13 @@ class Command(BaseCommand):
         up = sub.add_parser("upgrade", help="upgrade to REV (default: head)")
         up.add_argument("revision", nargs="?", default="head")
         up.add_argument("--sql", action="store_true", help="print the SQL from the current revision instead")
-        up.add_argument("--backup", metavar="DIR", type=Path, default=None,
+        up.add_argument("--backup", metavar="DIR", type=Path, default=None, dest="backup_dir",
                         help="first write a backup of the database into DIR (pg_dump) and print how to restore it")
         down = sub.add_parser("downgrade", help="downgrade to REV (-1, base, or an id)")
         down.add_argument("revision")
         down.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
+        down.add_argument("--check", action="store_true",
+                          help="only say where the downgrade would leave the database; change nothing")
         cur = sub.add_parser("current", help="show the database's revision")
         cur.add_argument("--verbose", "-v", action="store_true", dest="alembic_verbose")
         hist = sub.add_parser("history", help="list revisions, newest first")
@@ -42,6 +64,8 @@ class Command(BaseCommand):
         shw.add_argument("revision")
         stp = sub.add_parser("stamp", help="record REV as current without running revisions")
         stp.add_argument("revision")
+        stp.add_argument("--purge", action="store_true",
+                         help="first empty alembic_version (when it records an unknown revision, or several)")
         mrg = sub.add_parser("merge", help="create a revision merging REVS (e.g. heads)")
         mrg.add_argument("revisions", nargs="+")
         mrg.add_argument("-m", "--message", default=None)
@@ -49,10 +73,8 @@ class Command(BaseCommand):
         rev.add_argument("-m", "--message", required=True)
         rev.add_argument("--autogenerate", action="store_true", help="compare the models with the database")
         sub.add_parser("check", help="fail if the models and the database (at head) differ")
-        # pg_restore --clean replaces what the backup holds and leaves other tables alone: downgrade to
-        # the backup's revision (in its file name) first, as scripts/rollback does.
-        rst = sub.add_parser("restore", help="replace the database's contents with a backup made by --backup "
-                                             "(downgrade to its revision first)")
+        rst = sub.add_parser("restore", help="replace the whole database with a backup (made by --backup, or a "
+                                             "plain pg_dump .sql file), in one transaction")
         rst.add_argument("backup_file", type=Path)
         rst.add_argument("--yes", action="store_true", help="confirm: everything written since the backup is lost")
         pln = sub.add_parser("plan", help="what 'upgrade head' would do and whether it is safe now (exit 0) or not (3)")
@@ -62,75 +84,120 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, action: str | None = None, **options: Any) -> None:
         self.verbosity = options["verbosity"]
+        action = action or "upgrade"
         try:
-            self._dispatch(action or "upgrade", options)
+            if action in ACTS_ON_DATABASE:
+                self._name_database(quiet_stdout=options.get("sql") or options.get("json"))
+            getattr(self, f"_{action}")(**options)
+        except schema.Interrupted as exc:
+            raise CommandError(str(exc), returncode=INTERRUPTED) from exc
+        except KeyboardInterrupt as exc:
+            raise CommandError("interrupted; nothing was changed", returncode=INTERRUPTED) from exc
         except (schema.SchemaError, database.InvalidDatabaseURL) as exc:
             raise CommandError(str(exc), returncode=2 if isinstance(exc, schema.SchemaDrift) else 1) from exc
 
-    def _dispatch(self, action: str, options: dict[str, Any]) -> None:
-        out = self.stdout._out  # Alembic writes whole lines itself; OutputWrapper would add newlines
-        verbose = options.get("alembic_verbose", False)
-        if action in ("upgrade", "downgrade"):
-            revision = options.get("revision") or "head"
-            run = schema.upgrade if action == "upgrade" else schema.downgrade
-            if options.get("sql"):
-                run(revision=revision, sql=True, stdout=out)
-                return
-            if options.get("backup"):
-                where = "-".join(schema.status().current) or "base"
-                saved = backup.back_up(options["backup"], label=f"at-{where}")
-                self.stdout.write(f"Backup written: {saved.path}")
-                self.stdout.write(f"To restore it: {saved.restore_command}")
-            if self.verbosity:
-                self.stdout.write(f"{action.capitalize()} {database.display_url(database.sqlalchemy_url())} to {revision}")
-            applied = []
-            run(revision=revision, stdout=out, on_applied=lambda step: (applied.append(step), self._report(step)),
-                on_lock_retry=self._report_retry)
-            status = schema.status()
-            if self.verbosity:
-                where = "; ".join(status.current) or "base"
-                verb = "applied" if action == "upgrade" else "reverted"
-                done = f"{len(applied)} revision(s) {verb}" if applied else "Nothing to do"
-                self.stdout.write(self.style.SUCCESS(f"{done}; database is at {where}"))
-            self._report_invalid_indexes(status)
-        elif action == "current":
-            schema.current(verbose=verbose, stdout=out)
-            self._report_invalid_indexes(schema.status())
-        elif action == "history":
-            schema.history(rev_range=options["rev_range"], verbose=verbose, stdout=out)
-        elif action == "heads":
-            schema.heads(verbose=verbose, stdout=out)
-        elif action == "show":
-            schema.show(revision=options["revision"], stdout=out)
-        elif action == "stamp":
-            schema.stamp(revision=options["revision"], stdout=out)
-            self.stdout.write(self.style.SUCCESS(f"Stamped the database as {options['revision']}"))
-        elif action == "merge":
-            revision = schema.merge(revisions=options["revisions"], message=options["message"], stdout=out)
-            self.stdout.write(self.style.SUCCESS(f"Created merge revision {revision}"))
-        elif action == "revision":
-            revision = schema.create_revision(
-                message=options["message"], autogenerate=options["autogenerate"], stdout=out
-            )
-            if revision is None:
-                self.stdout.write("No changes between the models and the database; no revision written")
-            else:
-                self.stdout.write(self.style.SUCCESS(f"Created revision {revision}: review it before applying"))
-        elif action == "restore":
-            if not options["yes"]:
-                raise CommandError("restore replaces the database's contents with the backup: add --yes to confirm")
-            backup.restore(options["backup_file"])
-            self.stdout.write(self.style.SUCCESS(f"Restored {options['backup_file']}; database is at "
-                                                 f"{'; '.join(schema.status().current) or 'base'}"))
-        elif action == "plan":
-            self._plan(schema.plan(), as_json=options["json"])
-        elif action == "check":
-            schema.check(stdout=out)
-            self.stdout.write(self.style.SUCCESS("The database matches the models"))
+    def _name_database(self, *, quiet_stdout: bool) -> None:
+        """Say which database this acts on; on stderr when stdout carries SQL or JSON."""
+        if self.verbosity:
+            line = f"Database: {database.display_url(database.sqlalchemy_url())}"
+            (self.stderr if quiet_stdout else self.stdout).write(line)
 
-    def _plan(self, plan: schema.Plan, *, as_json: bool) -> None:
+    @property
+    def _alembic_out(self) -> TextIO:
+        return _Lines(self.stdout)  # type: ignore[return-value]
+
+    def _upgrade(self, *, revision: str = "head", sql: bool = False, backup_dir: Path | None = None,
+                 **_: Any) -> None:
+        if sql:
+            schema.upgrade(revision=revision, sql=True, stdout=self._alembic_out)
+            return
+        if backup_dir:
+            saved = backup.back_up_before_migrating(backup_dir)
+            self.stdout.write(f"Backup written: {saved.path}")
+            self.stdout.write(f"To restore it: {saved.restore_command}")
+        self._move("upgrade", schema.upgrade, revision)
+
+    def _downgrade(self, *, revision: str, sql: bool = False, check: bool = False, **_: Any) -> None:
+        if sql:
+            schema.downgrade(revision=revision, sql=True, stdout=self._alembic_out)
+        elif check:
+            target = schema.downgrade_target(revision)
+            self.stdout.write(f"downgrade {revision} would leave the database at {target}")
+        else:
+            self._move("downgrade", schema.downgrade, revision)
+
+    def _move(self, action: str, run: Any, revision: str) -> None:
+        applied: list[schema.AppliedRevision] = []
+
+        def on_applied(step: schema.AppliedRevision) -> None:
+            applied.append(step)
+            if self.verbosity:
+                verb = "Applied" if step.is_upgrade else "Reverted"
+                self.stdout.write(f"  {verb} {step.revision:<30} {step.seconds:8.2f}s  {step.doc}")
+
+        run(revision=revision, stdout=self._alembic_out, on_applied=on_applied, on_lock_retry=self._report_retry,
+            on_archive=lambda message: self.stdout.write(f"    {message}"))
+        status = schema.status()
+        if self.verbosity:
+            where = "; ".join(status.current) or "base"
+            verb = "applied" if action == "upgrade" else "reverted"
+            done = f"{len(applied)} revision(s) {verb}" if applied else "Nothing to do"
+            self.stdout.write(self.style.SUCCESS(f"{done}; database is at {where}"))
+        self._report_invalid_indexes(status)
+
+    def _current(self, *, alembic_verbose: bool = False, **_: Any) -> None:
+        schema.current(verbose=alembic_verbose, stdout=self._alembic_out)
+        status = schema.status()
+        if len(status.heads) > 1:
+            self.stderr.write(f"warning: the revision history has {len(status.heads)} heads "
+                              f"({', '.join(status.heads)}); merge them with 'manage.py migrate_schema merge heads'")
+        self._report_invalid_indexes(status)
+
+    def _history(self, *, rev_range: str | None = None, alembic_verbose: bool = False, **_: Any) -> None:
+        schema.history(rev_range=rev_range, verbose=alembic_verbose, stdout=self._alembic_out)
+
+    def _heads(self, *, alembic_verbose: bool = False, **_: Any) -> None:
+        schema.heads(verbose=alembic_verbose, stdout=self._alembic_out)
+
+    def _show(self, *, revision: str, **_: Any) -> None:
+        schema.show(revision=revision, stdout=self._alembic_out)
+
+    def _stamp(self, *, revision: str, purge: bool = False, **_: Any) -> None:
+        schema.stamp(revision=revision, purge=purge, stdout=self._alembic_out)
+        recorded = "; ".join(schema.status().current) or "base"
+        self.stdout.write(self.style.SUCCESS(f"Stamped the database as {recorded}"
+                                             + (" (alembic_version emptied first)" if purge else "")))
+
+    def _merge(self, *, revisions: list[str], message: str | None = None, **_: Any) -> None:
+        revision = schema.merge(revisions=revisions, message=message, stdout=self._alembic_out)
+        self.stdout.write(self.style.SUCCESS(f"Created merge revision {revision}"))
+
+    def _revision(self, *, message: str, autogenerate: bool = False, **_: Any) -> None:
+        if autogenerate:
+            self._name_database(quiet_stdout=False)
+        revision = schema.create_revision(message=message, autogenerate=autogenerate, stdout=self._alembic_out)
+        if revision is None:
+            self.stdout.write("No changes between the models and the database; no revision written")
+        else:
+            self.stdout.write(self.style.SUCCESS(f"Created revision {revision}: review it before applying"))
+
+    def _restore(self, *, backup_file: Path, yes: bool = False, **_: Any) -> None:
+        if not yes:
+            raise CommandError("restore replaces the whole database with the backup: add --yes to confirm")
+        backup.restore(backup_file)
+        self.stdout.write(self.style.SUCCESS(f"Restored {backup_file}; database is at "
+                                             f"{'; '.join(schema.status().current) or 'base'}"))
+
+    def _plan(self, *, json: bool = False, **_: Any) -> None:
+        self._print_plan(schema.plan(), as_json=json)
+
+    def _check(self, **_: Any) -> None:
+        schema.check(stdout=self._alembic_out)
+        self.stdout.write(self.style.SUCCESS("The database matches the models"))
+
+    def _print_plan(self, plan: schema.Plan, *, as_json: bool) -> None:
         if as_json:
-            self.stdout.write(json.dumps(plan.as_dict(), indent=2))
+            self.stdout.write(json_dumps(plan.as_dict()))
         else:
             self.stdout.write(f"Database at {'; '.join(plan.current) or 'base'}; head {'; '.join(plan.heads)}")
             if not plan.pending:
@@ -154,7 +221,6 @@ class Command(BaseCommand):
         for index, table in status.invalid_indexes:
             self.stderr.write(f"warning: {schema.invalid_index_problem(index, table)}")
 
-    def _report(self, step: schema.AppliedRevision) -> None:
-        if self.verbosity:
-            verb = "Applied" if step.is_upgrade else "Reverted"
-            self.stdout.write(f"  {verb} {step.revision:<30} {step.seconds:8.2f}s  {step.doc}")
+
+def json_dumps(value: Any) -> str:
+    return json.dumps(value, indent=2)
