@@ -51,27 +51,25 @@ from calls import backfill  # noqa: E402
 from calls.models import Call, Contact  # noqa: E402
 from calls.sample_data import generate_sample_data  # noqa: E402
 from monitoring.models import WorkflowTrace  # noqa: E402
-from reautomation import database, schema  # noqa: E402
+from schema_engine import commands, database, scratch
 
 TARGET_MS = 300
 
 
 def seed(calls: int, max_turns: int) -> None:
-    admin_engine = database.create_engine(sa.make_url(SERVER.replace("postgresql://", "postgresql+psycopg://")),
-                                          isolation_level="AUTOCOMMIT")
-    with admin_engine.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{NAME}" WITH (FORCE)'))
-        conn.execute(sa.text(f'CREATE DATABASE "{NAME}"'))
+    admin_engine = scratch.admin_engine(SERVER.replace("postgresql://", "postgresql+psycopg://"))
+    scratch.drop_database(admin_engine, NAME)
+    scratch.create_database(admin_engine, NAME)
     admin_engine.dispose()
     url = database.sqlalchemy_url()
     started = time.perf_counter()
-    schema.upgrade(revision="003_context_management", url=url)
-    with schema.connect(url) as conn:
+    commands.upgrade(revision="003_context_management", url=url)
+    with database.connect(url) as conn:
         counts = generate_sample_data(connection=conn, calls=calls, max_turns=max_turns)
     print(f"seeded {counts.calls:,} calls, {counts.messages:,} messages, {counts.workflow_traces:,} traces "
           f"in {time.perf_counter() - started:.0f} s")
     started = time.perf_counter()
-    schema.upgrade(revision="head", url=url)  # 004's indexes, built on the data as in production
+    commands.upgrade(revision="head", url=url)  # 004's indexes, built on the data as in production
     backfill.backfill_context(url=url, options=backfill.BackfillOptions(workers=2, batch_size=2000))
     engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -92,7 +90,7 @@ def pages() -> list[tuple[str, str]]:
               ("schema and backfills", reverse("admin:operations")),
               ("metric charts, 24h", reverse("admin:metrics")),
               ("metric charts, 7d", reverse("admin:metrics") + "?window=7d")]
-    for model, model_admin in admin.site._registry.items():
+    for model in admin.site._registry:
         opts = model._meta
         if opts.app_label in ("calls", "monitoring"):
             listed.append((f"{opts.verbose_name_plural} list", reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")))
@@ -160,10 +158,8 @@ def main() -> None:
     print(f"slowest page median: {slowest:.1f} ms (target <= {TARGET_MS} ms)")
     if args.drop:
         connection.close()
-        admin_engine = database.create_engine(sa.make_url(SERVER.replace("postgresql://", "postgresql+psycopg://")),
-                                              isolation_level="AUTOCOMMIT")
-        with admin_engine.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{NAME}" WITH (FORCE)'))
+        admin_engine = scratch.admin_engine(SERVER.replace("postgresql://", "postgresql+psycopg://"))
+        scratch.drop_database(admin_engine, NAME)
         admin_engine.dispose()
 
 

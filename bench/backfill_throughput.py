@@ -35,7 +35,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -53,7 +52,7 @@ import sqlalchemy as sa  # noqa: E402
 from calls import backfill, tokens  # noqa: E402
 from calls.context_policy import importance_of  # noqa: E402
 from calls.sample_data import generate_sample_data  # noqa: E402
-from reautomation import database, schema  # noqa: E402
+from schema_engine import commands, database, scratch
 
 
 @contextlib.contextmanager
@@ -63,14 +62,8 @@ def copy_of(admin: sa.Engine, template: str) -> Iterator[sa.URL]:
     FILE_COPY starts from a checkpoint, so every measurement writes its full-page images from
     the same state (a long backfill in production spans many checkpoints).
     """
-    name = f"{template}_copy"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY = FILE_COPY'))
-    try:
-        yield admin.url.set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch.scratch_database(admin, f"{template}_copy", template=template, file_copy=True) as url:
+        yield url
 
 
 def load_texts(engine: sa.Engine) -> list[str]:
@@ -183,7 +176,7 @@ def database_alone(url: sa.URL, batch: int = 2000,
             with engine.connect() as conn:
                 top = conn.execute(sa.text(f"SELECT max(id) FROM {table}")).scalar_one()
 
-            def write_share(first: int) -> None:
+            def write_share(first: int, top: int = top, update: str = update) -> None:
                 raw = engine.raw_connection()
                 try:
                     raw.driver_connection.autocommit = True  # the DO block commits each batch itself
@@ -255,16 +248,15 @@ def main() -> None:
                        [dict(workers=1), dict(workers=2), dict(workers=2, batch_size=2000),
                         dict(workers=3, batch_size=2000)])
 
-    admin = database.create_engine(args.server_url, isolation_level="AUTOCOMMIT")
-    template = f"bench_backfill_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{template}"'))
+    admin = scratch.admin_engine(args.server_url)
+    template = scratch.unique_name("bench_backfill")
+    scratch.create_database(admin, template)
     try:
         # The template: sample data as it stands before a backfill (no counts), vacuumed as an
         # established table is; each measurement runs on a copy of it.
         url = admin.url.set(database=template)
-        schema.upgrade(revision="head", url=url)
-        with schema.connect(url) as conn:
+        commands.upgrade(revision="head", url=url)
+        with database.connect(url) as conn:
             counts = generate_sample_data(connection=conn, calls=args.calls)
         engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
@@ -319,8 +311,7 @@ def main() -> None:
                 print(f"  median of {args.repeat}: messages backfill {statistics.median(r[0] for r in ratios):.2f}x, "
                       f"whole command {statistics.median(r[1] for r in ratios):.2f}x tiktoken alone")
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)'))
+        scratch.drop_database(admin, template)
         admin.dispose()
 
 

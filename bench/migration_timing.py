@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,33 +27,29 @@ django.setup()
 import sqlalchemy as sa  # noqa: E402
 
 from calls.sample_data import generate_sample_data  # noqa: E402
-from reautomation import database, schema  # noqa: E402
+from schema_engine import commands, database, scratch
 
 
 def time_revisions(*, server_url: str, calls: int) -> list[tuple[str, str, float]]:
     """Return (step, revision, seconds) for each timed step on a freshly seeded database."""
-    admin = database.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"bench_migration_timing_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = admin.url.set(database=name)
+    admin = scratch.admin_engine(server_url)
+    url = scratch.create_database(admin, scratch.unique_name("bench_migration_timing"))
     results: list[tuple[str, str, float]] = []
     record = lambda step: results.append(("upgrade" if step.is_upgrade else "downgrade", step.revision, step.seconds))  # noqa: E731
     try:
-        schema.upgrade(revision="002_voice_agent_integration", url=url, on_applied=record)
+        commands.upgrade(revision="002_voice_agent_integration", url=url, on_applied=record)
         started = time.perf_counter()
-        with schema.connect(url) as conn:
+        with database.connect(url) as conn:
             counts = generate_sample_data(connection=conn, calls=calls)
         results.append(("seed", f"{counts.calls} calls, {counts.messages} messages", time.perf_counter() - started))
-        schema.upgrade(revision="head", url=url, on_applied=record)
-        with schema.connect(url) as conn:  # as if backfill_context had run
+        commands.upgrade(revision="head", url=url, on_applied=record)
+        with database.connect(url) as conn:  # as if backfill_context had run
             conn.execute(sa.text("UPDATE conversation_history SET token_count = length(content) / 4, importance = 0.5"))
             conn.execute(sa.text("UPDATE calls SET total_context_tokens = 100, context_pruned = (id % 20 = 0)"))
-        schema.downgrade(revision="002_voice_agent_integration", url=url, on_applied=record)
-        schema.upgrade(revision="head", url=url, on_applied=record)
+        commands.downgrade(revision="002_voice_agent_integration", url=url, on_applied=record)
+        commands.upgrade(revision="head", url=url, on_applied=record)
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        scratch.drop_database(admin, url)
         admin.dispose()
     return results
 

@@ -52,7 +52,8 @@ from alembic.script import ScriptDirectory  # noqa: E402
 from sqlalchemy.dialects import postgresql  # noqa: E402
 
 from calls.sample_data import generate_sample_data  # noqa: E402
-from reautomation import database, schema  # noqa: E402
+from schema_engine import commands, config, database, scratch, state
+from schema_engine.errors import first_line
 
 TARGET_MS = 500
 
@@ -66,18 +67,16 @@ def sqlalchemy_url_for(name: str) -> sa.URL:
     return sa.make_url(url_for(name).replace("postgresql://", "postgresql+psycopg://"))
 
 
-def admin(statement: str) -> None:
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(statement)
+ADMIN = scratch.admin_engine(SERVER.replace("postgresql://", "postgresql+psycopg://"))
 
 
 def seed(calls: int, max_turns: int) -> None:
-    admin(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
-    admin(f'CREATE DATABASE "{TEMPLATE}"')
+    scratch.drop_database(ADMIN, TEMPLATE)
+    scratch.create_database(ADMIN, TEMPLATE)
     url = sqlalchemy_url_for(TEMPLATE)
     started = time.perf_counter()
-    schema.upgrade(revision="003_context_management", url=url)
-    with schema.connect(url) as conn:
+    commands.upgrade(revision="003_context_management", url=url)
+    with database.connect(url) as conn:
         counts = generate_sample_data(connection=conn, calls=calls, max_turns=max_turns)
     engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
@@ -89,7 +88,7 @@ def seed(calls: int, max_turns: int) -> None:
 
 def plain_index_builds() -> list[str]:
     """Revision 004's indexes as plain ``CREATE INDEX`` statements (no CONCURRENTLY)."""
-    script = ScriptDirectory.from_config(schema.alembic_config()).get_revision("004_performance_indexes")
+    script = ScriptDirectory.from_config(config.alembic_config()).get_revision("004_performance_indexes")
     statements = []
     for name, table, columns, options in script.module.INDEXES:
         included = list(options.get("postgresql_include", []))
@@ -146,14 +145,14 @@ class Writer(threading.Thread):
                     self.timed(conn, "UPDATE conversation_history SET token_count = %s WHERE id = %s",
                                (rng.randint(1, 200), rng.randint(1, self.max_message_id)))
                 except psycopg.Error as exc:  # counted, not hidden: a failed write is worse than a slow one
-                    self.errors.append(str(exc).splitlines()[0])
+                    self.errors.append(first_line(exc))
                 time.sleep(self.interval)
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict[str, object]:
-    admin(f'DROP DATABASE IF EXISTS "{TARGET}" WITH (FORCE)')
+    scratch.drop_database(ADMIN, TARGET)
     started = time.perf_counter()
-    admin(f'CREATE DATABASE "{TARGET}" TEMPLATE "{TEMPLATE}"')
+    scratch.create_database(ADMIN, TARGET, template=TEMPLATE)
     print(f"[{variant}] copied the 003 database in {time.perf_counter() - started:.0f} s", flush=True)
     dsn = url_for(TARGET)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -185,7 +184,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, object]:
     before = sorted(s for w in writers for at, s in w.samples if at < window_start)
     engine = database.create_engine(sqlalchemy_url_for(TARGET))
     with engine.connect() as conn:
-        invalid = schema.invalid_indexes(conn)
+        invalid = state.invalid_indexes(conn)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
     errors = [e for w in writers for e in w.errors]
@@ -222,9 +221,9 @@ def main() -> None:
         for variant in args.variants.split(","):
             results.append(run_variant(variant, args))
     finally:
-        admin(f'DROP DATABASE IF EXISTS "{TARGET}" WITH (FORCE)')
+        scratch.drop_database(ADMIN, TARGET)
         if not args.keep_template:
-            admin(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
+            scratch.drop_database(ADMIN, TEMPLATE)
 
     print(f"\n{'variant':<11} {'upgrade':>8} {'writes':>7} {'p50':>8} {'p99':>9} {'longest':>9} "
           f"{'(before)':>9}  INVALID  errors")

@@ -6,26 +6,15 @@ import re
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.urls import reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html_join
 from django.utils.text import Truncator
 
-from calls.models import (AgentTransition, BackfillRun, Call, CallNote, Contact, ConversationMessage,
-                          TierEscalationEvent)
-from reautomation.admin_base import OperatorAdmin, ReadOnlyAdmin, ReadOnlyInline
+from calls.models import AgentTransition, BackfillRun, Call, CallNote, Contact, ConversationMessage, TierEscalationEvent
+from operator_kit.admin import OperatorAdmin, ReadOnlyAdmin, ReadOnlyInline, admin_link
 
 # What a search term on the calls page is taken to be (else: a contact's last name).
 PHONE_NUMBER = re.compile(r"\+?[0-9]{7,15}")
 CALL_SID = re.compile(r"CA[0-9a-f]{32}")
-
-
-def admin_link(obj: object, label: str | None = None) -> str:
-    """Return a link to ``obj``'s admin page."""
-    if obj is None:
-        return "-"
-    opts = obj._meta
-    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
-    return format_html('<a href="{}">{}</a>', url, label or str(obj))
 
 
 @admin.register(Contact)

@@ -26,6 +26,8 @@ from typing import Iterable
 
 from django.conf import settings
 
+from calls.tokens import count_tokens
+
 SYSTEM = "system"
 
 
@@ -69,8 +71,8 @@ class ContextState:
 
 
 _FACT = re.compile(r"[\d$@?]")
-# In ASCII text the same characters are 0-9, $, @ and ?: deleting every other byte is about 3x
-# faster than the regex (the backfill asks this of millions of messages).
+# In ASCII text the same characters are 0-9, $, @ and ?: deleting every other byte is faster
+# than the regex, and the backfill asks this of millions of messages (README, "Backfill throughput").
 _NOT_FACT_BYTES = bytes(b for b in range(128) if not _FACT.match(chr(b))) + bytes(range(128, 256))
 
 
@@ -115,8 +117,6 @@ def importance_of(role: str, content: str) -> float:
 
 def policy_message(*, role: str, content: str | None, token_count: int | None, importance: float | None) -> PolicyMessage:
     """Return a stored message as the policy sees it, computing what was not stored yet."""
-    from calls.tokens import count_tokens
-
     return PolicyMessage(
         role=role,
         token_count=token_count if token_count is not None else count_tokens(content or ""),

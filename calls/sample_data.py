@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Sequence
 
 import sqlalchemy as sa
+
+from schema_engine.errors import SchemaError
 
 STATUSES = (("completed", 70), ("no_answer", 10), ("voicemail", 8), ("failed", 5), ("busy", 4), ("canceled", 3))
 TIERS = (("tier1", 70), ("tier2", 25), ("tier3", 5))
@@ -77,7 +79,6 @@ class SampleDataCounts:
     agent_executions: int = 0
     performance_metrics: int = 0
     system_metrics: int = 0
-    tables: dict[str, int] = field(default_factory=dict, repr=False)
 
 
 def _weighted(rng: random.Random, choices: Sequence[tuple[Any, int]]) -> Any:
@@ -155,8 +156,6 @@ def generate_sample_data(
     inspector = sa.inspect(connection)
     present = set(inspector.get_table_names())
     if "calls" not in present or "agent_transitions" not in present:
-        from reautomation.schema import SchemaError
-
         raise SchemaError("sample data needs the schema at revision 002 or later: run 'manage.py migrate_schema'")
     end = end or datetime.now(timezone.utc).replace(microsecond=0)
     start = end - timedelta(days=days)

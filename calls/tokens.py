@@ -42,9 +42,10 @@ def count_tokens(text: str, *, encoding_name: str | None = None) -> int:
 def count_tokens_batch(texts: Sequence[str], *, encoding_name: str | None = None) -> list[int]:
     """Return ``count_tokens`` of each text.
 
-    A plain loop: for chat-sized texts it is about 6x faster than ``encode_ordinary_batch``,
-    whose thread pool costs more than the encoding. Encoding releases the GIL, so backfill
-    workers in threads encode in parallel.
+    A plain loop: for chat-sized texts it is faster than ``encode_ordinary_batch``, whose
+    thread pool costs more than the encoding (README, "Backfill throughput"). tiktoken's core
+    releases the GIL only inside each call; the Python around the calls holds it, which is why
+    the backfill's workers are processes, not threads (``calls/backfill/workers.py``).
     """
     encode = encoding(encoding_name).encode_ordinary
     return [len(encode(text)) for text in texts]

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from calls.admin import admin_link
 from monitoring.models import AgentExecution, PerformanceMetric, SystemMetric, WorkflowTrace
-from reautomation.admin_base import ReadOnlyAdmin, ReadOnlyInline
+from operator_kit.admin import ReadOnlyAdmin, ReadOnlyInline, admin_link
 
 
 class ExecutionInline(ReadOnlyInline):

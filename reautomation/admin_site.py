@@ -14,8 +14,7 @@ from calls import backfill
 from calls.models import BackfillRun
 from monitoring import charts
 from monitoring.models import PerformanceMetric, SystemMetric
-from reautomation import schema
-
+from schema_engine import errors, state
 
 # What each of the site's own pages needs: the view permission of what it shows.
 OPERATIONS_PERMISSION = "calls.view_backfillrun"
@@ -46,8 +45,8 @@ class OperatorAdminSite(admin.AdminSite):
         require_any(request, OPERATIONS_PERMISSION)
         context: dict[str, Any] = {**self.each_context(request), "title": "Schema and backfills"}
         try:
-            context["schema"] = schema.status()
-        except schema.SchemaError as exc:
+            context["schema"] = state.status()
+        except errors.SchemaError as exc:
             context["schema_error"] = str(exc)
         latest_ids = BackfillRun.objects.values("backfill").annotate(latest=Max("id")).values_list("latest", flat=True)
         context["latest_runs"] = BackfillRun.objects.filter(id__in=list(latest_ids)).order_by("backfill")

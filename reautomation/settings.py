@@ -6,7 +6,7 @@ from pathlib import Path
 import environ
 
 from reautomation import setting_values
-from reautomation.database import database_config
+from schema_engine.database import database_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -117,7 +117,7 @@ if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
-# migrate_schema on PostgreSQL (reautomation/migration_guard.py): how long a second migrator waits
+# migrate_schema on PostgreSQL (reautomation/guard.py): how long a second migrator waits
 # for the first; how long DDL may wait for a table lock before it gives up and retries.
 # Each is checked for its shape (reautomation/setting_values.py): a bad value stops start-up in one line.
 MIGRATION_LOCK_WAIT_SECONDS = setting_values.seconds(env, "MIGRATION_LOCK_WAIT_SECONDS", default=900)

@@ -1,38 +1,60 @@
-"""Shared fixtures: real databases, built by running the real revisions.
+"""What every test shares: real databases built by the real revisions, the revision chain, a CLI runner.
 
 PostgreSQL tests use the server named by ``TEST_POSTGRES_URL`` (default: the local server with
-trust auth). Each test that needs a database gets a new, empty one and it is dropped after.
-Without a reachable server those tests are skipped, unless ``REQUIRE_POSTGRES=1`` (as in CI),
-where they fail.
+trust auth). Each test that needs a database gets a new, empty one (``schema_engine.scratch``)
+and it is dropped after. Without a reachable server those tests are skipped, unless
+``REQUIRE_POSTGRES=1`` (as in CI), where they fail.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
+import django
 import pytest
 import sqlalchemy as sa
 from django.db import connections
+from django.db.utils import load_backend
 
-from reautomation import database, schema
+from schema_engine import commands, config, database, errors, scratch, state
 
+ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["postgresql", "sqlite"]
+
+
+def _revision_chain() -> list[str]:
+    """The revision ids, oldest first, as Alembic's ScriptDirectory walks them."""
+    django.setup()  # the script location is a setting
+    return [rev.revision for rev in reversed(list(state.script_directory().walk_revisions("base", "heads")))]
+
+
+REVISIONS = _revision_chain()
+HEAD = REVISIONS[-1]
+
+
+def previous(revision: str) -> str:
+    """Return the revision before ``revision`` in the chain, or ``base``."""
+    index = REVISIONS.index(revision)
+    return REVISIONS[index - 1] if index else "base"
 
 
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[sa.Engine]:
     """An autocommit engine on the PostgreSQL server's maintenance database."""
-    engine = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    engine = scratch.admin_engine(POSTGRES_ADMIN_URL)
     try:
         with engine.connect():
             pass
     except sa.exc.OperationalError as exc:
-        message = f"PostgreSQL not reachable at {database.display_url(engine.url)}: {str(exc.orig).splitlines()[0]}"
+        message = f"PostgreSQL not reachable at {database.display_url(engine.url)}: {errors.first_line(exc)}"
         if os.environ.get("REQUIRE_POSTGRES") == "1":
             pytest.fail(message)
         pytest.skip(message)
@@ -40,25 +62,9 @@ def postgres_admin() -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def create_database(admin: sa.Engine, prefix: str = "test_reautomation") -> sa.URL:
-    """Create an empty PostgreSQL database on ``admin``'s server; return its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    return admin.url.set(database=name)
-
-
-def drop_database(admin: sa.Engine, url: sa.URL) -> None:
-    """Drop the database at ``url``, closing whatever is still connected to it."""
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
-
-
 @contextlib.contextmanager
 def default_database(url: sa.URL) -> Iterator[None]:
     """Point Django's ``default`` connection at ``url`` (a wrapper of its backend) while inside."""
-    from django.db.utils import load_backend
-
     original = connections["default"]
     original.close()
     settings_dict = dict(original.settings_dict)
@@ -80,14 +86,15 @@ def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
         if backend == "sqlite":
             url = sa.URL.create("sqlite", database=str(tmp_path / f"{uuid.uuid4().hex}.sqlite3"))
         else:
-            url = create_database(request.getfixturevalue("postgres_admin"))
+            url = scratch.create_database(request.getfixturevalue("postgres_admin"),
+                                          scratch.unique_name("test_reautomation"))
         created.append((backend, url))
         return url
 
     yield make
     for backend, url in created:
         if backend == "postgresql":
-            drop_database(request.getfixturevalue("postgres_admin"), url)
+            scratch.drop_database(request.getfixturevalue("postgres_admin"), url)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -105,16 +112,21 @@ def empty_db(make_database: Callable[[str], sa.URL], backend: str) -> sa.URL:
 @pytest.fixture
 def head_db(empty_db: sa.URL) -> sa.URL:
     """A new database on ``backend``, upgraded to head by the real revisions."""
-    schema.upgrade(revision="head", url=empty_db)
+    commands.upgrade(revision="head", url=empty_db)
     return empty_db
 
 
 @pytest.fixture
-def pg_head_db(make_database: Callable[[str], sa.URL]) -> sa.URL:
+def pg_db(make_database: Callable[[str], sa.URL]) -> sa.URL:
+    """A new, empty PostgreSQL database."""
+    return make_database("postgresql")
+
+
+@pytest.fixture
+def pg_head_db(pg_db: sa.URL) -> sa.URL:
     """A new PostgreSQL database at head."""
-    url = make_database("postgresql")
-    schema.upgrade(revision="head", url=url)
-    return url
+    commands.upgrade(revision="head", url=pg_db)
+    return pg_db
 
 
 @pytest.fixture
@@ -138,17 +150,16 @@ def run_sql(url: sa.URL, sql: str, params: dict | None = None) -> list[sa.Row]:
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_blocker: object, postgres_admin: sa.Engine) -> Iterator[None]:
     """Build pytest-django's test database with the real revisions (never Django's syncdb), on PostgreSQL."""
-    url = create_database(postgres_admin, "test_reautomation_django")
-    schema.upgrade(revision="head", url=url)
-    try:
+    with scratch.scratch_database(postgres_admin, "test_reautomation_django") as url:
+        commands.upgrade(revision="head", url=url)
         with default_database(url):
             yield
-    finally:
-        drop_database(postgres_admin, url)
 
 
-def django_url(url: sa.URL) -> str:
+def django_url(url: sa.URL | str) -> str:
     """Return ``url`` as a DATABASE_URL that Django's settings accept."""
+    if isinstance(url, str):
+        return url
     return url.render_as_string(hide_password=False).replace("+psycopg", "")
 
 
@@ -162,3 +173,80 @@ def wait_for(condition: Callable[[], object], timeout: float = 120) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {condition}"
         time.sleep(0.05)
+
+
+# --- commands as an operator runs them: their own process, from the repository root ---------------
+
+def cli_environment(database_url: sa.URL | str, **env: str) -> dict[str, str]:
+    """The environment of a command run by an operator against ``database_url``."""
+    return {**os.environ, "DATABASE_URL": django_url(database_url), "SECRET_KEY": "cli-test",
+            "DJANGO_SETTINGS_MODULE": "reautomation.settings", **env}
+
+
+def run_cli(*args: str, database_url: sa.URL | str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a command-line tool from the repository root, as an operator would."""
+    return subprocess.run(args, cwd=ROOT, env=cli_environment(database_url, **env), capture_output=True, text=True,
+                          timeout=600)
+
+
+def manage(database_url: sa.URL | str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py ARGS`` against ``database_url``."""
+    return run_cli(sys.executable, "manage.py", *args, database_url=database_url, **env)
+
+
+def start_manage(database_url: sa.URL | str, *args: str, **env: str) -> subprocess.Popen[str]:
+    """Start ``manage.py ARGS`` against ``database_url``; the caller waits for it."""
+    return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=cli_environment(database_url, **env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def alembic_cli(database_url: sa.URL | str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the plain ``alembic`` CLI, as the guide's users type it."""
+    return run_cli(str(Path(sys.executable).parent / "alembic"), *args, database_url=database_url, **env)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """Return what a command wrote to stderr, less the line naming the database (there with --sql and --json)."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("Database: ")]
+
+
+# --- schemas to compare, and a copy of the revisions that tests may add to -------------------------
+
+def snapshot(url: sa.URL) -> dict[str, dict[str, object]]:
+    """Return every table's columns (name, type, nullability), indexes and unique constraints.
+
+    Archive tables are data a downgrade kept (``archives`` lists them), not schema.
+    """
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        inspector = sa.inspect(engine)
+        result = {}
+        for table in sorted(inspector.get_table_names()):
+            if table == "alembic_version" or table.startswith(config.ARCHIVE_TABLE_PREFIX):
+                continue
+            result[table] = {
+                "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)),
+                "indexes": sorted(i["name"] for i in inspector.get_indexes(table)),
+                "uniques": sorted(u["name"] or "" for u in inspector.get_unique_constraints(table)),
+            }
+        return result
+    finally:
+        engine.dispose()
+
+
+def archives(url: sa.URL) -> set[str]:
+    """Return the archive tables in the database: rows and values that downgrades kept."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        return {t for t in sa.inspect(engine).get_table_names() if t.startswith(config.ARCHIVE_TABLE_PREFIX)}
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def scratch_migrations(tmp_path: Path, settings: object) -> Iterator[Path]:
+    """A copy of migrations_alembic that tests may add revisions to; the settings point at it."""
+    target = tmp_path / "migrations_copy"
+    shutil.copytree(ROOT / "migrations_alembic", target, ignore=shutil.ignore_patterns("__pycache__"))
+    settings.ALEMBIC_SCRIPT_LOCATION = str(target)
+    yield target

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
+from django.core.management import execute_from_command_line
+
 
 def run_backfill(only: str) -> None:
     """Run ``manage.py backfill_context --only ONLY`` with this process's command-line options."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
-    from django.core.management import execute_from_command_line
-
     execute_from_command_line(["manage.py", "backfill_context", "--only", only, *sys.argv[1:]])

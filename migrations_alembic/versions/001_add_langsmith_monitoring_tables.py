@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from alembic import op
 
 from migrations_alembic.helpers import (
-    BIGINT, JSON, TIMESTAMP, drop_table_keeping_rows, foreign_key, id_column, now_column, restore_rows,
+    BIGINT,
+    JSON,
+    TIMESTAMP,
+    drop_table_keeping_rows,
+    foreign_key,
+    id_column,
+    now_column,
+    restore_rows,
 )
 
 revision: str = "001_langsmith_monitoring"

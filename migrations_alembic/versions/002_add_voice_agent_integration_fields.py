@@ -18,7 +18,13 @@ import sqlalchemy as sa
 from alembic import op
 
 from migrations_alembic.helpers import (
-    BIGINT, archive_columns, drop_table_keeping_rows, foreign_key, id_column, now_column, restore_columns,
+    BIGINT,
+    archive_columns,
+    drop_table_keeping_rows,
+    foreign_key,
+    id_column,
+    now_column,
+    restore_columns,
     restore_rows,
 )
 

@@ -20,7 +20,13 @@ import sqlalchemy as sa
 from alembic import op
 
 from migrations_alembic.helpers import (
-    BIGINT, TIMESTAMP, drop_table_keeping_rows, foreign_key, id_column, now_column, restore_rows,
+    BIGINT,
+    TIMESTAMP,
+    drop_table_keeping_rows,
+    foreign_key,
+    id_column,
+    now_column,
+    restore_rows,
 )
 
 revision: str = "005_backfill_runs"

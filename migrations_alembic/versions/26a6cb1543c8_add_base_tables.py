@@ -19,7 +19,13 @@ import sqlalchemy as sa
 from alembic import op
 
 from migrations_alembic.helpers import (
-    BIGINT, TIMESTAMP, drop_table_keeping_rows, foreign_key, id_column, now_column, restore_rows,
+    BIGINT,
+    TIMESTAMP,
+    drop_table_keeping_rows,
+    foreign_key,
+    id_column,
+    now_column,
+    restore_rows,
 )
 
 revision: str = "26a6cb1543c8"

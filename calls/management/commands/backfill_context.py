@@ -6,10 +6,12 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
 
 from calls import backfill
 from calls.tokens import TokenEncodingUnavailable
-from reautomation import schema
+from operator_kit.output import RawOutput
+from schema_engine import errors
 
 
 class Command(BaseCommand):
@@ -49,7 +51,7 @@ class Command(BaseCommand):
                 only=[options["only"]] if options["only"] else backfill.BACKFILLS,
                 options=settings, on_progress=self._progress, on_start=self._started, on_finish=self._report,
             )
-        except (backfill.BackfillError, schema.SchemaError, TokenEncodingUnavailable) as exc:
+        except (backfill.BackfillError, errors.SchemaError, TokenEncodingUnavailable) as exc:
             raise CommandError(str(exc), returncode=130 if isinstance(exc, backfill.BackfillInterrupted) else 1) from exc
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -66,11 +68,9 @@ class Command(BaseCommand):
         if not self.verbosity:
             return
         if self.stdout.isatty():
-            from tqdm import tqdm
-
             if self.bar is None or self.bar.desc != progress.backfill:
                 self._close_bar()
-                self.bar = tqdm(total=progress.total, desc=progress.backfill, unit="rows", file=self.stdout._out)
+                self.bar = tqdm(total=progress.total, desc=progress.backfill, unit="rows", file=RawOutput(self.stdout))
             if self.bar.total != progress.total:  # a new run's total is counted while it works
                 self.bar.total = progress.total
             self.bar.update(progress.scanned - self.bar.n)

@@ -7,8 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from calls.sample_data import generate_sample_data
-from reautomation import schema
-
+from schema_engine import database, errors
 
 # About 25 million messages: a large benchmark. Beyond it a typo (an extra zero) would fill the disk.
 MAX_CALLS = 1_000_000
@@ -39,12 +38,12 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {done:,}/{total:,} calls")
 
         try:
-            with schema.connect() as connection:
+            with database.connect() as connection:
                 counts = generate_sample_data(
                     connection=connection, calls=options["calls"], seed=options["seed"], days=options["days"],
                     max_turns=options["max_turns"], on_progress=progress,
                 )
-        except (schema.SchemaError, ValueError) as exc:  # ValueError: an option out of range, e.g. --max-turns
+        except (errors.SchemaError, ValueError) as exc:  # ValueError: an option out of range, e.g. --max-turns
             raise CommandError(str(exc)) from exc
         seconds = time.perf_counter() - started
         self.stdout.write(self.style.SUCCESS(

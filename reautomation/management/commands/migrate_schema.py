@@ -12,26 +12,14 @@ from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from reautomation import backup, database, schema
+from operator_kit.output import RawOutput
+from schema_engine import backup, commands, database, errors, state
+from schema_engine import plan as deploy_plan
 
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 # Subcommands that act on the database name it (password hidden) before they act.
 ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore"}
-
-
-class _Lines:
-    """Alembic writes whole lines itself, newlines included; Django's OutputWrapper would add its own."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        self.stream.write(text, ending="")
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
 
 
 class Command(BaseCommand):
@@ -89,93 +77,88 @@ class Command(BaseCommand):
             if action in ACTS_ON_DATABASE:
                 self._name_database(quiet_stdout=options.get("sql") or options.get("json"))
             getattr(self, f"_{action}")(**options)
-        except schema.Interrupted as exc:
+        except errors.Interrupted as exc:
             raise CommandError(str(exc), returncode=INTERRUPTED) from exc
         except KeyboardInterrupt as exc:
             raise CommandError("interrupted; nothing was changed", returncode=INTERRUPTED) from exc
-        except (schema.SchemaError, database.InvalidDatabaseURL) as exc:
-            raise CommandError(str(exc), returncode=2 if isinstance(exc, schema.SchemaDrift) else 1) from exc
+        except errors.SchemaError as exc:
+            raise CommandError(str(exc), returncode=2 if isinstance(exc, errors.SchemaDrift) else 1) from exc
 
     def _name_database(self, *, quiet_stdout: bool) -> None:
         """Say which database this acts on; on stderr when stdout carries SQL or JSON."""
         if self.verbosity:
-            line = f"Database: {database.display_url(database.sqlalchemy_url())}"
+            line = f"Database: {database.display_url(database.resolve_url())}"
             (self.stderr if quiet_stdout else self.stdout).write(line)
 
     @property
     def _alembic_out(self) -> TextIO:
-        return _Lines(self.stdout)  # type: ignore[return-value]
+        return RawOutput(self.stdout)  # type: ignore[return-value]
 
     def _upgrade(self, *, revision: str = "head", sql: bool = False, backup_dir: Path | None = None,
                  **_: Any) -> None:
         if sql:
-            schema.upgrade(revision=revision, sql=True, stdout=self._alembic_out)
+            commands.write_sql("upgrade", revision=revision, stdout=self._alembic_out)
             return
         if backup_dir:
             saved = backup.back_up_before_migrating(backup_dir)
             self.stdout.write(f"Backup written: {saved.path}")
             self.stdout.write(f"To restore it: {saved.restore_command}")
-        self._move("upgrade", schema.upgrade, revision)
+        self._move("upgrade", commands.upgrade, revision)
 
     def _downgrade(self, *, revision: str, sql: bool = False, check: bool = False, **_: Any) -> None:
         if sql:
-            schema.downgrade(revision=revision, sql=True, stdout=self._alembic_out)
+            commands.write_sql("downgrade", revision=revision, stdout=self._alembic_out)
         elif check:
-            target = schema.downgrade_target(revision)
+            target = commands.downgrade_target(revision)
             self.stdout.write(f"downgrade {revision} would leave the database at {target}")
         else:
-            self._move("downgrade", schema.downgrade, revision)
+            self._move("downgrade", commands.downgrade, revision)
 
     def _move(self, action: str, run: Any, revision: str) -> None:
-        applied: list[schema.AppliedRevision] = []
-
-        def on_applied(step: schema.AppliedRevision) -> None:
-            applied.append(step)
+        def on_applied(step: commands.AppliedRevision) -> None:
             if self.verbosity:
                 verb = "Applied" if step.is_upgrade else "Reverted"
                 self.stdout.write(f"  {verb} {step.revision:<30} {step.seconds:8.2f}s  {step.doc}")
 
-        run(revision=revision, stdout=self._alembic_out, on_applied=on_applied, on_lock_retry=self._report_retry,
-            on_archive=lambda message: self.stdout.write(f"    {message}"))
-        status = schema.status()
+        result = run(revision=revision, stdout=self._alembic_out, on_applied=on_applied,
+                     on_lock_retry=self._report_retry, on_archive=lambda message: self.stdout.write(f"    {message}"))
         if self.verbosity:
-            where = "; ".join(status.current) or "base"
+            where = "; ".join(result.current) or "base"
             verb = "applied" if action == "upgrade" else "reverted"
-            done = f"{len(applied)} revision(s) {verb}" if applied else "Nothing to do"
+            done = f"{len(result.applied)} revision(s) {verb}" if result.applied else "Nothing to do"
             self.stdout.write(self.style.SUCCESS(f"{done}; database is at {where}"))
-        self._report_invalid_indexes(status)
+        self._report_invalid_indexes(result.invalid_indexes)
 
     def _current(self, *, alembic_verbose: bool = False, **_: Any) -> None:
-        schema.current(verbose=alembic_verbose, stdout=self._alembic_out)
-        status = schema.status()
+        commands.current(verbose=alembic_verbose, stdout=self._alembic_out)
+        status = state.status()
         if len(status.heads) > 1:
             self.stderr.write(f"warning: the revision history has {len(status.heads)} heads "
                               f"({', '.join(status.heads)}); merge them with 'manage.py migrate_schema merge heads'")
-        self._report_invalid_indexes(status)
+        self._report_invalid_indexes(status.invalid_indexes)
 
     def _history(self, *, rev_range: str | None = None, alembic_verbose: bool = False, **_: Any) -> None:
-        schema.history(rev_range=rev_range, verbose=alembic_verbose, stdout=self._alembic_out)
+        commands.history(rev_range=rev_range, verbose=alembic_verbose, stdout=self._alembic_out)
 
     def _heads(self, *, alembic_verbose: bool = False, **_: Any) -> None:
-        schema.heads(verbose=alembic_verbose, stdout=self._alembic_out)
+        commands.heads(verbose=alembic_verbose, stdout=self._alembic_out)
 
     def _show(self, *, revision: str, **_: Any) -> None:
-        schema.show(revision=revision, stdout=self._alembic_out)
+        commands.show(revision=revision, stdout=self._alembic_out)
 
     def _stamp(self, *, revision: str, purge: bool = False, **_: Any) -> None:
-        schema.stamp(revision=revision, purge=purge, stdout=self._alembic_out)
-        recorded = "; ".join(schema.status().current) or "base"
+        recorded = "; ".join(commands.stamp(revision=revision, purge=purge, stdout=self._alembic_out)) or "base"
         self.stdout.write(self.style.SUCCESS(f"Stamped the database as {recorded}"
                                              + (" (alembic_version emptied first)" if purge else "")))
 
     def _merge(self, *, revisions: list[str], message: str | None = None, **_: Any) -> None:
-        revision = schema.merge(revisions=revisions, message=message, stdout=self._alembic_out)
+        revision = commands.merge(revisions=revisions, message=message, stdout=self._alembic_out)
         self.stdout.write(self.style.SUCCESS(f"Created merge revision {revision}"))
 
     def _revision(self, *, message: str, autogenerate: bool = False, **_: Any) -> None:
         if autogenerate:
             self._name_database(quiet_stdout=False)
-        revision = schema.create_revision(message=message, autogenerate=autogenerate, stdout=self._alembic_out)
+        revision = commands.create_revision(message=message, autogenerate=autogenerate, stdout=self._alembic_out)
         if revision is None:
             self.stdout.write("No changes between the models and the database; no revision written")
         else:
@@ -184,18 +167,17 @@ class Command(BaseCommand):
     def _restore(self, *, backup_file: Path, yes: bool = False, **_: Any) -> None:
         if not yes:
             raise CommandError("restore replaces the whole database with the backup: add --yes to confirm")
-        backup.restore(backup_file)
-        self.stdout.write(self.style.SUCCESS(f"Restored {backup_file}; database is at "
-                                             f"{'; '.join(schema.status().current) or 'base'}"))
+        recorded = backup.restore(backup_file)
+        self.stdout.write(self.style.SUCCESS(f"Restored {backup_file}; database is at {'; '.join(recorded)}"))
 
     def _plan(self, *, json: bool = False, **_: Any) -> None:
-        self._print_plan(schema.plan(), as_json=json)
+        self._print_plan(deploy_plan.plan(), as_json=json)
 
     def _check(self, **_: Any) -> None:
-        schema.check(stdout=self._alembic_out)
+        commands.check(stdout=self._alembic_out)
         self.stdout.write(self.style.SUCCESS("The database matches the models"))
 
-    def _print_plan(self, plan: schema.Plan, *, as_json: bool) -> None:
+    def _print_plan(self, plan: deploy_plan.Plan, *, as_json: bool) -> None:
         if as_json:
             self.stdout.write(json_dumps(plan.as_dict()))
         else:
@@ -217,9 +199,9 @@ class Command(BaseCommand):
     def _report_retry(self, attempt: int, pause: float, reason: str) -> None:
         self.stderr.write(f"  lock_timeout: {reason}; retry {attempt} in {pause:.1f} s")
 
-    def _report_invalid_indexes(self, status: schema.SchemaStatus) -> None:
-        for index, table in status.invalid_indexes:
-            self.stderr.write(f"warning: {schema.invalid_index_problem(index, table)}")
+    def _report_invalid_indexes(self, invalid_indexes: tuple[tuple[str, str], ...]) -> None:
+        for index, table in invalid_indexes:
+            self.stderr.write(f"warning: {state.invalid_index_problem(index, table)}")
 
 
 def json_dumps(value: Any) -> str:

@@ -1,0 +1,26 @@
+"""What can stop a backfill: one root, ``BackfillError``, whose message is one line that says what to do."""
+from __future__ import annotations
+
+
+class BackfillError(Exception):
+    """A backfill cannot go on; the message is one line that says what to do."""
+
+
+class SchemaNotReady(BackfillError):
+    """The schema lacks what the backfill fills or records."""
+
+
+class BackfillAlreadyRunning(BackfillError):
+    """A run of this backfill with other options is under way."""
+
+
+class BackfillFailed(BackfillError):
+    """A batch failed; the run is recorded as failed and can be resumed."""
+
+
+class BackfillInterrupted(BackfillError):
+    """Stopped by the operator; the run is recorded as interrupted and can be resumed."""
+
+
+class InvalidBackfillOption(BackfillError):
+    """An option is out of its range; nothing ran."""

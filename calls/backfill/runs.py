@@ -1,0 +1,208 @@
+"""A backfill's run: its ``backfill_runs`` row, the batches it hands out, and its state transitions.
+
+At most one run per backfill is ``running`` (a partial unique index): a second invocation, on
+this host or another, joins it as a cooperating worker; a run whose heartbeat stopped is marked
+``interrupted`` and resumed from its cursor by a new run. Each id range handed out is recorded
+in ``backfill_batches``; a worker processes a batch and deletes it in ONE short transaction,
+holding the batch row's lock (``FOR UPDATE SKIP LOCKED``): no batch is processed twice, and a
+batch whose worker was killed is picked up by the next worker or run.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import os
+import socket
+from datetime import datetime, timezone
+from typing import Callable, Iterator
+
+import sqlalchemy as sa
+
+from calls.backfill.batching import next_bounds
+from calls.backfill.errors import BackfillAlreadyRunning, BackfillFailed
+from calls.backfill.options import BackfillOptions
+from calls.backfill.specs import Backfill, count_needing
+from calls.backfill.sql import driver_sql
+from calls.models import BackfillStatus
+from schema_engine import metadata
+
+RUNNING, SUCCEEDED, FAILED, INTERRUPTED = (BackfillStatus.RUNNING.value, BackfillStatus.SUCCEEDED.value,
+                                           BackfillStatus.FAILED.value, BackfillStatus.INTERRUPTED.value)
+
+
+@functools.cache
+def run_tables(dialect: str) -> tuple[sa.Table, sa.Table]:
+    """The run tables, as the models describe them (only these two: building the whole schema is slower)."""
+    tables = metadata.build_metadata(dialect, tables={"backfill_runs", "backfill_batches"}).tables
+    return tables["backfill_runs"], tables["backfill_batches"]
+
+
+@contextlib.contextmanager
+def cycle_collector_paused() -> Iterator[None]:
+    """Pause Python's cycle collector for one batch.
+
+    A batch allocates tens of thousands of rows and tuples that hold no reference cycle
+    (reference counting frees them at its end); while they live, the collector would scan
+    them, and the whole heap as they pile up, many times a batch.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+class Run:
+    """One backfill's run record, shared by every worker of every invocation that joins it."""
+
+    # Batches handed out per claim: fewer round trips on the run's row; small enough that a
+    # killed worker leaves little behind (it waits in backfill_batches, and is redone).
+    CLAIM_BATCHES = 4
+
+    def __init__(self, engine: sa.Engine, spec: Backfill, options: BackfillOptions) -> None:
+        self.engine, self.spec, self.options = engine, spec, options
+        self.runs, self.batches = run_tables(engine.dialect.name)
+        self.run_id: int | None = None
+        self.joined = False
+        self.resumed_from: int | None = None
+        self.rows_total: int | None = None  # of a joined run, as recorded
+        self.count_after: int | None = None  # a new run's total is still to count, from this cursor
+
+    def start(self) -> None:
+        """Join the running run of this backfill, resume a dead one, or start a new one."""
+        runs, name = self.runs, self.spec.name
+        with self.engine.begin() as conn:
+            now = _utc(conn.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one())
+            running = conn.execute(sa.select(runs).where(runs.c.backfill == name, runs.c.status == RUNNING)).first()
+            cursor = 0
+            if running is not None:
+                age = (now - _utc(running.heartbeat_at)).total_seconds()
+                if age < self.options.stale_after:
+                    self._join(running)
+                    return
+                self._interrupt_stale(conn, running.id, age)
+                if running.recompute == self.options.recompute:
+                    cursor = running.cursor
+            self.count_after = cursor
+            self.run_id = conn.execute(sa.insert(runs).values(
+                backfill=name, recompute=self.options.recompute, batch_size=self.options.batch_size,
+                cursor=cursor, resumed_from_id=self.resumed_from, host=socket.gethostname()[:255], pid=os.getpid(),
+            ).returning(runs.c.id)).scalar_one()
+
+    def _join(self, running: sa.Row) -> None:
+        if running.recompute != self.options.recompute:
+            raise BackfillAlreadyRunning(
+                f"backfill {self.spec.name!r} is already running (run {running.id} on {running.host or '?'}, "
+                f"pid {running.pid}, recompute={running.recompute}); wait for it, or run the same "
+                f"command {'with' if running.recompute else 'without'} --recompute to join it")
+        self.run_id, self.joined, self.rows_total = running.id, True, running.rows_total
+
+    def _interrupt_stale(self, conn: sa.Connection, run_id: int, age: float) -> None:
+        """running -> interrupted: a run whose heartbeat stopped (its workers were killed); a new run resumes it."""
+        conn.execute(sa.update(self.runs).where(self.runs.c.id == run_id).values(
+            status=INTERRUPTED, finished_at=sa.func.now(),
+            error=f"no heartbeat for {age:.0f}s (worker killed?); resumed by a new run"))
+        self.resumed_from = run_id
+
+    def count_total(self, on_snapshot: Callable[[], None]) -> int | None:
+        """Record a new run's total (``rows_total``): the rows it visits, as they were before any batch.
+
+        Counting messages reads the whole table (one missing only its importance is in no
+        index). On PostgreSQL the count runs in a REPEATABLE READ snapshot, and ``on_snapshot``
+        is called once it is taken, so that the workers may start beside it; on SQLite (where a
+        reader would hold off the writers) only after the count. None for a joined run.
+        """
+        if self.count_after is None:
+            return None  # joined a running run, which has (or is counting) its total
+        with self.engine.connect() as conn:
+            beside_workers = conn.dialect.name == "postgresql"
+            if beside_workers:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                conn.exec_driver_sql("SELECT 1")  # takes the snapshot the count sees
+                if beside_workers:
+                    on_snapshot()
+                total = count_needing(conn, self.spec, self.options.recompute, after=self.count_after)
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(self.runs).where(self.runs.c.id == self.run_id).values(rows_total=total))
+        return total
+
+    def claim(self, conn: sa.Connection, batches_wanted: int) -> list[int]:
+        """Hand out the next id ranges from the run's cursor as batches; [] when there are none."""
+        lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""  # SQLite: the transaction's write lock
+        with conn.begin():
+            (cursor, status), = driver_sql(conn, f"SELECT cursor, status FROM backfill_runs WHERE id = {{p}}{lock}",
+                                           (self.run_id,))
+            if status == SUCCEEDED:
+                return []  # a cooperating worker finished the last batch: nothing is left to hand out
+            if status != RUNNING:
+                raise BackfillFailed(f"run {self.run_id} was marked {status} by another worker")
+            bounds = next_bounds(conn, self.spec, self.options, cursor, batches_wanted)
+            if not bounds:
+                # Nothing is left after the cursor: move it to the end, so that the other
+                # workers' claims do not read the table again to find that out.
+                (end,), = driver_sql(conn, f"SELECT max(id) FROM {self.spec.table}", ())
+                if end is not None and end > cursor:
+                    driver_sql(conn, "UPDATE backfill_runs SET cursor = {p} WHERE id = {p}", (end, self.run_id))
+                return []
+            driver_sql(conn, "UPDATE backfill_runs SET cursor = {p}, heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}",
+                       (bounds[-1], self.run_id))
+            ranges = list(zip(bounds, bounds[1:]))
+            return [id_ for id_, in driver_sql(
+                conn, "INSERT INTO backfill_batches (run_id, backfill, lo, hi) VALUES "
+                      + ", ".join(["({p}, {p}, {p}, {p})"] * len(ranges)) + " RETURNING id",
+                tuple(value for lo, hi in ranges for value in (self.run_id, self.spec.name, lo, hi)))]
+
+    def process_batch(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int] | None:
+        """Take one batch (``batch_id``, or any waiting one), process it and commit, in one transaction.
+
+        Taking it deletes its row under a row lock (SKIP LOCKED): if this transaction fails or its
+        process is killed, the delete is rolled back and the batch waits for another worker.
+        Returns (scanned, changed), or None when no batch was waiting.
+        """
+        # SQL on the driver's cursor: these two statements run once a batch (README, "Backfill throughput").
+        take = ("DELETE FROM backfill_batches WHERE id = (SELECT id FROM backfill_batches WHERE backfill = {p}"
+                + (" AND id = {p}" if batch_id else " ORDER BY id LIMIT 1")
+                + (" FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else "") + ") RETURNING lo, hi")
+        with conn.begin(), cycle_collector_paused():
+            taken = driver_sql(conn, take, (self.spec.name, batch_id) if batch_id else (self.spec.name,))
+            if not taken:
+                return None
+            (lo, hi), = taken
+            scanned, changed = self.spec.process(conn, lo, hi, recompute=self.options.recompute, write=True)
+            driver_sql(conn, "UPDATE backfill_runs SET rows_scanned = rows_scanned + {p}, "
+                             "rows_changed = rows_changed + {p}, heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}",
+                       (scanned, changed, self.run_id))
+        return scanned, changed
+
+    def status(self) -> str:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(self.runs.c.status).where(self.runs.c.id == self.run_id)).scalar_one()
+
+    def succeed(self) -> bool:
+        """running -> succeeded, once no batch is left waiting; return whether this call ended it."""
+        return self._end(SUCCEEDED, None, only_when_drained=True)
+
+    def fail(self, error: str) -> bool:
+        """running -> failed, with the error; a later run resumes from the cursor."""
+        return self._end(FAILED, error)
+
+    def interrupt(self, reason: str) -> bool:
+        """running -> interrupted (stopped by the operator); a later run resumes from the cursor."""
+        return self._end(INTERRUPTED, reason)
+
+    def _end(self, status: str, error: str | None, *, only_when_drained: bool = False) -> bool:
+        runs, batches = self.runs, self.batches
+        with self.engine.begin() as conn:
+            query = sa.update(runs).where(runs.c.id == self.run_id, runs.c.status == RUNNING)
+            if only_when_drained:
+                query = query.where(~sa.exists().where(batches.c.backfill == self.spec.name))
+            return conn.execute(query.values(status=status, error=error, finished_at=sa.func.now())).rowcount == 1

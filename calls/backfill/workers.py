@@ -1,0 +1,222 @@
+"""This invocation's workers on a run: the batch loop, the throttle, progress, and the processes.
+
+One worker is a thread; several are forked processes (``--workers``), since counting tokens is
+CPU-bound Python around tiktoken and threads would take turns on the GIL between tiktoken's
+calls. Worker processes report each batch to the invoking process, which shows one progress;
+they stop after their batch if it is killed. A new run's total is counted beside the workers.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from calls.backfill.batching import next_bounds
+from calls.backfill.errors import BackfillFailed, BackfillInterrupted
+from calls.backfill.options import BackfillOptions, BackfillProgress, BackfillResult, ProgressCallback, StartCallback
+from calls.backfill.runs import SUCCEEDED, Run
+from calls.backfill.specs import Backfill, count_needing
+from calls.backfill.sql import driver_sql
+from schema_engine.errors import first_line
+
+_FORK = multiprocessing.get_context("fork")
+
+
+class WorkerError(Exception):
+    """An error a worker process reported (exceptions themselves may not survive pickling)."""
+
+    def __init__(self, kind: str, line: str) -> None:
+        super().__init__(line)
+        self.kind, self.line = kind, line
+
+
+class Workers:
+    """The workers this invocation puts on a run, and what they did."""
+
+    def __init__(self, run: Run, options: BackfillOptions, on_progress: ProgressCallback | None) -> None:
+        self.run, self.options, self.on_progress = run, options, on_progress
+        self.total: int | None = run.rows_total
+        self.scanned = self.changed = 0
+        self.lock = threading.Lock()
+        self.stop = _FORK.Event()  # seen by worker threads and forked worker processes alike
+        self.counting = _FORK.Event()  # set once the total's snapshot is taken: workers may commit
+        self.errors: list[BaseException] = []
+        self.report = self.account  # a worker process reports to its parent instead
+        self.parent_pid: int | None = None  # set in a worker process
+
+    def count(self) -> None:
+        """Count the run's total (a thread beside the workers); let the workers go once its snapshot is taken."""
+        try:
+            total = self.run.count_total(on_snapshot=self.counting.set)
+            if total is not None:
+                with self.lock:
+                    self.total = total
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, as a worker's error is
+            self.errors.append(exc)
+            self.stop.set()
+        finally:
+            self.counting.set()
+
+    def work(self) -> None:
+        """One worker: batches left waiting (by killed workers) first, then new ones, until none are left."""
+        try:
+            while not self.counting.wait(0.5):  # the run's total is being counted: its snapshot comes first
+                if self.orphaned():
+                    return
+            with self.run.engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Not waiting for the WAL flush is safe here: a crash can lose only the last
+                    # commits, the WAL's tail; a batch whose commit is lost keeps its row in
+                    # backfill_batches and is redone. The setting ends with this connection (no pool).
+                    with conn.begin():
+                        driver_sql(conn, "SET synchronous_commit TO OFF", ())
+                self.drain(conn)
+                while not self.stop.is_set():
+                    claimed = self.run.claim(conn, Run.CLAIM_BATCHES)
+                    if not claimed:
+                        break
+                    for batch_id in claimed:
+                        if self.stop.is_set():
+                            return  # unprocessed batches wait in backfill_batches for the next worker
+                        self.step(conn, batch_id)
+                self.drain(conn)  # batches a worker that died meanwhile left behind
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
+            self.errors.append(exc)
+            self.stop.set()
+
+    def drain(self, conn: sa.Connection) -> None:
+        while not self.stop.is_set() and self.step(conn):
+            pass
+
+    def step(self, conn: sa.Connection, batch_id: int | None = None) -> bool:
+        """Process one batch and throttle; return whether there was one."""
+        if self.orphaned():
+            self.stop.set()
+            return False
+        started = time.monotonic()
+        result = self.run.process_batch(conn, batch_id)
+        if result is None:
+            return False
+        self.report(*result)
+        rate = self.options.rate_per_worker
+        wait = self.options.pause + (result[0] / rate - (time.monotonic() - started) if rate else 0)
+        if wait > 0:
+            self.stop.wait(wait)
+        return True
+
+    def orphaned(self) -> bool:
+        """In a worker process: whether the invoking process was killed (stop too: batches wait for a rerun)."""
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+    def account(self, scanned: int, changed: int) -> None:
+        with self.lock:
+            self.scanned += scanned
+            self.changed += changed
+            if self.on_progress:
+                self.on_progress(BackfillProgress(self.run.spec.name, self.scanned, self.changed, self.total))
+
+    def receive(self, report: tuple) -> None:
+        """Take in one report of a worker process: a batch done, or how it failed."""
+        if report[0] == "batch":
+            self.account(report[1], report[2])
+        else:
+            self.errors.append(WorkerError(report[1], report[2]))
+            self.stop.set()
+
+
+def _work_in_process(workers: Workers, reports: Any, parent_pid: int) -> None:
+    """A forked worker: the thread's loop, reporting each batch and how it ended to the parent."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle: it sets workers.stop
+        signal.signal(signum, signal.SIG_IGN)
+    workers.run.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
+    workers.parent_pid = parent_pid
+    workers.report = lambda scanned, changed: reports.put(("batch", scanned, changed))
+    workers.work()
+    if workers.errors:
+        error = workers.errors[0]
+        reports.put(("error", type(error).__name__, first_line(error)))
+    workers.run.engine.dispose()
+
+
+def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on_progress: ProgressCallback | None,
+                 on_start: StartCallback | None) -> BackfillResult:
+    """Run one backfill to its end (or this invocation's share of it, beside other hosts)."""
+    started = time.monotonic()
+    if options.dry_run:
+        scanned, changed = dry_run(engine, spec, options, on_progress)
+        return BackfillResult(spec.name, None, scanned, changed, time.monotonic() - started, True, False, None, True)
+    run = Run(engine, spec, options)
+    try:
+        run.start()
+    except sa.exc.IntegrityError:  # another invocation created the running run just now: join it
+        run.start()
+    if on_start:
+        on_start(spec.name, run.run_id, run.joined, run.resumed_from)
+    workers = Workers(run, options, on_progress)
+    reports = _FORK.SimpleQueue()
+    threads_or_processes: list[threading.Thread | multiprocessing.process.BaseProcess] = (
+        [threading.Thread(target=workers.work, name=f"backfill-{spec.name}", daemon=True)] if options.workers == 1 else
+        [_FORK.Process(target=_work_in_process, args=(workers, reports, os.getpid()),
+                       name=f"backfill-{spec.name}-{i}", daemon=True) for i in range(options.workers)])
+    # The run's total is counted beside the workers (after forking them: no child inherits its connection).
+    counter = threading.Thread(target=workers.count, name=f"backfill-{spec.name}-count", daemon=True)
+    try:
+        for worker in threads_or_processes:
+            worker.start()
+        counter.start()
+        # The count is waited for only while the run goes on: a failed run reports at once.
+        while (any(w.is_alive() for w in threads_or_processes) or not reports.empty()
+               or (counter.is_alive() and not workers.stop.is_set())):
+            for worker in [*threads_or_processes, counter]:
+                worker.join(timeout=0.1)
+            while not reports.empty():
+                workers.receive(reports.get())
+        for worker in threads_or_processes:
+            if getattr(worker, "exitcode", 0) and not workers.errors:  # died without a word (OOM killer, ...)
+                workers.errors.append(WorkerError("WorkerDied", f"worker process {worker.name} exited with "
+                                                                f"{worker.exitcode}"))
+    except KeyboardInterrupt:
+        workers.stop.set()
+        workers.counting.set()
+        for worker in threads_or_processes:
+            worker.join()
+        run.interrupt("stopped by the operator")
+        raise BackfillInterrupted(
+            f"backfill {spec.name!r} stopped after {workers.scanned} rows (run {run.run_id}); "
+            "run the same command again to resume") from None
+    if workers.errors:
+        error = workers.errors[0]
+        kind, line = (error.kind, error.line) if isinstance(error, WorkerError) else (type(error).__name__,
+                                                                                     first_line(error))
+        if kind != BackfillFailed.__name__:
+            run.fail(f"{kind}: {line}")
+        raise BackfillFailed(
+            f"backfill {spec.name!r} failed in run {run.run_id}: {line}; "
+            "fix the cause and run the same command again to resume") from error
+    complete = run.succeed() or run.status() == SUCCEEDED  # a cooperating worker may have ended it
+    return BackfillResult(spec.name, run.run_id, workers.scanned, workers.changed, time.monotonic() - started,
+                          False, run.joined, run.resumed_from, complete)
+
+
+def dry_run(engine: sa.Engine, spec: Backfill, options: BackfillOptions,
+            on_progress: ProgressCallback | None) -> tuple[int, int]:
+    """Count what a run would change, writing nothing: the batches a run would take, one read-only transaction each."""
+    scanned = changed = cursor = 0
+    with engine.connect() as conn:
+        total = count_needing(conn, spec, options.recompute)
+        while True:
+            bounds = next_bounds(conn, spec, options, cursor, 1)
+            if not bounds:
+                conn.rollback()
+                return scanned, changed
+            hi = bounds[-1]
+            batch_scanned, batch_changed = spec.process(conn, cursor, hi, recompute=options.recompute, write=False)
+            conn.rollback()
+            scanned, changed, cursor = scanned + batch_scanned, changed + batch_changed, hi
+            if on_progress:
+                on_progress(BackfillProgress(spec.name, scanned, changed, total))

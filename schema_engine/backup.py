@@ -1,0 +1,221 @@
+"""A backup of the database before a migration (``migrate_schema upgrade --backup DIR``), and putting one back.
+
+PostgreSQL: ``pg_dump --format=custom``; SQLite: SQLite's online backup into a file. Backups hold
+contacts, conversations and password hashes: they are created 0600, in a folder created 0700.
+PostgreSQL's tools get the password through the environment (``PGPASSWORD``), never the command
+line, and the restore command printed for the operator carries none.
+
+``restore`` takes only a backup of this schema: a file whose ``alembic_version`` records revisions
+this code knows. It replaces the whole database in one transaction, so a failed restore leaves
+the database as it was. It also takes a plain ``pg_dump`` SQL file, as the guide's backup step
+makes one.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from schema_engine import database
+from schema_engine.errors import BackupFailed, NotABackup
+from schema_engine.state import known_revisions, status
+
+PRIVATE_FILES = 0o077  # umask: files 0600, folders 0700
+SQLITE_MAGIC = b"SQLite format 3\x00"
+CUSTOM_DUMP_MAGIC = b"PGDMP"
+# What a restore runs first, in the same transaction as the backup's own SQL: the backup alone
+# says what the database holds afterwards (tables added since, archives, leftovers: all gone).
+CLEAN_SCHEMA = "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;"
+# alembic_version's rows in a dump: COPY (pg_dump's default) or INSERT (pg_dump --inserts).
+_COPY_VERSIONS = re.compile(r"^COPY (?:public\.)?alembic_version \(version_num\) FROM stdin;\n(?P<rows>.*?)^\\\.$",
+                            re.M | re.S)
+_INSERT_VERSION = re.compile(r"^INSERT INTO (?:public\.)?alembic_version (?:\(version_num\) )?VALUES \('(?P<rev>[^']*)'\);",
+                             re.M)
+
+
+@dataclass(frozen=True)
+class Backup:
+    path: Path
+    restore_command: str
+
+
+def back_up(directory: Path, *, label: str, url: sa.URL | str | None = None) -> Backup:
+    """Write a backup of the database into ``directory``, named for the database, ``label`` and the time."""
+    url = database.resolve_url(url)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise BackupFailed(f"cannot create the backup directory {directory}: {exc.strerror}") from exc
+    if not os.access(directory, os.W_OK):
+        raise BackupFailed(f"the backup directory {directory} is not writable")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    name = Path(url.database or "database").stem
+    if url.get_backend_name() == "sqlite":
+        return _back_up_sqlite(url, directory / f"{name}-{label}-{stamp}.sqlite3")
+    return _back_up_postgresql(url, directory / f"{name}-{label}-{stamp}.dump")
+
+
+def back_up_before_migrating(directory: Path, *, url: sa.URL | str | None = None) -> Backup:
+    """Back up the database into ``directory``, the file named for the revision it is at."""
+    where = "-".join(status(url=url).current) or "base"
+    return back_up(directory, label=f"at-{where}", url=url)
+
+
+def _client_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise BackupFailed(f"{name} is not installed: install PostgreSQL's client tools (Debian: postgresql-client)")
+    return found
+
+
+def _tool_error(result: subprocess.CompletedProcess[str], url: sa.URL) -> str:
+    """Return the first line of a client tool's complaint, passwords masked."""
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    return database.redact(lines[0] if lines else f"exit status {result.returncode}", url.password)
+
+
+def _back_up_postgresql(url: sa.URL, path: Path) -> Backup:
+    pg_dump = _client_tool("pg_dump")
+    target, env = database.libpq_connection(url)
+    result = subprocess.run([pg_dump, "--format=custom", "--file", str(path), "--dbname", target], env=env,
+                            capture_output=True, text=True, umask=PRIVATE_FILES)
+    if result.returncode != 0:
+        path.unlink(missing_ok=True)
+        raise BackupFailed(f"pg_dump failed, nothing was migrated: {_tool_error(result, url)}")
+    return Backup(path=path, restore_command=f"manage.py migrate_schema restore {shlex.quote(str(path))} --yes")
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty and readable by its owner only (it must not exist)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _back_up_sqlite(url: sa.URL, path: Path) -> Backup:
+    source_path = url.database
+    if not source_path or source_path == ":memory:":
+        raise BackupFailed("an in-memory SQLite database cannot be backed up")
+    try:
+        _private_file(path)
+        source = sqlite3.connect(source_path)
+        try:
+            target = sqlite3.connect(path)
+            with target:
+                source.backup(target)
+            target.close()
+        finally:
+            source.close()
+    except (OSError, sqlite3.Error) as exc:
+        path.unlink(missing_ok=True)
+        raise BackupFailed(f"the SQLite backup failed, nothing was migrated: {exc}") from exc
+    return Backup(path=path, restore_command=f"manage.py migrate_schema restore {shlex.quote(str(path))} --yes")
+
+
+def restore(path: Path, *, url: sa.URL | str | None = None) -> tuple[str, ...]:
+    """Replace the database with the backup at ``path``; return the revisions it records.
+
+    Accepts what ``back_up`` writes and a plain ``pg_dump`` SQL file. Anything that is not a
+    backup of this schema raises ``NotABackup`` and the database is not touched.
+    """
+    url = database.resolve_url(url)
+    if not path.is_file():
+        raise BackupFailed(f"no backup file at {path}")
+    try:
+        with path.open("rb") as file:
+            head = file.read(16)
+    except OSError as exc:
+        raise BackupFailed(f"cannot read the backup {path}: {exc.strerror}") from exc
+    if url.get_backend_name() == "sqlite":
+        if not head.startswith(SQLITE_MAGIC):
+            raise NotABackup(f"{path} is not a SQLite backup of this schema; nothing was restored")
+        revisions = _checked(path, _sqlite_revisions(path))
+        _restore_sqlite(path, url)
+        return revisions
+    if head.startswith(SQLITE_MAGIC):
+        raise NotABackup(f"{path} is a SQLite backup and the database is PostgreSQL; nothing was restored")
+    custom = head.startswith(CUSTOM_DUMP_MAGIC)
+    revisions = _checked(path, _custom_dump_revisions(path, url) if custom else _plain_dump_revisions(path))
+    _restore_postgresql(path, url, custom=custom)
+    return revisions
+
+
+def _checked(path: Path, revisions: tuple[str, ...]) -> tuple[str, ...]:
+    if not revisions:
+        raise NotABackup(f"{path} is not a backup of this schema: it records no Alembic revision "
+                         "(no alembic_version row); nothing was restored")
+    unknown = [rev for rev in revisions if rev not in known_revisions()]
+    if unknown:
+        raise NotABackup(f"{path} records revision {', '.join(unknown)}, which this code does not know "
+                         "(a backup of another schema, or of newer code); nothing was restored")
+    return revisions
+
+
+def _sqlite_revisions(path: Path) -> tuple[str, ...]:
+    try:
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return tuple(row[0] for row in source.execute("SELECT version_num FROM alembic_version"))
+        finally:
+            source.close()
+    except sqlite3.Error as exc:
+        raise NotABackup(f"{path} is not a backup of this schema ({exc}); nothing was restored") from exc
+
+
+def _dump_versions(sql: str) -> tuple[str, ...]:
+    copied = _COPY_VERSIONS.search(sql)
+    rows = copied.group("rows").split() if copied else []
+    return tuple(rows) + tuple(match.group("rev") for match in _INSERT_VERSION.finditer(sql))
+
+
+def _plain_dump_revisions(path: Path) -> tuple[str, ...]:
+    try:
+        sql = path.read_text(errors="replace")
+    except OSError as exc:
+        raise BackupFailed(f"cannot read the backup {path}: {exc.strerror}") from exc
+    return _dump_versions(sql)
+
+
+def _custom_dump_revisions(path: Path, url: sa.URL) -> tuple[str, ...]:
+    result = subprocess.run([_client_tool("pg_restore"), "--data-only", "--table", "alembic_version", "--file", "-",
+                             str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NotABackup(f"{path} cannot be read by pg_restore ({_tool_error(result, url)}); nothing was restored")
+    return _dump_versions(result.stdout)
+
+
+def _restore_sqlite(path: Path, url: sa.URL) -> None:
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    target = sqlite3.connect(url.database)
+    try:
+        with target:
+            source.backup(target)
+    except sqlite3.Error as exc:
+        raise BackupFailed(f"the SQLite restore failed: {exc}") from exc
+    finally:
+        source.close()
+        target.close()
+
+
+def _restore_postgresql(path: Path, url: sa.URL, *, custom: bool) -> None:
+    """Clean the schema and load the backup with ``psql``, all in one transaction."""
+    target, env = database.libpq_connection(url)
+    psql = [_client_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction", "--set", "ON_ERROR_STOP=1",
+            "--dbname", target, "--command", CLEAN_SCHEMA, "--file", "-" if custom else str(path)]
+    if custom:
+        dump = subprocess.Popen([_client_tool("pg_restore"), "--no-owner", "--file", "-", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        result = subprocess.run(psql, stdin=dump.stdout, env=env, capture_output=True, text=True)
+        dump.stdout.close()  # type: ignore[union-attr]
+        dump.wait()
+    else:
+        result = subprocess.run(psql, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BackupFailed(f"the restore failed and was rolled back, the database is unchanged: "
+                           f"{_tool_error(result, url)}")

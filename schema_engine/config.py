@@ -1,0 +1,79 @@
+"""The one Alembic configuration, and the options ``migrations_alembic/env.py`` runs with.
+
+``alembic_config()`` serves ``migrate_schema``, the plain ``alembic`` CLI (through ``alembic.ini``
+and ``env.py``), the tests and the scripts. What a caller tells ``env.py`` travels as one typed
+``EnvOptions`` in ``config.attributes["options"]``; the plain CLI gets the defaults for its command.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import sqlalchemy as sa
+from alembic.config import Config
+from django.conf import settings
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+# Tables that downgrades fill with the data of dropped columns and tables; not part of the models.
+ARCHIVE_TABLE_PREFIX = "archive_"
+# Commands that write to the database take the migration lock; reading ones (current, check) never wait.
+WRITING_COMMANDS = frozenset({"upgrade", "downgrade", "stamp"})
+OPTIONS_KEY = "options"
+
+
+@dataclass(frozen=True)
+class EnvOptions:
+    """What ``env.py`` needs to know of the run: where, which command, and whom to tell what happened."""
+
+    command: str = ""  # upgrade, downgrade, stamp, current, check, revision...
+    connection: sa.Connection | sa.Engine | None = None  # online: the caller's; else the configured database
+    url: sa.URL | None = None  # offline (--sql): the dialect to render for
+    needs_metadata: bool = True  # only comparisons (check, autogenerate) need the models' metadata
+    skip_recorded_check: bool = False  # stamp --purge: alembic_version may hold anything
+    skip_empty_autogenerate: bool = False  # revision --autogenerate: no file when nothing changed
+    on_version_apply: Callable[..., None] | None = None
+    on_lock_retry: Callable[[int, float, str], None] | None = None
+    on_archive: Callable[[str], None] | None = None
+
+    @property
+    def writes(self) -> bool:
+        return self.command in WRITING_COMMANDS
+
+    @classmethod
+    def of(cls, config: Config) -> "EnvOptions":
+        """Return the options a caller put in ``config``; for the plain CLI, those of its command."""
+        given = config.attributes.get(OPTIONS_KEY)
+        if isinstance(given, EnvOptions):
+            return given
+        # The alembic CLI: its parser stores (command function, positional, keyword names) as ``cmd``.
+        command_function, _, _ = getattr(config.cmd_opts, "cmd", (None, None, None))
+        return cls(command=getattr(command_function, "__name__", ""),
+                   # pytest-alembic passes its connection (or engine) this way.
+                   connection=config.attributes.get("connection"),
+                   skip_recorded_check=bool(getattr(config.cmd_opts, "purge", False)),
+                   skip_empty_autogenerate=bool(getattr(config.cmd_opts, "autogenerate", False)))
+
+
+def alembic_config(*, stdout: TextIO | None = None, options: EnvOptions | None = None) -> Config:
+    """Return the Alembic config of this project, carrying ``options`` to ``env.py``."""
+    stream = stdout or sys.stdout
+    # Listings go to ``stdout``, offline SQL to ``output_buffer``: both to the caller's stream.
+    config = Config(str(ALEMBIC_INI), stdout=stream, output_buffer=stream)
+    if getattr(settings, "ALEMBIC_SCRIPT_LOCATION", ""):
+        config.set_main_option("script_location", settings.ALEMBIC_SCRIPT_LOCATION)
+    if options is not None:
+        config.attributes[OPTIONS_KEY] = options
+    return config
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Leave archive tables (data kept by downgrades) out of autogenerate comparisons."""
+    return not (type_ == "table" and reflected and name and name.startswith(ARCHIVE_TABLE_PREFIX))
+
+
+def skip_empty_autogenerate(context: Any, revision: Any, directives: list[Any]) -> None:
+    """Write no revision file when autogenerate finds no change (``revision --autogenerate``)."""
+    if EnvOptions.of(context.config).skip_empty_autogenerate and directives and directives[0].upgrade_ops.is_empty():
+        directives[:] = []

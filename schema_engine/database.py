@@ -1,0 +1,177 @@
+"""The one place that turns configuration into database connections, and the one that hides passwords.
+
+Django's settings, the Alembic environment (``migrate_schema`` and the plain ``alembic`` CLI),
+the apps, the tests and the benchmark scripts all get their database from here.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import environ
+import sqlalchemy as sa
+from django.db import connections
+
+from schema_engine.errors import DatabaseUnreachable, InvalidDatabaseURL, first_line
+
+# Django backend -> SQLAlchemy dialect+driver: the two databases this project runs on.
+SQLALCHEMY_DRIVERS = {
+    "django.db.backends.postgresql": "postgresql+psycopg",
+    "django.db.backends.sqlite3": "sqlite",
+}
+
+# A URL's password runs from the user's colon to the last "@" of the URL: an unencoded "@" in
+# the password must not leave its tail on show.
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)", re.I)
+_PASSWORD_PARAMETER = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&\s'\"]*)", re.I)
+MASK = "***"
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Return ``text`` with every URL password (in the authority or as ``?password=``) and each of ``secrets`` masked."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(str(secret), MASK)
+    text = _PASSWORD_IN_URL.sub(rf"\g<head>{MASK}\g<tail>", text)
+    return _PASSWORD_PARAMETER.sub(rf"\g<head>{MASK}", text)
+
+
+def database_config(url: str | None, *, sqlite_path: Path, embedded_allowed: bool = True) -> dict[str, Any]:
+    """Return Django's ``DATABASES['default']`` for ``url``; if unset, the embedded SQLite file (when allowed)."""
+    if not url:
+        if not embedded_allowed:
+            raise InvalidDatabaseURL(
+                "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/NAME (or put it "
+                "in .env); the embedded SQLite file is only for DEBUG=true or an explicit DATABASE_URL=sqlite:///PATH")
+        return {"ENGINE": "django.db.backends.sqlite3", "NAME": str(sqlite_path)}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # environ warns on unknown schemes; we raise below
+            config = environ.Env.db_url_config(url)
+    except ValueError as exc:
+        raise InvalidDatabaseURL(f"DATABASE_URL {redact(url)!r} is malformed ({exc})") from exc
+    if config.get("ENGINE") not in SQLALCHEMY_DRIVERS:
+        raise InvalidDatabaseURL(
+            f"DATABASE_URL {redact(url)!r} is not a postgresql:// or sqlite:/// URL"
+        )
+    if not config.get("NAME"):
+        raise InvalidDatabaseURL(f"DATABASE_URL {redact(url)!r} names no database")
+    options = config.get("OPTIONS") or {}
+    if "password" in options:
+        # ?password=... is the password: keep it where every printer of URLs knows to hide it.
+        config["PASSWORD"] = options.pop("password")
+    return config
+
+
+def sqlalchemy_url(settings_dict: Mapping[str, Any] | None = None) -> sa.URL:
+    """Return the SQLAlchemy URL of a Django database (default: the live ``default`` connection)."""
+    if settings_dict is None:
+        settings_dict = connections["default"].settings_dict
+    driver = SQLALCHEMY_DRIVERS.get(settings_dict["ENGINE"])
+    if driver is None:
+        raise InvalidDatabaseURL(f"database engine {settings_dict['ENGINE']!r} is not supported")
+    if driver == "sqlite":
+        return sa.URL.create("sqlite", database=str(settings_dict["NAME"]))
+    options = {k: str(v) for k, v in (settings_dict.get("OPTIONS") or {}).items()}
+    return sa.URL.create(
+        driver,
+        username=settings_dict.get("USER") or None,
+        password=settings_dict.get("PASSWORD") or None,
+        host=settings_dict.get("HOST") or None,
+        port=int(settings_dict["PORT"]) if settings_dict.get("PORT") else None,
+        database=settings_dict["NAME"],
+        query=options,
+    )
+
+
+def resolve_url(url: sa.URL | str | None = None) -> sa.URL:
+    """Return ``url`` as a URL, or, when none is given, that of Django's ``default`` database."""
+    return sa.make_url(url) if url is not None else sqlalchemy_url()
+
+
+def display_url(url: sa.URL) -> str:
+    """Return ``url`` as text that is safe to print (no password)."""
+    return redact(url.render_as_string(hide_password=True))
+
+
+def libpq_connection(url: sa.URL) -> tuple[str, dict[str, str]]:
+    """Return ``url`` as a libpq URL without any password, and the environment that carries the password.
+
+    For PostgreSQL's client tools: a command line is visible to every user of the host (``ps``),
+    so the password reaches libpq only through ``PGPASSWORD``.
+    """
+    query = {key: value for key, value in url.query.items() if key.lower() != "password"}
+    password = url.password or next((v for k, v in url.query.items() if k.lower() == "password"), None)
+    bare = sa.URL.create("postgresql", username=url.username, host=url.host, port=url.port, database=url.database,
+                         query=query)
+    env = {key: value for key, value in os.environ.items() if key != "PGPASSWORD"}
+    if password:
+        env["PGPASSWORD"] = str(password if isinstance(password, str) else password[0])
+    return bare.render_as_string(hide_password=False), env
+
+
+def _private_sqlite_file(path: str | None) -> None:
+    """Create a new SQLite database file readable by its owner only: it will hold contacts and conversations."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        pass  # e.g. a missing folder: SQLite itself reports it, in its own words, on connecting
+
+
+def create_engine(url: sa.URL | str, **options: Any) -> sa.Engine:
+    """Return an engine for ``url``; on SQLite, one whose transactions include DDL.
+
+    Python's sqlite3 driver only opens a transaction before DML, so a failed revision would leave
+    its DDL half done; SQLAlchemy's documented recipe hands BEGIN to SQLAlchemy instead.
+    SQLite transactions take the write lock when they begin (see ``_begin``).
+    """
+    options.setdefault("poolclass", sa.pool.NullPool)
+    if sa.make_url(url).get_backend_name() == "sqlite":
+        options.setdefault("connect_args", {"timeout": 30})  # wait for another writer, not fail at once
+        _private_sqlite_file(sa.make_url(url).database)
+    engine = sa.create_engine(url, **options)
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _driver_autocommit(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection: sa.Connection) -> None:
+            # IMMEDIATE: take the write lock up front. SQLite has no row locks (FOR UPDATE is
+            # ignored), so this is what keeps two workers from reading the same batch.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def unreachable_message(url: sa.URL, exc: BaseException) -> str:
+    """Return the one line that says a database could not be reached (never its password)."""
+    return f"cannot connect to the database {display_url(url)}: {redact(first_line(exc), url.password)}"
+
+
+@contextlib.contextmanager
+def connect(url: sa.URL | str | None = None) -> Iterator[sa.Connection]:
+    """Yield a connection to ``url`` (default: Django's ``default`` database); commit what is left open."""
+    url = resolve_url(url)
+    engine = create_engine(url)
+    try:
+        try:
+            connection = engine.connect()
+        except sa.exc.DBAPIError as exc:
+            raise DatabaseUnreachable(unreachable_message(url, exc)) from exc
+        with connection:
+            yield connection
+            transaction = connection.get_transaction()
+            if transaction is not None and transaction.is_valid:  # a failed one is rolled back on close
+                connection.commit()
+    finally:
+        engine.dispose()

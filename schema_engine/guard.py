@@ -1,0 +1,131 @@
+"""What keeps a migration safe on a live PostgreSQL: one migrator at a time, and DDL that never queues for long.
+
+- An advisory lock, session-level and on its own connection (a transaction-level one would be
+  released by Alembic's ``autocommit_block``), so two deploy hosts never apply a revision twice:
+  the second waits up to ``MIGRATION_LOCK_WAIT_SECONDS``, then finds nothing left to do.
+- ``lock_timeout`` on the migration connection, set after the advisory lock is held (else the
+  wait for the advisory lock itself would time out): an ALTER TABLE stuck behind a long
+  transaction gives up quickly instead of queueing every later query behind it, and the revision
+  is retried ``MIGRATION_LOCK_RETRIES`` times with growing pauses.
+- ``statement_timeout``, so no statement runs unbounded.
+
+Settings (``reautomation/settings.py``) hold the numbers; this module reads them on each run.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, TypeVar
+
+import sqlalchemy as sa
+from django.conf import settings
+
+from schema_engine.errors import (
+    LOCK_NOT_AVAILABLE,
+    QUERY_CANCELED,
+    LockRetriesExhausted,
+    MigrationLockBusy,
+    StatementTimedOut,
+    first_line,
+    sqlstate,
+)
+
+# pg_advisory_lock's key: any constant bigint that this project's migrators agree on.
+MIGRATION_LOCK_KEY = 0x5245_4155_544F  # "REAUTO"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    lock_wait_seconds: float
+    lock_timeout: str
+    statement_timeout: str
+    lock_retries: int
+    retry_pause_seconds: float
+
+    @classmethod
+    def from_settings(cls) -> "GuardSettings":
+        return cls(
+            lock_wait_seconds=float(settings.MIGRATION_LOCK_WAIT_SECONDS),
+            lock_timeout=str(settings.MIGRATION_LOCK_TIMEOUT),
+            statement_timeout=str(settings.MIGRATION_STATEMENT_TIMEOUT),
+            lock_retries=int(settings.MIGRATION_LOCK_RETRIES),
+            retry_pause_seconds=float(settings.MIGRATION_RETRY_PAUSE_SECONDS),
+        )
+
+
+def _lock_holder(connection: sa.Connection) -> str:
+    row = connection.execute(sa.text(
+        "SELECT a.pid, a.application_name, a.client_addr::text, now() - a.backend_start FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+        "AND l.objid = (:key & 4294967295) AND l.classid = (:key >> 32) AND l.database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"), {"key": MIGRATION_LOCK_KEY}).first()
+    if row is None:
+        return "another migrator"
+    pid, app, addr, age = row
+    return f"{app or 'a session'} (pid {pid}{', from ' + addr if addr else ''}, connected {str(age).split('.')[0]} ago)"
+
+
+@contextlib.contextmanager
+def migration_lock(engine: sa.Engine, wait_seconds: float) -> Iterator[None]:
+    """Hold the migration advisory lock on a connection of its own for the ``with`` block."""
+    with engine.connect() as holder:
+        holder = holder.execution_options(isolation_level="AUTOCOMMIT")
+        deadline = time.monotonic() + wait_seconds
+        pause = 0.2
+        while not holder.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY}).scalar():
+            if time.monotonic() >= deadline:
+                raise MigrationLockBusy(
+                    f"another migration holds the migration lock: {_lock_holder(holder)}; waited "
+                    f"{wait_seconds:g} s (MIGRATION_LOCK_WAIT_SECONDS). Let it finish, then run this again")
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 2.0)
+        try:
+            yield
+        finally:
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+def set_timeouts(connection: sa.Connection, guard: GuardSettings) -> None:
+    """Set ``lock_timeout`` and ``statement_timeout`` for the session (committed: a rollback would undo them)."""
+    connection.execute(sa.text("SELECT set_config('lock_timeout', :v, false)"), {"v": guard.lock_timeout})
+    connection.execute(sa.text("SELECT set_config('statement_timeout', :v, false)"), {"v": guard.statement_timeout})
+    connection.execute(sa.text("SELECT set_config('application_name', :v, false)"),
+                       {"v": f"migrate_schema@{socket.gethostname()}"[:63]})
+    connection.commit()
+
+
+def with_lock_retries(run: Callable[[], T], guard: GuardSettings,
+                      on_retry: Callable[[int, float, str], None] | None = None) -> T:
+    """Call ``run``; when a statement hits ``lock_timeout``, pause and call it again, a bounded number of times.
+
+    ``run`` must resume where the last try stopped: Alembic's ``upgrade`` does, each revision
+    being its own transaction (a revision that failed was rolled back; earlier ones stay).
+    """
+    for attempt in range(guard.lock_retries + 1):
+        try:
+            return run()
+        except sa.exc.DBAPIError as exc:
+            state = sqlstate(exc)
+            reason = first_line(exc)
+            if state == QUERY_CANCELED and "statement timeout" in reason:
+                raise StatementTimedOut(
+                    f"a statement ran longer than statement_timeout={guard.statement_timeout} and was rolled back "
+                    f"({reason}); raise MIGRATION_STATEMENT_TIMEOUT or run it in a quieter hour") from exc
+            if state != LOCK_NOT_AVAILABLE:
+                raise
+            if attempt == guard.lock_retries:
+                raise LockRetriesExhausted(
+                    f"could not lock a table within lock_timeout={guard.lock_timeout}, {attempt + 1} tries "
+                    f"({reason}): a long transaction holds it; find it in pg_stat_activity, end it, and run "
+                    "this again (MIGRATION_LOCK_TIMEOUT, MIGRATION_LOCK_RETRIES)") from exc
+            # Growing pauses with jitter, so retries do not line up with the blocker's rhythm.
+            pause = guard.retry_pause_seconds * (2 ** attempt) * (0.5 + random.random())
+            if on_retry:
+                on_retry(attempt + 1, pause, reason)
+            time.sleep(pause)
+    raise AssertionError("unreachable")

@@ -1,0 +1,80 @@
+"""Deploy planning: what ``upgrade head`` would do, and whether it is safe to do now (``migrate_schema plan``).
+
+Safe means: no pending revision waits for an unfinished backfill (``gate.py``), squawk finds
+nothing unaccepted in the pending SQL (``lint.py``), and no INVALID index is left from a failed
+build. ``scripts/deploy`` stops at step 2 when it is not.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from schema_engine import database, gate, lint
+from schema_engine.commands import revision_sql
+from schema_engine.errors import MultipleHeads, alembic_errors
+from schema_engine.state import invalid_index_problem, pending_scripts, script_directory, status, summary
+
+
+@dataclass(frozen=True)
+class PendingRevision:
+    revision: str
+    doc: str
+    requires_backfills: tuple[str, ...]
+    lint_findings: tuple[str, ...]  # squawk's, beyond those accepted (schema_engine/lint.py)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``upgrade head`` would do, and whether it is safe to do now."""
+
+    current: tuple[str, ...]
+    heads: tuple[str, ...]
+    pending: tuple[PendingRevision, ...]
+    backfill_blockers: tuple[str, ...]
+    invalid_indexes: tuple[tuple[str, str], ...]
+
+    @property
+    def problems(self) -> list[str]:
+        found = list(self.backfill_blockers)
+        found += [f"revision {rev.revision}: squawk: {finding}" for rev in self.pending for finding in rev.lint_findings]
+        found += [invalid_index_problem(index, table) for index, table in self.invalid_indexes]
+        return found
+
+    @property
+    def safe(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "safe": self.safe,
+            "problems": self.problems,
+            "current": list(self.current),
+            "heads": list(self.heads),
+            "pending": [{"revision": r.revision, "doc": r.doc, "requires_backfills": list(r.requires_backfills),
+                         "lint_findings": list(r.lint_findings)} for r in self.pending],
+            "backfill_blockers": list(self.backfill_blockers),
+            "invalid_indexes": [{"index": i, "table": t} for i, t in self.invalid_indexes],
+        }
+
+
+def plan(*, url: sa.URL | str | None = None) -> Plan:
+    """Return the plan for ``upgrade head``: pending revisions, backfills they need, squawk's findings, INVALID indexes."""
+    url = database.resolve_url(url)
+    state = status(url=url)
+    if len(state.heads) > 1:
+        raise MultipleHeads("the revision history has multiple heads; merge them with "
+                            "'manage.py migrate_schema merge heads -m \"merge heads\"'")
+    with alembic_errors():
+        scripts = pending_scripts(script_directory(), state.current, "head")
+        pending = []
+        for rev in scripts:
+            findings: tuple[str, ...] = ()
+            if url.get_backend_name() == "postgresql":  # squawk reads PostgreSQL
+                sql = revision_sql(rev.revision, rev.down_revision or "base", url=url)
+                findings = tuple(str(f) for f in lint.unaccepted(rev.revision, lint.lint_sql(sql)))
+            pending.append(PendingRevision(rev.revision, summary(rev), gate.requires_backfills(rev), findings))
+        blockers = tuple(why for _rev, _names, why in gate.blockers(scripts, url=url))
+    return Plan(current=state.current, heads=state.heads, pending=tuple(pending), backfill_blockers=blockers,
+                invalid_indexes=state.invalid_indexes)

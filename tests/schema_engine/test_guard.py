@@ -1,0 +1,150 @@
+"""``migrate_schema`` on a live PostgreSQL: two deploy hosts at once, long transactions, failed index builds.
+
+Every case runs the real command in its own process, as deploy hosts do, against a database that
+other connections of the test hold locks on.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from calls.sample_data import generate_sample_data
+from schema_engine import commands, database, guard, state
+from tests.conftest import HEAD, REVISIONS, manage, run_sql, start_manage, wait_for
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def other_session(pg_db: sa.URL) -> Iterator[sa.Connection]:
+    """A connection of someone else's: another deploy host, or the application's long transaction."""
+    engine = database.create_engine(pg_db)
+    with engine.connect() as conn:
+        yield conn
+    engine.dispose()
+
+
+def hold_migration_lock(conn: sa.Connection) -> None:
+    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": guard.MIGRATION_LOCK_KEY})
+    conn.commit()  # session-level: it outlives the transaction
+
+
+def release_migration_lock(conn: sa.Connection) -> None:
+    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": guard.MIGRATION_LOCK_KEY})
+    conn.commit()
+
+
+def sessions_on(url: sa.URL) -> int:
+    """Return how many sessions are connected to ``url``'s database, besides the one asking."""
+    return run_sql(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid()")[0][0]
+
+
+def current(url: sa.URL) -> list[str]:
+    return list(state.status(url=url).current)
+
+
+def test_two_hosts_upgrading_at_once_apply_each_revision_once(pg_db: sa.URL, other_session: sa.Connection) -> None:
+    # Both hosts start while a third migrator holds the lock, so both wait, then race for it.
+    hold_migration_lock(other_session)
+    hosts = [start_manage(pg_db, "migrate_schema", "upgrade", "head") for _ in range(2)]
+    # Each host waiting for the lock has two sessions open: its migration connection and the lock's own.
+    wait_for(lambda: sessions_on(pg_db) >= 1 + 2 * 2 or any(host.poll() is not None for host in hosts))
+    assert all(host.poll() is None for host in hosts), "a host did not wait for the migration lock"
+    release_migration_lock(other_session)
+    outputs = [host.communicate(timeout=120) for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0], outputs
+    stdout = [out for out, _ in outputs]
+    assert sum(f"{len(REVISIONS)} revision(s) applied" in out for out in stdout) == 1, stdout
+    assert sum("Nothing to do" in out for out in stdout) == 1, stdout
+    assert current(pg_db) == [HEAD]
+
+
+def test_a_host_that_waits_too_long_for_the_lock_stops_with_one_line(pg_db: sa.URL,
+                                                                     other_session: sa.Connection) -> None:
+    hold_migration_lock(other_session)
+    started = time.monotonic()
+    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_WAIT_SECONDS="1")
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("CommandError: another migration holds the migration lock")
+    assert "pid" in lines[0] and "MIGRATION_LOCK_WAIT_SECONDS" in lines[0]
+    assert current(pg_db) == []
+
+
+def test_ddl_behind_a_long_transaction_retries_then_gives_up_with_nothing_half_applied(
+        pg_db: sa.URL, other_session: sa.Connection) -> None:
+    commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    other_session.execute(sa.text("SELECT count(*) FROM calls"))  # a transaction left open: ACCESS SHARE on calls
+    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="100ms", MIGRATION_LOCK_RETRIES="2",
+                    MIGRATION_RETRY_PAUSE_SECONDS="0.05")
+    other_session.rollback()
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
+    assert errors == [errors[0]] and "could not lock a table within lock_timeout=100ms, 3 tries" in errors[0]
+    assert result.stderr.count("retry ") == 2
+    assert current(pg_db) == ["002_voice_agent_integration"]
+    columns = {c["name"] for c in sa.inspect(database.create_engine(pg_db)).get_columns("calls")}
+    assert "total_context_tokens" not in columns  # 003 was rolled back whole
+
+
+def test_ddl_succeeds_once_the_long_transaction_ends(pg_db: sa.URL, other_session: sa.Connection) -> None:
+    commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    other_session.execute(sa.text("SELECT count(*) FROM calls"))
+    upgrade = start_manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="200ms", MIGRATION_LOCK_RETRIES="1000",
+                           MIGRATION_RETRY_PAUSE_SECONDS="0.05")
+    seen = []
+    for line in upgrade.stderr:  # type: ignore[union-attr]  # until the first retry: the DDL gave up once
+        seen.append(line)
+        if "retry 1 " in line:
+            break
+    other_session.rollback()  # the long transaction ends
+    out, err = upgrade.communicate(timeout=300)
+    assert upgrade.returncode == 0, "".join(seen) + err
+    assert any("retry 1 " in line for line in seen)
+    assert current(pg_db) == [HEAD]
+
+
+def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL, other_session: sa.Connection) -> None:
+    commands.upgrade(revision="003_context_management", url=pg_db)
+    with database.connect(pg_db) as conn:
+        generate_sample_data(connection=conn, calls=50, seed=5)
+    # A transaction holding an old snapshot: CREATE INDEX CONCURRENTLY, having created its index,
+    # waits for it to end before marking the index valid; lock_timeout ends that wait, which
+    # leaves the index INVALID, as a killed or failed build does.
+    other_session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+    other_session.execute(sa.text("SELECT count(*) FROM contacts"))
+    failed = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms", MIGRATION_LOCK_RETRIES="0")
+    assert failed.returncode == 1
+    assert "could not lock a table within lock_timeout=300ms, 1 tries" in failed.stderr
+    invalid = run_sql(pg_db, "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                             "WHERE NOT i.indisvalid")
+    assert invalid, "the interrupted build left no INVALID index"
+    name = invalid[0][0]
+
+    reported = manage(pg_db, "migrate_schema", "current")
+    assert reported.returncode == 0
+    assert f"warning: index {name} on " in reported.stderr and "INVALID" in reported.stderr
+
+    other_session.rollback()
+    rebuilt = manage(pg_db, "migrate_schema", "upgrade", "head")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "INVALID" not in rebuilt.stderr
+    assert run_sql(pg_db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")[0][0] == 0
+    assert run_sql(pg_db, "SELECT count(*) FROM pg_class WHERE relname = :n", {"n": name})[0][0] == 1
+    assert current(pg_db) == [HEAD]
+
+
+def test_a_statement_over_statement_timeout_stops_with_one_line(pg_db: sa.URL, other_session: sa.Connection) -> None:
+    commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    other_session.execute(sa.text("SELECT count(*) FROM calls"))  # 003's ALTER TABLE calls waits on it...
+    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="30s", MIGRATION_STATEMENT_TIMEOUT="500ms")
+    other_session.rollback()  # ... longer than statement_timeout, well within lock_timeout
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
+    assert len(errors) == 1 and "ran longer than statement_timeout=500ms" in errors[0]
+    assert current(pg_db) == ["002_voice_agent_integration"]
