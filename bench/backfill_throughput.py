@@ -42,6 +42,9 @@ from typing import Callable, Iterator, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
 os.environ.setdefault("SECRET_KEY", "benchmark-only")
+# Every measurement names its own database; Django's default one is the server's, for the settings' sake.
+os.environ.setdefault("DATABASE_URL", os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+                      .replace("+psycopg", ""))
 
 import django  # noqa: E402
 

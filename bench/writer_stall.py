@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
 os.environ.setdefault("SECRET_KEY", "benchmark-only")
+# Every measurement names its own database; Django's default one is the server's, for the settings' sake.
+os.environ.setdefault("DATABASE_URL", os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+                      .replace("+psycopg", ""))
 SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres").replace("+psycopg", "")
 TEMPLATE = "bench_writer_stall_template"
 TARGET = "bench_writer_stall"
