@@ -3,13 +3,25 @@ from __future__ import annotations
 
 import re
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html_join
 from django.utils.text import Truncator
 
-from calls.models import AgentTransition, BackfillRun, Call, CallNote, Contact, ConversationMessage, TierEscalationEvent
+from calls.backfill import BackfillError, control
+from calls.models import (
+    AgentTransition,
+    BackfillRun,
+    Call,
+    CallNote,
+    Contact,
+    ConversationMessage,
+    TierEscalationEvent,
+)
 from operator_kit.admin import OperatorAdmin, ReadOnlyAdmin, ReadOnlyInline, admin_link
 
 # What a search term on the calls page is taken to be (else: a contact's last name).
@@ -151,12 +163,57 @@ class CallNoteAdmin(OperatorAdmin):
 
 @admin.register(BackfillRun)
 class BackfillRunAdmin(ReadOnlyAdmin):
-    """Each run of backfill_context: status, progress and errors."""
+    """Each run of backfill_context: status, progress and errors; the operator's brake on the run's page."""
 
-    list_display = ["id", "backfill", "status", "progress", "rows_scanned", "rows_changed", "recompute",
+    list_display = ["id", "backfill", "state", "progress", "rows_scanned", "rows_changed", "recompute",
                     "started_at", "heartbeat_at", "finished_at", "host", "short_error"]
     list_filter = ["backfill", "status"]
     ordering = ["-started_at", "-id"]
+
+    def get_urls(self) -> list:
+        brake = self.admin_site.admin_view(self.brake_view)
+        return [path("<int:run_id>/brake/<str:action>/", brake, name="calls_backfillrun_brake"), *super().get_urls()]
+
+    def brake_view(self, request: HttpRequest, run_id: int, action: str) -> HttpResponse:
+        """Confirm (GET), then pause, resume or cancel the run (POST); for users with the brake's permission."""
+        if action not in control.ACTIONS or not request.user.has_perm(control.PERMISSION):
+            raise PermissionDenied
+        run = BackfillRun.objects.filter(pk=run_id).first()
+        if run is None:
+            raise Http404(f"no backfill run {run_id}")
+        page = reverse("admin:calls_backfillrun_change", args=[run.pk])
+        if request.method != "POST":
+            return TemplateResponse(request, "admin/calls/backfillrun/brake_confirmation.html", {
+                **self.admin_site.each_context(request), "title": f"{control.ACTIONS[action]} run {run.pk}?",
+                "run": run, "action": action, "verb": control.ACTIONS[action], "opts": self.model._meta})
+        try:
+            if action == "resume":
+                control.resume(only=[run.backfill])
+            else:
+                getattr(control, action)(only=[run.backfill], by=request.user.get_username())
+        except BackfillError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(page)
+        done = {"pause": "Paused", "resume": "Resumed", "cancel": "Cancelled"}[action]
+        self.log_change(request, run, f"{done} the run (the operator's brake)")
+        after = {"pause": "its workers stop after their batch and wait",
+                 "resume": "workers waiting on it go on; if none are, run 'manage.py backfill_context' to continue "
+                           "from its cursor",
+                 "cancel": "its workers stop after their batch; a later run starts afresh"}[action]
+        self.message_user(request, f"{done} {run}: {after}", messages.SUCCESS)
+        return HttpResponseRedirect(page)
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict | None = None) -> HttpResponse:
+        run = BackfillRun.objects.filter(pk=object_id).first()
+        allowed = request.user.has_perm(control.PERMISSION) and run is not None
+        context = {**(extra_context or {}), "run_state": control.describe(run) if run else "",
+                   "brake": [(action, control.ACTIONS[action]) for action in control.actions_for(run.status)] if allowed else []}
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    @admin.display(description="status", ordering="status")
+    def state(self, run: BackfillRun) -> str:
+        return control.describe(run)
 
     @admin.display(description="progress")
     def progress(self, run: BackfillRun) -> str:

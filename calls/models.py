@@ -215,10 +215,12 @@ class TierEscalationEvent(models.Model):
 
 
 class BackfillStatus(models.TextChoices):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    INTERRUPTED = "interrupted"
+    RUNNING = "running"  # workers are on it (or were: a stopped heartbeat shows it stalled)
+    PAUSED = "paused"  # an operator's brake: workers stopped at their next batch; resumes from its cursor
+    SUCCEEDED = "succeeded"  # every row it visits has its values
+    FAILED = "failed"  # a batch failed: resumable from its cursor after the fix
+    INTERRUPTED = "interrupted"  # stopped by Ctrl-C or SIGTERM, or found dead: resumed by the next run
+    CANCELLED = "cancelled"  # an operator's brake: ended; a later run starts afresh where rows still need it
 
 
 class BackfillRun(models.Model):
@@ -245,11 +247,16 @@ class BackfillRun(models.Model):
     host = models.CharField(max_length=255, db_default="")
     pid = models.IntegerField(null=True, blank=True)
     error = models.TextField(null=True, blank=True)
+    paused_by = models.CharField(max_length=150, null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    cancelled_by = models.CharField(max_length=150, null=True, blank=True)
 
     class Meta:
         managed = False
         db_table = "backfill_runs"
         ordering = ["-started_at", "-id"]
+        # The operator's brake (admin buttons): a permission of its own, apart from viewing runs.
+        permissions = [("control_backfillrun", "Can pause, resume and cancel backfill runs")]
         indexes = [models.Index(fields=["backfill", "started_at"], name="ix_backfill_runs_backfill_started_at")]
         constraints = [
             # One running run per backfill: a second invocation joins it instead of starting another.

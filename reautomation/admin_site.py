@@ -11,6 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
 
 from calls import backfill
+from calls.backfill import control
 from calls.models import BackfillRun
 from monitoring import charts
 from monitoring.models import PerformanceMetric, SystemMetric
@@ -49,7 +50,12 @@ class OperatorAdminSite(admin.AdminSite):
         except errors.SchemaError as exc:
             context["schema_error"] = str(exc)
         latest_ids = BackfillRun.objects.values("backfill").annotate(latest=Max("id")).values_list("latest", flat=True)
-        context["latest_runs"] = BackfillRun.objects.filter(id__in=list(latest_ids)).order_by("backfill")
+        may_brake = request.user.has_perm(control.PERMISSION)
+        context["latest_runs"] = [
+            {"run": run, "state": control.describe(run),
+             "brake": [(action, control.ACTIONS[action]) for action in control.actions_for(run.status)]
+             if may_brake else []}
+            for run in BackfillRun.objects.filter(id__in=list(latest_ids)).order_by("backfill")]
         # Counting rows still to backfill reads whole tables: only when asked.
         if request.GET.get("count") == "1":
             try:

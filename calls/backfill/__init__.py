@@ -21,10 +21,12 @@ import sqlalchemy as sa
 from calls import tokens
 from calls.backfill.errors import (
     BackfillAlreadyRunning,
+    BackfillCancelled,
     BackfillError,
     BackfillFailed,
     BackfillInterrupted,
     InvalidBackfillOption,
+    NoRunToControl,
     SchemaNotReady,
 )
 from calls.backfill.options import BackfillOptions, BackfillProgress, BackfillResult, ProgressCallback, StartCallback
@@ -34,11 +36,12 @@ from calls.context_policy import ContextPolicy
 from schema_engine import database, state
 
 CONTEXT_REVISION = "003_context_management"
-RUNS_REVISION = "005_backfill_runs"
+RUNS_REVISION = "006_backfill_controls"
 
 __all__ = [
-    "BACKFILLS", "BackfillAlreadyRunning", "BackfillError", "BackfillFailed", "BackfillInterrupted",
-    "BackfillOptions", "BackfillProgress", "BackfillResult", "InvalidBackfillOption", "SchemaNotReady",
+    "BACKFILLS", "BackfillAlreadyRunning", "BackfillCancelled", "BackfillError", "BackfillFailed",
+    "BackfillInterrupted", "BackfillOptions", "BackfillProgress", "BackfillResult", "InvalidBackfillOption",
+    "NoRunToControl", "SchemaNotReady",
     "backfill_context", "ensure_schema", "pending_rows",
 ]
 
@@ -52,7 +55,7 @@ def ensure_schema(*, url: sa.URL | str | None = None) -> None:
             "run 'manage.py migrate_schema upgrade head' first")
     if RUNS_REVISION not in applied:
         raise SchemaNotReady(
-            f"backfill_context records its runs in tables added by {RUNS_REVISION}: "
+            f"backfill_context records its runs (and the operator's brake) in tables up to {RUNS_REVISION}: "
             "run 'manage.py migrate_schema upgrade head' first")
 
 

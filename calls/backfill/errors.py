@@ -24,3 +24,11 @@ class BackfillInterrupted(BackfillError):
 
 class InvalidBackfillOption(BackfillError):
     """An option is out of its range; nothing ran."""
+
+
+class BackfillCancelled(BackfillError):
+    """An operator cancelled the run (``--cancel`` or the admin); a later run starts afresh."""
+
+
+class NoRunToControl(BackfillError):
+    """``--pause``, ``--resume`` or ``--cancel`` found no run in the state it acts on."""

@@ -39,7 +39,7 @@ class BackfillOptions:
         if rate is not None and not (math.isfinite(rate) and rate >= MIN_ROWS_PER_SECOND):
             refuse("--max-rows-per-second", rate, f"a number of rows a second, at least {MIN_ROWS_PER_SECOND:g}")
         if not (math.isfinite(self.pause) and 0 <= self.pause <= MAX_PAUSE_SECONDS):
-            refuse("--pause", self.pause, f"seconds from 0 to {MAX_PAUSE_SECONDS:g}")
+            refuse("--batch-pause", self.pause, f"seconds from 0 to {MAX_PAUSE_SECONDS:g}")
         if not (math.isfinite(self.stale_after) and self.stale_after >= 0):  # 0: any running run is dead now
             refuse("--stale-after", self.stale_after, "a number of seconds, 0 or more")
 
@@ -57,6 +57,7 @@ class BackfillProgress:
     scanned: int
     changed: int
     total: int | None
+    note: str | None = None  # why it is slower or stopped, for the progress line ("paused by ...")
 
 
 @dataclass(frozen=True)

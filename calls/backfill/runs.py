@@ -27,8 +27,17 @@ from calls.backfill.sql import driver_sql
 from calls.models import BackfillStatus
 from schema_engine import metadata
 
-RUNNING, SUCCEEDED, FAILED, INTERRUPTED = (BackfillStatus.RUNNING.value, BackfillStatus.SUCCEEDED.value,
-                                           BackfillStatus.FAILED.value, BackfillStatus.INTERRUPTED.value)
+RUNNING, PAUSED, SUCCEEDED, FAILED, INTERRUPTED, CANCELLED = (
+    BackfillStatus.RUNNING.value, BackfillStatus.PAUSED.value, BackfillStatus.SUCCEEDED.value,
+    BackfillStatus.FAILED.value, BackfillStatus.INTERRUPTED.value, BackfillStatus.CANCELLED.value)
+
+
+class RunStopped(Exception):
+    """The run left ``running`` under a worker: paused (wait) or cancelled (stop); not an error."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 @functools.cache
@@ -82,7 +91,15 @@ class Run:
         with self.engine.begin() as conn:
             now = _utc(conn.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one())
             running = conn.execute(sa.select(runs).where(runs.c.backfill == name, runs.c.status == RUNNING)).first()
+            paused = conn.execute(sa.select(runs).where(runs.c.backfill == name, runs.c.status == PAUSED)
+                                  .order_by(runs.c.id.desc())).first()
             cursor = 0
+            if running is None and paused is not None:
+                self._resume_paused(conn, paused)
+                return
+            # Batches a cancelled run handed out, and that nobody took before it was cancelled.
+            conn.execute(sa.delete(self.batches).where(self.batches.c.run_id.in_(
+                sa.select(runs.c.id).where(runs.c.backfill == name, runs.c.status == CANCELLED))))
             if running is not None:
                 age = (now - _utc(running.heartbeat_at)).total_seconds()
                 if age < self.options.stale_after:
@@ -104,6 +121,16 @@ class Run:
                 f"pid {running.pid}, recompute={running.recompute}); wait for it, or run the same "
                 f"command {'with' if running.recompute else 'without'} --recompute to join it")
         self.run_id, self.joined, self.rows_total = running.id, True, running.rows_total
+
+    def _resume_paused(self, conn: sa.Connection, paused: sa.Row) -> None:
+        """paused -> running: running the command again continues from the cursor (as ``--resume`` does)."""
+        if paused.recompute != self.options.recompute:
+            raise BackfillAlreadyRunning(
+                f"backfill {self.spec.name!r} has a paused run ({paused.id}, recompute={paused.recompute}); resume it "
+                f"{'with' if paused.recompute else 'without'} --recompute, or cancel it with --cancel")
+        conn.execute(sa.update(self.runs).where(self.runs.c.id == paused.id, self.runs.c.status == PAUSED)
+                     .values(status=RUNNING, heartbeat_at=sa.func.now()))
+        self.run_id, self.joined, self.rows_total = paused.id, True, paused.rows_total
 
     def _interrupt_stale(self, conn: sa.Connection, run_id: int, age: float) -> None:
         """running -> interrupted: a run whose heartbeat stopped (its workers were killed); a new run resumes it."""
@@ -143,6 +170,8 @@ class Run:
                                            (self.run_id,))
             if status == SUCCEEDED:
                 return []  # a cooperating worker finished the last batch: nothing is left to hand out
+            if status in (PAUSED, CANCELLED):
+                raise RunStopped(status)  # the operator's brake
             if status != RUNNING:
                 raise BackfillFailed(f"run {self.run_id} was marked {status} by another worker")
             bounds = next_bounds(conn, self.spec, self.options, cursor, batches_wanted)
@@ -161,12 +190,13 @@ class Run:
                       + ", ".join(["({p}, {p}, {p}, {p})"] * len(ranges)) + " RETURNING id",
                 tuple(value for lo, hi in ranges for value in (self.run_id, self.spec.name, lo, hi)))]
 
-    def process_batch(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int] | None:
+    def process_batch(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int, str] | None:
         """Take one batch (``batch_id``, or any waiting one), process it and commit, in one transaction.
 
         Taking it deletes its row under a row lock (SKIP LOCKED): if this transaction fails or its
         process is killed, the delete is rolled back and the batch waits for another worker.
-        Returns (scanned, changed), or None when no batch was waiting.
+        Returns (scanned, changed, the run's status as the batch committed), or None when no batch
+        was waiting: a worker sees an operator's pause or cancel within one batch.
         """
         # SQL on the driver's cursor: these two statements run once a batch (README, "Backfill throughput").
         take = ("DELETE FROM backfill_batches WHERE id = (SELECT id FROM backfill_batches WHERE backfill = {p}"
@@ -178,14 +208,20 @@ class Run:
                 return None
             (lo, hi), = taken
             scanned, changed = self.spec.process(conn, lo, hi, recompute=self.options.recompute, write=True)
-            driver_sql(conn, "UPDATE backfill_runs SET rows_scanned = rows_scanned + {p}, "
-                             "rows_changed = rows_changed + {p}, heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}",
-                       (scanned, changed, self.run_id))
-        return scanned, changed
+            (status,), = driver_sql(conn, "UPDATE backfill_runs SET rows_scanned = rows_scanned + {p}, "
+                                          "rows_changed = rows_changed + {p}, heartbeat_at = CURRENT_TIMESTAMP "
+                                          "WHERE id = {p} RETURNING status", (scanned, changed, self.run_id))
+        return scanned, changed, status
 
     def status(self) -> str:
+        return self.control_state().status
+
+    def control_state(self) -> sa.Row:
+        """Return the run's status and who paused or cancelled it, when."""
+        runs = self.runs
         with self.engine.connect() as conn:
-            return conn.execute(sa.select(self.runs.c.status).where(self.runs.c.id == self.run_id)).scalar_one()
+            return conn.execute(sa.select(runs.c.status, runs.c.paused_by, runs.c.paused_at, runs.c.cancelled_by)
+                                .where(runs.c.id == self.run_id)).one()
 
     def succeed(self) -> bool:
         """running -> succeeded, once no batch is left waiting; return whether this call ended it."""

@@ -17,14 +17,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from calls.backfill.batching import next_bounds
-from calls.backfill.errors import BackfillFailed, BackfillInterrupted
+from calls.backfill.errors import BackfillCancelled, BackfillFailed, BackfillInterrupted
 from calls.backfill.options import BackfillOptions, BackfillProgress, BackfillResult, ProgressCallback, StartCallback
-from calls.backfill.runs import SUCCEEDED, Run
+from calls.backfill.runs import CANCELLED, PAUSED, RUNNING, SUCCEEDED, Run, RunStopped
 from calls.backfill.specs import Backfill, count_needing
 from calls.backfill.sql import driver_sql
 from schema_engine.errors import first_line
 
 _FORK = multiprocessing.get_context("fork")
+# How often a paused worker, and the invoking process, look whether the run was resumed or cancelled.
+BRAKE_POLL_SECONDS = 1.0
 
 
 class WorkerError(Exception):
@@ -48,6 +50,7 @@ class Workers:
         self.errors: list[BaseException] = []
         self.report = self.account  # a worker process reports to its parent instead
         self.parent_pid: int | None = None  # set in a worker process
+        self.note: str | None = None  # why the run is slower or stopped, for the progress line
 
     def count(self) -> None:
         """Count the run's total (a thread beside the workers); let the workers go once its snapshot is taken."""
@@ -77,7 +80,12 @@ class Workers:
                         driver_sql(conn, "SET synchronous_commit TO OFF", ())
                 self.drain(conn)
                 while not self.stop.is_set():
-                    claimed = self.run.claim(conn, Run.CLAIM_BATCHES)
+                    try:
+                        claimed = self.run.claim(conn, Run.CLAIM_BATCHES)
+                    except RunStopped as stopped:
+                        if self.obey(stopped.status):
+                            continue
+                        return
                     if not claimed:
                         break
                     for batch_id in claimed:
@@ -102,12 +110,26 @@ class Workers:
         result = self.run.process_batch(conn, batch_id)
         if result is None:
             return False
-        self.report(*result)
+        scanned, changed, status = result
+        self.report(scanned, changed)
+        if status != RUNNING and not self.obey(status):
+            return False
         rate = self.options.rate_per_worker
-        wait = self.options.pause + (result[0] / rate - (time.monotonic() - started) if rate else 0)
+        wait = self.options.pause + (scanned / rate - (time.monotonic() - started) if rate else 0)
         if wait > 0:
             self.stop.wait(wait)
         return True
+
+    def obey(self, status: str) -> bool:
+        """Follow the operator's brake: wait while the run is paused; return whether to go on (not if cancelled)."""
+        while status == PAUSED and not self.stop.is_set():
+            self.stop.wait(BRAKE_POLL_SECONDS)
+            if self.orphaned():
+                break
+            status = self.run.status()
+        if status != RUNNING or self.orphaned():
+            self.stop.set()
+        return not self.stop.is_set()
 
     def orphaned(self) -> bool:
         """In a worker process: whether the invoking process was killed (stop too: batches wait for a rerun)."""
@@ -117,8 +139,21 @@ class Workers:
         with self.lock:
             self.scanned += scanned
             self.changed += changed
-            if self.on_progress:
-                self.on_progress(BackfillProgress(self.run.spec.name, self.scanned, self.changed, self.total))
+            self._progress()
+
+    def watch_brake(self) -> None:
+        """In the invoking process: say on the progress line when the run is paused (and by whom), or goes on."""
+        state = self.run.control_state()
+        note = (f"paused by {state.paused_by} at {state.paused_at:%Y-%m-%d %H:%M:%S}; waiting: resume with "
+                "'manage.py backfill_context --resume' or the admin" if state.status == PAUSED else None)
+        with self.lock:
+            if note != self.note:
+                self.note = note
+                self._progress()
+
+    def _progress(self) -> None:
+        if self.on_progress:
+            self.on_progress(BackfillProgress(self.run.spec.name, self.scanned, self.changed, self.total, self.note))
 
     def receive(self, report: tuple) -> None:
         """Take in one report of a worker process: a batch done, or how it failed."""
@@ -170,12 +205,16 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on
             worker.start()
         counter.start()
         # The count is waited for only while the run goes on: a failed run reports at once.
+        brake_checked = time.monotonic()
         while (any(w.is_alive() for w in threads_or_processes) or not reports.empty()
                or (counter.is_alive() and not workers.stop.is_set())):
             for worker in [*threads_or_processes, counter]:
                 worker.join(timeout=0.1)
             while not reports.empty():
                 workers.receive(reports.get())
+            if time.monotonic() - brake_checked >= BRAKE_POLL_SECONDS:
+                brake_checked = time.monotonic()
+                workers.watch_brake()
         for worker in threads_or_processes:
             if getattr(worker, "exitcode", 0) and not workers.errors:  # died without a word (OOM killer, ...)
                 workers.errors.append(WorkerError("WorkerDied", f"worker process {worker.name} exited with "
@@ -198,6 +237,11 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on
         raise BackfillFailed(
             f"backfill {spec.name!r} failed in run {run.run_id}: {line}; "
             "fix the cause and run the same command again to resume") from error
+    final = run.control_state()
+    if final.status == CANCELLED:
+        raise BackfillCancelled(
+            f"backfill {spec.name!r} was cancelled by {final.cancelled_by} (run {run.run_id}) after "
+            f"{workers.scanned:,} rows here; a later run starts afresh where rows still need it")
     complete = run.succeed() or run.status() == SUCCEEDED  # a cooperating worker may have ended it
     return BackfillResult(spec.name, run.run_id, workers.scanned, workers.changed, time.monotonic() - started,
                           False, run.joined, run.resumed_from, complete)

@@ -277,7 +277,7 @@ def test_a_failed_run_reports_without_waiting_for_its_count(pg_seeded: sa.URL, m
 @pytest.mark.parametrize(
     ("revision", "names"),
     [("002_voice_agent_integration", "below 003_context_management"),
-     ("004_performance_indexes", "005_backfill_runs")],
+     ("004_performance_indexes", "006_backfill_controls")],
 )
 def test_refuses_below_the_revisions_it_needs(empty_db: sa.URL, revision: str, names: str) -> None:
     commands.upgrade(revision=revision, url=empty_db)
@@ -404,7 +404,7 @@ def pg_seeded(pg_head_db: sa.URL) -> sa.URL:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_resumes_after_kill_9(pg_seeded: sa.URL, workers: str) -> None:
     url = pg_seeded
-    process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--pause", "0.05", "--workers", workers)
+    process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--batch-pause", "0.05", "--workers", workers)
     wait_for(lambda: (run_sql(url, "SELECT max(rows_scanned) FROM backfill_runs")[0][0] or 0) >= 100)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -429,9 +429,9 @@ def test_the_same_command_on_two_hosts_cooperates(pg_seeded: sa.URL) -> None:
     url = pg_seeded
     # Paced to last about 4 s (40 batches), so the second command, which takes a second to
     # start, finds the first one's run still going.
-    first = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.1")
+    first = start_backfill(url, "--only", "messages", "--batch-size", "25", "--batch-pause", "0.1")
     wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
-    second = start_backfill(url, "--only", "messages", "--batch-size", "25", "--pause", "0.1")
+    second = start_backfill(url, "--only", "messages", "--batch-size", "25", "--batch-pause", "0.1")
     outputs = [p.communicate(timeout=120) for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
     assert "joining run 1" in outputs[1][0]
@@ -445,7 +445,7 @@ def test_the_same_command_on_two_hosts_cooperates(pg_seeded: sa.URL) -> None:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_run_with_other_options_is_refused_while_one_runs(pg_seeded: sa.URL, workers: str) -> None:
     url = pg_seeded
-    first = start_backfill(url, "--only", "messages", "--batch-size", "10", "--pause", "0.1", "--workers", workers)
+    first = start_backfill(url, "--only", "messages", "--batch-size", "10", "--batch-pause", "0.1", "--workers", workers)
     wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
     second = start_backfill(url, "--only", "messages", "--recompute")
     out, err = second.communicate(timeout=60)
@@ -472,7 +472,7 @@ def test_the_guides_module_entry_points(head_db: sa.URL, module: str, backfill_n
 @pytest.mark.parametrize("args", [
     ["--batch-size", "99999999999999999999"], ["--batch-size", "0"], ["--workers", "0"], ["--workers", "1000"],
     ["--max-rows-per-second", "0"], ["--max-rows-per-second", "-5"], ["--max-rows-per-second", "nan"],
-    ["--max-rows-per-second", "1e-12"], ["--pause", "nan"], ["--pause", "inf"], ["--pause", "-1"],
+    ["--max-rows-per-second", "1e-12"], ["--batch-pause", "nan"], ["--batch-pause", "inf"], ["--batch-pause", "-1"],
     ["--stale-after", "nan"], ["--stale-after", "-1"],
 ], ids=lambda a: "".join(a))
 def test_out_of_range_options_are_one_line_and_run_nothing(tmp_path: Path, args: list[str]) -> None:

@@ -27,6 +27,8 @@ GUIDE_CHAIN = [
     ("004_performance_indexes", "004_add_performance_indexes.py"),
     ("005_backfill_runs", "005_add_backfill_runs.py"),
 ]
+# Revisions of this project's own after the guide's, in order.
+OWN_CHAIN = [("006_backfill_controls", "006_add_backfill_controls.py")]
 
 # What each revision adds: tables, columns of existing tables, indexes.
 ADDS: dict[str, dict[str, object]] = {
@@ -62,14 +64,15 @@ ADDS: dict[str, dict[str, object]] = {
         "tables": {"backfill_runs", "backfill_batches"},
         "indexes": {"backfill_runs": {"ix_backfill_runs_backfill_started_at", "uq_backfill_runs_one_running"}},
     },
+    "006_backfill_controls": {"columns": {"backfill_runs": {"paused_by", "paused_at", "cancelled_by"}}},
 }
 
 
 def test_chain_has_the_guides_ids_and_file_names() -> None:
     """The guide's users type these ids; a renamed file or id breaks their runbooks."""
     script = state.script_directory()
-    assert REVISIONS == [revision for revision, _ in GUIDE_CHAIN]
-    for revision, filename in GUIDE_CHAIN:
+    assert REVISIONS == [revision for revision, _ in GUIDE_CHAIN + OWN_CHAIN]
+    for revision, filename in GUIDE_CHAIN + OWN_CHAIN:
         assert Path(script.get_revision(revision).path).name == filename
 
 

@@ -7,7 +7,7 @@ from alembic.script import revision as alembic_revision
 from alembic.util import CommandError
 
 from schema_engine import commands, database, errors, state
-from tests.conftest import run_sql
+from tests.conftest import HEAD, run_sql
 
 
 def raised_through_translation(exc: BaseException) -> errors.SchemaError:
@@ -60,7 +60,7 @@ def test_typed_errors_carry_their_data(pg_head_db: sa.URL) -> None:
     with pytest.raises(errors.UnknownRecordedRevision) as caught:
         state.status(url=pg_head_db)
     assert caught.value.revisions == ("f00ba4",)
-    run_sql(pg_head_db, "UPDATE alembic_version SET version_num = '005_backfill_runs'")
+    run_sql(pg_head_db, "UPDATE alembic_version SET version_num = :head", {"head": HEAD})
     with pytest.raises(errors.SchemaDrift) as drift:
         run_sql(pg_head_db, "ALTER TABLE calls ADD COLUMN stray integer")
         commands.check(url=pg_head_db)

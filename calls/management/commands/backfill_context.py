@@ -1,7 +1,9 @@
 """``manage.py backfill_context``: token counts, importance and call context fields for existing data."""
 from __future__ import annotations
 
+import getpass
 import signal
+import socket
 import time
 from typing import Any
 
@@ -9,9 +11,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from calls import backfill
+from calls.backfill import control
 from calls.tokens import TokenEncodingUnavailable
 from operator_kit.output import RawOutput
 from schema_engine import errors
+
+# Exit codes besides 0 and 1 (an error): interrupted by Ctrl-C or SIGTERM; cancelled by an operator.
+EXIT_CODES = {backfill.BackfillInterrupted: 130, backfill.BackfillCancelled: 3}
 
 
 class Command(BaseCommand):
@@ -29,22 +35,37 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
         parser.add_argument("--workers", type=int, default=1, help="parallel workers; more than 1 are processes forked from this one (default 1)")
         parser.add_argument("--max-rows-per-second", type=float, default=None, help="throttle for live systems")
-        parser.add_argument("--pause", type=float, default=0.0, help="seconds each worker waits between batches")
+        parser.add_argument("--batch-pause", type=float, default=0.0, dest="batch_pause",
+                            help="seconds each worker waits between batches")
         parser.add_argument("--stale-after", type=float, default=120.0,
                             help="seconds without a heartbeat before a running run is taken as dead and resumed")
+        brake = parser.add_mutually_exclusive_group()
+        brake.add_argument("--pause", action="store_const", const="pause", dest="brake",
+                           help="pause the running run (with --only: of that backfill): its workers wait after their batch")
+        brake.add_argument("--resume", action="store_const", const="resume", dest="brake",
+                           help="resume the paused run from its cursor, and work on it here too")
+        brake.add_argument("--cancel", action="store_const", const="cancel", dest="brake",
+                           help="cancel the running or paused run: its workers stop; a later run starts afresh")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        only = [options["only"]] if options["only"] else list(backfill.BACKFILLS)
+        self.verbosity = options["verbosity"]
         try:
             settings = backfill.BackfillOptions(
                 batch_size=options["batch_size"], recompute=options["recompute"], dry_run=options["dry_run"],
                 workers=options["workers"], max_rows_per_second=options["max_rows_per_second"],
-                pause=options["pause"], stale_after=options["stale_after"],
+                pause=options["batch_pause"], stale_after=options["stale_after"],
             )
-        except backfill.InvalidBackfillOption as exc:
+            if options["brake"] in ("pause", "cancel"):
+                self._apply_brake(options["brake"], only)
+                return
+            if options["brake"] == "resume":
+                self._apply_brake("resume", only)
+        except (backfill.BackfillError, errors.SchemaError) as exc:
             raise CommandError(str(exc)) from exc
-        self.verbosity = options["verbosity"]
         self.bar = None
         self.last_line = 0.0
+        self.last_note: str | None = None
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill = Ctrl-C: record, then stop
         try:
             backfill.backfill_context(
@@ -52,10 +73,25 @@ class Command(BaseCommand):
                 options=settings, on_progress=self._progress, on_start=self._started, on_finish=self._report,
             )
         except (backfill.BackfillError, errors.SchemaError, TokenEncodingUnavailable) as exc:
-            raise CommandError(str(exc), returncode=130 if isinstance(exc, backfill.BackfillInterrupted) else 1) from exc
+            raise CommandError(str(exc), returncode=EXIT_CODES.get(type(exc), 1)) from exc
         finally:
             signal.signal(signal.SIGTERM, previous)
             self._close_bar()
+
+    def _apply_brake(self, action: str, only: list[str]) -> None:
+        """Pause, resume or cancel the runs of ``only``; say which."""
+        who = f"{getpass.getuser()}@{socket.gethostname()}"
+        backfill.ensure_schema()
+        if action == "resume":
+            changed = control.resume(only=only)
+        else:
+            changed = getattr(control, action)(only=only, by=who)
+        done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
+        for outcome in changed:
+            then = {"pause": "its workers wait after their batch; resume with 'manage.py backfill_context --resume'",
+                    "resume": "it goes on from its cursor",
+                    "cancel": "its workers stop after their batch; a later run starts afresh"}[action]
+            self.stdout.write(self.style.SUCCESS(f"{outcome.backfill}: run {outcome.run_id} {done} by {who}; {then}"))
 
     def _started(self, name: str, run_id: int | None, joined: bool, resumed_from: int | None) -> None:
         if self.verbosity:
@@ -68,17 +104,21 @@ class Command(BaseCommand):
         if not self.verbosity:
             return
         if self.stdout.isatty():
-            if self.bar is None or self.bar.desc != progress.backfill:
+            if self.bar is None or not self.bar.desc.startswith(progress.backfill):
                 self._close_bar()
                 self.bar = tqdm(total=progress.total, desc=progress.backfill, unit="rows", file=RawOutput(self.stdout))
             if self.bar.total != progress.total:  # a new run's total is counted while it works
                 self.bar.total = progress.total
             self.bar.update(progress.scanned - self.bar.n)
             self.bar.set_postfix(changed=progress.changed, refresh=False)
-        elif time.monotonic() - self.last_line >= 5:
-            self.last_line = time.monotonic()
+            self.bar.set_description(f"{progress.backfill} ({progress.note})" if progress.note else progress.backfill,
+                                     refresh=False)
+        elif time.monotonic() - self.last_line >= 5 or progress.note != self.last_note:  # a new note at once
+            self.last_line, self.last_note = time.monotonic(), progress.note
             total = f"/{progress.total:,}" if progress.total is not None else ""
-            self.stdout.write(f"{progress.backfill}: {progress.scanned:,}{total} rows scanned, {progress.changed:,} changed")
+            note = f" ({progress.note})" if progress.note else ""
+            self.stdout.write(f"{progress.backfill}: {progress.scanned:,}{total} rows scanned, "
+                              f"{progress.changed:,} changed{note}")
 
     def _close_bar(self) -> None:
         if self.bar is not None:

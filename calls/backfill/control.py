@@ -1,0 +1,96 @@
+"""The operator's brake: pause, resume and cancel a backfill's run, from the command line or the admin.
+
+Each is one UPDATE of the run's status; every worker on every host sees it at its next batch
+(``runs.Run.process_batch`` returns the status, ``runs.Run.claim`` reads it). Paused workers wait
+and continue when the run is resumed; on a cancel they stop, the run's waiting batches are
+dropped, and a later run starts afresh where rows still need it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Sequence
+
+import sqlalchemy as sa
+from django.utils import timezone
+
+from calls.backfill.errors import NoRunToControl
+from calls.backfill.runs import CANCELLED, PAUSED, RUNNING, run_tables
+from calls.backfill.specs import BACKFILLS
+from calls.models import BackfillRun
+from schema_engine import database
+
+_NOW = object()  # stands for the database's now() in ``_change``'s values
+# Who may use the brake in the admin (BackfillRun's Meta.permissions); the command line is the host's.
+PERMISSION = "calls.control_backfillrun"
+ACTIONS = {"pause": "Pause", "resume": "Resume", "cancel": "Cancel"}
+# A running run whose heartbeat is older than this shows as stalled (its workers died or hang);
+# backfill_context's --stale-after (the same by default) decides when a new run takes it over.
+STALLED_AFTER = timedelta(seconds=120)
+
+
+def actions_for(status: str) -> list[str]:
+    """Return the brake's actions that apply to a run in ``status``."""
+    return {RUNNING: ["pause", "cancel"], PAUSED: ["resume", "cancel"]}.get(status, [])
+
+
+def describe(run: BackfillRun, now: datetime | None = None) -> str:
+    """Return a run's status as an operator needs it: stalled when running with no heartbeat; who paused or cancelled."""
+    if run.status == RUNNING and (now or timezone.now()) - run.heartbeat_at > STALLED_AFTER:
+        return f"stalled (no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S})"
+    if run.status == PAUSED:
+        return f"paused by {run.paused_by} at {run.paused_at:%Y-%m-%d %H:%M:%S}"
+    if run.status == CANCELLED:
+        return f"cancelled by {run.cancelled_by}"
+    return run.get_status_display()
+
+
+@dataclass(frozen=True)
+class ControlOutcome:
+    """One run an operator's action changed."""
+
+    backfill: str
+    run_id: int
+    status: str
+    at: datetime
+
+
+def _change(only: Sequence[str], *, from_statuses: tuple[str, ...], url: sa.URL | str | None,
+            what: str, **values: object) -> list[ControlOutcome]:
+    engine = database.create_engine(database.resolve_url(url))
+    runs, batches = run_tables(engine.dialect.name)
+    try:
+        with engine.begin() as conn:
+            now = conn.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one()
+            targets = sa.select(runs.c.id).where(runs.c.backfill.in_(list(only)), runs.c.status.in_(from_statuses))
+            if values.get("status") == CANCELLED:
+                # Batches handed out and not yet taken: nobody is to take them now. Deleted before the
+                # run's row is locked, the order a worker's batch transaction locks them in (no deadlock).
+                conn.execute(sa.delete(batches).where(batches.c.run_id.in_(targets)))
+            changed = conn.execute(
+                sa.update(runs).where(runs.c.id.in_(targets))
+                .values(**{key: (now if value is _NOW else value) for key, value in values.items()})
+                .returning(runs.c.backfill, runs.c.id, runs.c.status)).all()
+    finally:
+        engine.dispose()
+    if not changed:
+        states = " or ".join(from_statuses)
+        raise NoRunToControl(f"nothing to {what}: no {states} run of {', '.join(only)}")
+    return [ControlOutcome(row.backfill, row.id, row.status, now) for row in sorted(changed)]
+
+
+def pause(*, by: str, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
+    """running -> paused: the run's workers finish their batch and wait; ``resume`` lets them go on."""
+    return _change(only, from_statuses=(RUNNING,), url=url, what="pause", status=PAUSED, paused_by=by[:150],
+                   paused_at=_NOW)
+
+
+def resume(*, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
+    """paused -> running: waiting workers go on from the cursor (a new invocation may join them)."""
+    return _change(only, from_statuses=(PAUSED,), url=url, what="resume", status=RUNNING, heartbeat_at=_NOW)
+
+
+def cancel(*, by: str, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
+    """running or paused -> cancelled: workers stop at their next batch; a later run starts afresh."""
+    return _change(only, from_statuses=(RUNNING, PAUSED), url=url, what="cancel", status=CANCELLED,
+                   cancelled_by=by[:150], finished_at=_NOW)
