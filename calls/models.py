@@ -250,6 +250,7 @@ class BackfillRun(models.Model):
     paused_by = models.CharField(max_length=150, null=True, blank=True)
     paused_at = models.DateTimeField(null=True, blank=True)
     cancelled_by = models.CharField(max_length=150, null=True, blank=True)
+    batch_splits = models.IntegerField(db_default=0, help_text="Batches halved and retried after a timeout or deadlock")
 
     class Meta:
         managed = False

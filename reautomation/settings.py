@@ -126,6 +126,11 @@ MIGRATION_LOCK_RETRIES = setting_values.count(env, "MIGRATION_LOCK_RETRIES", def
 MIGRATION_RETRY_PAUSE_SECONDS = setting_values.seconds(env, "MIGRATION_RETRY_PAUSE_SECONDS", default=2)
 MIGRATION_STATEMENT_TIMEOUT = setting_values.duration(env, "MIGRATION_STATEMENT_TIMEOUT", default="30min")
 
+# backfill_context on PostgreSQL: a batch waits at most this long for a row lock, and runs at most
+# this long; past either it is halved and retried (calls/backfill/workers.py).
+BACKFILL_LOCK_TIMEOUT = setting_values.duration(env, "BACKFILL_LOCK_TIMEOUT", default="5s")
+BACKFILL_STATEMENT_TIMEOUT = setting_values.duration(env, "BACKFILL_STATEMENT_TIMEOUT", default="5min")
+
 # Token counting and the context policy (calls/tokens.py, calls/context_policy.py).
 TOKEN_ENCODING = env.str("TOKEN_ENCODING", default="cl100k_base")
 CONTEXT_MAX_TOKENS = setting_values.count(env, "CONTEXT_MAX_TOKENS", default=8192, minimum=1)

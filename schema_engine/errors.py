@@ -132,8 +132,8 @@ def first_line(exc: BaseException) -> str:
 
 
 def sqlstate(exc: BaseException) -> str | None:
-    """Return the SQLSTATE of a database error, if it has one."""
-    return getattr(getattr(exc, "orig", None), "sqlstate", None)
+    """Return the SQLSTATE of a database error (SQLAlchemy's, or the driver's own), if it has one."""
+    return getattr(getattr(exc, "orig", exc), "sqlstate", None)
 
 
 def _is_connect_error(exc: sa.exc.DBAPIError) -> bool:

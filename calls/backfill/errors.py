@@ -18,6 +18,10 @@ class BackfillFailed(BackfillError):
     """A batch failed; the run is recorded as failed and can be resumed."""
 
 
+class RowFailed(BackfillFailed):
+    """One row failed every try, alone in its batch; the run fails naming it, resumable after the fix."""
+
+
 class BackfillInterrupted(BackfillError):
     """Stopped by the operator; the run is recorded as interrupted and can be resumed."""
 

@@ -32,6 +32,14 @@ RUNNING, PAUSED, SUCCEEDED, FAILED, INTERRUPTED, CANCELLED = (
     BackfillStatus.FAILED.value, BackfillStatus.INTERRUPTED.value, BackfillStatus.CANCELLED.value)
 
 
+class BatchFailed(Exception):
+    """A batch's transaction failed (and was rolled back: its row waits in backfill_batches); which batch, and why."""
+
+    def __init__(self, batch_id: int, lo: int, hi: int, cause: Exception) -> None:
+        super().__init__(f"batch ({lo}, {hi}]: {cause}")
+        self.batch_id, self.lo, self.hi, self.cause = batch_id, lo, hi, cause
+
+
 class RunStopped(Exception):
     """The run left ``running`` under a worker: paused (wait) or cancelled (stop); not an error."""
 
@@ -201,17 +209,37 @@ class Run:
         # SQL on the driver's cursor: these two statements run once a batch (README, "Backfill throughput").
         take = ("DELETE FROM backfill_batches WHERE id = (SELECT id FROM backfill_batches WHERE backfill = {p}"
                 + (" AND id = {p}" if batch_id else " ORDER BY id LIMIT 1")
-                + (" FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else "") + ") RETURNING lo, hi")
-        with conn.begin(), cycle_collector_paused():
-            taken = driver_sql(conn, take, (self.spec.name, batch_id) if batch_id else (self.spec.name,))
+                + (" FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else "") + ") RETURNING id, lo, hi")
+        taken: list[tuple] = []
+        try:
+            with conn.begin(), cycle_collector_paused():
+                taken = driver_sql(conn, take, (self.spec.name, batch_id) if batch_id else (self.spec.name,))
+                if not taken:
+                    return None
+                (_, lo, hi), = taken
+                scanned, changed = self.spec.process(conn, lo, hi, recompute=self.options.recompute, write=True)
+                (status,), = driver_sql(conn, "UPDATE backfill_runs SET rows_scanned = rows_scanned + {p}, "
+                                              "rows_changed = rows_changed + {p}, heartbeat_at = CURRENT_TIMESTAMP "
+                                              "WHERE id = {p} RETURNING status", (scanned, changed, self.run_id))
+        # The hot path's SQL runs on the driver's cursor: its errors are the driver's own.
+        except (sa.exc.DBAPIError, conn.dialect.loaded_dbapi.Error) as exc:
             if not taken:
-                return None
-            (lo, hi), = taken
-            scanned, changed = self.spec.process(conn, lo, hi, recompute=self.options.recompute, write=True)
-            (status,), = driver_sql(conn, "UPDATE backfill_runs SET rows_scanned = rows_scanned + {p}, "
-                                          "rows_changed = rows_changed + {p}, heartbeat_at = CURRENT_TIMESTAMP "
-                                          "WHERE id = {p} RETURNING status", (scanned, changed, self.run_id))
+                raise
+            (taken_id, lo, hi), = taken
+            raise BatchFailed(taken_id, lo, hi, exc) from exc
         return scanned, changed, status
+
+    def split(self, conn: sa.Connection, failed: BatchFailed) -> None:
+        """Halve a failed batch: ``(lo, hi]`` becomes ``(lo, mid]`` and ``(mid, hi]``, both waiting; count it on the run."""
+        mid = (failed.lo + failed.hi) // 2
+        with conn.begin():
+            # Unless another worker has taken the batch since (then it is done, or failed there).
+            if driver_sql(conn, "UPDATE backfill_batches SET hi = {p} WHERE id = {p} AND hi = {p} RETURNING id",
+                          (mid, failed.batch_id, failed.hi)):
+                driver_sql(conn, "INSERT INTO backfill_batches (run_id, backfill, lo, hi) VALUES ({p}, {p}, {p}, {p})",
+                           (self.run_id, self.spec.name, mid, failed.hi))
+                driver_sql(conn, "UPDATE backfill_runs SET batch_splits = batch_splits + 1 WHERE id = {p}",
+                           (self.run_id,))
 
     def status(self) -> str:
         return self.control_state().status

@@ -15,18 +15,24 @@ import time
 from typing import Any
 
 import sqlalchemy as sa
+from django.conf import settings
 
 from calls.backfill.batching import next_bounds
-from calls.backfill.errors import BackfillCancelled, BackfillFailed, BackfillInterrupted
+from calls.backfill.errors import BackfillCancelled, BackfillFailed, BackfillInterrupted, RowFailed
 from calls.backfill.options import BackfillOptions, BackfillProgress, BackfillResult, ProgressCallback, StartCallback
-from calls.backfill.runs import CANCELLED, PAUSED, RUNNING, SUCCEEDED, Run, RunStopped
+from calls.backfill.runs import CANCELLED, PAUSED, RUNNING, SUCCEEDED, BatchFailed, Run, RunStopped
 from calls.backfill.specs import Backfill, count_needing
 from calls.backfill.sql import driver_sql
-from schema_engine.errors import first_line
+from schema_engine.errors import LOCK_NOT_AVAILABLE, QUERY_CANCELED, first_line, sqlstate
 
 _FORK = multiprocessing.get_context("fork")
 # How often a paused worker, and the invoking process, look whether the run was resumed or cancelled.
 BRAKE_POLL_SECONDS = 1.0
+# A batch that fails with one of these is halved and retried: the cause is its size or bad luck,
+# not its rows (statement_timeout, a deadlock, lock_timeout).
+RETRIED_SQLSTATES = {QUERY_CANCELED, "40P01", LOCK_NOT_AVAILABLE}
+# How often a batch of one row is retried before the run fails, naming the row.
+SINGLE_ROW_TRIES = 3
 
 
 class WorkerError(Exception):
@@ -51,6 +57,7 @@ class Workers:
         self.report = self.account  # a worker process reports to its parent instead
         self.parent_pid: int | None = None  # set in a worker process
         self.note: str | None = None  # why the run is slower or stopped, for the progress line
+        self.single_row_failures: dict[int, int] = {}  # row id -> tries that failed, in this worker
 
     def count(self) -> None:
         """Count the run's total (a thread beside the workers); let the workers go once its snapshot is taken."""
@@ -75,9 +82,12 @@ class Workers:
                 if conn.dialect.name == "postgresql":
                     # Not waiting for the WAL flush is safe here: a crash can lose only the last
                     # commits, the WAL's tail; a batch whose commit is lost keeps its row in
-                    # backfill_batches and is redone. The setting ends with this connection (no pool).
+                    # backfill_batches and is redone. The settings end with this connection (no pool).
                     with conn.begin():
                         driver_sql(conn, "SET synchronous_commit TO OFF", ())
+                        for name, value in (("lock_timeout", settings.BACKFILL_LOCK_TIMEOUT),
+                                            ("statement_timeout", settings.BACKFILL_STATEMENT_TIMEOUT)):
+                            driver_sql(conn, "SELECT set_config({p}, {p}, false)", (name, value))
                 self.drain(conn)
                 while not self.stop.is_set():
                     try:
@@ -107,7 +117,11 @@ class Workers:
             self.stop.set()
             return False
         started = time.monotonic()
-        result = self.run.process_batch(conn, batch_id)
+        try:
+            result = self.run.process_batch(conn, batch_id)
+        except BatchFailed as failed:
+            self.retry_smaller(conn, failed)
+            return True
         if result is None:
             return False
         scanned, changed, status = result
@@ -119,6 +133,22 @@ class Workers:
         if wait > 0:
             self.stop.wait(wait)
         return True
+
+    def retry_smaller(self, conn: sa.Connection, failed: BatchFailed) -> None:
+        """Halve a batch that hit a timeout or a deadlock (it waits, split, for the next step); fail on one row.
+
+        A batch of one row is retried ``SINGLE_ROW_TRIES`` times; then the run fails naming the row,
+        whose batch waits in backfill_batches for the run that resumes after the fix.
+        """
+        if sqlstate(failed.cause) not in RETRIED_SQLSTATES:
+            raise failed.cause
+        if failed.hi - failed.lo > 1:
+            self.run.split(conn, failed)
+            return
+        tries = self.single_row_failures[failed.hi] = self.single_row_failures.get(failed.hi, 0) + 1
+        if tries >= SINGLE_ROW_TRIES:
+            raise RowFailed(f"row {failed.hi} of {self.run.spec.table} failed {tries} times: "
+                            f"{first_line(failed.cause)}") from failed.cause
 
     def obey(self, status: str) -> bool:
         """Follow the operator's brake: wait while the run is paused; return whether to go on (not if cancelled)."""

@@ -64,7 +64,7 @@ ADDS: dict[str, dict[str, object]] = {
         "tables": {"backfill_runs", "backfill_batches"},
         "indexes": {"backfill_runs": {"ix_backfill_runs_backfill_started_at", "uq_backfill_runs_one_running"}},
     },
-    "006_backfill_controls": {"columns": {"backfill_runs": {"paused_by", "paused_at", "cancelled_by"}}},
+    "006_backfill_controls": {"columns": {"backfill_runs": {"paused_by", "paused_at", "cancelled_by", "batch_splits"}}},
 }
 
 
