@@ -14,19 +14,11 @@ from django.urls import reverse
 from calls import backfill
 from calls.backfill import control
 from calls.models import BackfillRun
-from calls.sample_data import generate_sample_data
 from schema_engine import database
 from tests.conftest import manage, run_sql, start_manage, wait_for
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.sample_calls(60)]
 BATCH = 10
-
-
-@pytest.fixture
-def seeded(pg_head_db: sa.URL) -> sa.URL:
-    with database.connect(pg_head_db) as conn:
-        generate_sample_data(connection=conn, calls=60, seed=5)
-    return pg_head_db
 
 
 def scanned(url: sa.URL) -> int:

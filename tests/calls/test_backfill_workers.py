@@ -7,19 +7,11 @@ import pytest
 import sqlalchemy as sa
 
 from calls import backfill
-from calls.sample_data import generate_sample_data
 from schema_engine import database
 from tests.conftest import run_sql
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.sample_calls(12)]
 BATCH = 64
-
-
-@pytest.fixture
-def seeded(pg_head_db: sa.URL) -> sa.URL:
-    with database.connect(pg_head_db) as conn:
-        generate_sample_data(connection=conn, calls=12, seed=3)
-    return pg_head_db
 
 
 def test_a_batch_behind_a_row_lock_is_halved_until_only_that_row_waits(seeded: sa.URL, settings) -> None:
