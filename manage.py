@@ -17,6 +17,11 @@ def main() -> None:
             raise
         sys.stderr.write(f"manage.py: configuration error: {exc}\n")
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader went away (`migrate_schema history | head`): what was running rolled back its
+        # transaction; say nothing more to a closed pipe (Python's documented idiom).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 if __name__ == "__main__":
