@@ -9,9 +9,11 @@ from the Django models (``schema_engine.metadata``), for ``check`` and ``revisio
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from logging.config import fileConfig
+from typing import Iterator
 
 import django
 import sqlalchemy as sa
@@ -67,7 +69,8 @@ def configure_options(dialect_name: str) -> dict:
 
 
 def run_migrations_offline() -> None:
-    url = database.resolve_url(options.url)
+    with one_line_for_the_cli():
+        url = database.resolve_url(options.url)
     context.configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"},
                       **configure_options(url.get_backend_name()))
     if url.get_backend_name() == "postgresql":
@@ -87,7 +90,8 @@ def run_migrations_online() -> None:
         _run_reporting(connectable)
         return
     # An Engine passed in (pytest-alembic does), or none: the configured database.
-    engine = connectable if isinstance(connectable, sa.Engine) else database.create_engine(database.resolve_url())
+    with one_line_for_the_cli():
+        engine = connectable if isinstance(connectable, sa.Engine) else database.create_engine(database.resolve_url())
     if config.cmd_opts is not None:  # the alembic CLI names the database it acts on, before it acts
         log.info("Database: %s", database.display_url(engine.url))
     try:
@@ -97,13 +101,20 @@ def run_migrations_online() -> None:
         raise CommandError(database.unreachable_message(engine.url, exc)) from exc
 
 
-def _run_reporting(connection: sa.Connection) -> None:
+@contextlib.contextmanager
+def one_line_for_the_cli() -> Iterator[None]:
+    """The alembic CLI prints a CommandError as one line; ``migrate_schema`` wants the typed error itself."""
     try:
-        _run(connection)
+        yield
     except SchemaError as exc:
-        if config.cmd_opts is not None:  # the alembic CLI: one line, not a traceback
+        if config.cmd_opts is not None:
             raise CommandError(str(exc)) from exc
         raise
+
+
+def _run_reporting(connection: sa.Connection) -> None:
+    with one_line_for_the_cli():
+        _run(connection)
 
 
 def _run(connection: sa.Connection) -> None:

@@ -60,7 +60,7 @@ class OperatorAdminSite(admin.AdminSite):
         if request.GET.get("count") == "1":
             try:
                 context["pending_rows"] = backfill.pending_rows()
-            except backfill.BackfillError as exc:
+            except (backfill.BackfillError, errors.SchemaError) as exc:
                 context["pending_error"] = str(exc)
         return TemplateResponse(request, "admin/operations.html", context)
 

@@ -54,3 +54,11 @@ def seconds(env: environ.Env, name: str, *, default: float) -> float:
     if not math.isfinite(number) or number < 0:
         raise InvalidSetting(f"{name}={value!r} is not a number of seconds (0 or more)")
     return number
+
+
+def choice(env: environ.Env, name: str, *, default: str, choices: tuple[str, ...]) -> str:
+    """Return setting ``name``, one of ``choices``."""
+    value = _raw(env, name, default)
+    if value not in choices:
+        raise InvalidSetting(f"{name}={value!r} is not one of {', '.join(choices)}")
+    return value

@@ -28,6 +28,20 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if 
 # migrate or inspect an embedded file that nobody deploys.
 DATABASES = {"default": database_config(env.str("DATABASE_URL", default=""), sqlite_path=BASE_DIR / "db.sqlite3",
                                         embedded_allowed=DEBUG)}
+# Production topology (README "Production topology"): DATABASE_URL may reach PostgreSQL through
+# PgBouncer in transaction pooling mode (DATABASE_POOL_MODE=transaction). A transaction then gets
+# any server connection: no server-side cursors, no prepared statements (PgBouncer before 1.21
+# cannot carry them), no connection kept by Django. What needs a session of its own (the migration
+# lock and timeouts, the backfill's coordination) uses MIGRATION_DATABASE_URL, the primary itself,
+# and is refused without it (schema_engine.database.session_url).
+DATABASE_POOL_MODE = setting_values.choice(env, "DATABASE_POOL_MODE", default="session",
+                                           choices=("session", "transaction"))
+if DATABASE_POOL_MODE == "transaction":
+    DATABASES["default"].update(DISABLE_SERVER_SIDE_CURSORS=True, CONN_MAX_AGE=0)
+    DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = None
+MIGRATION_DATABASE = (database_config(env.str("MIGRATION_DATABASE_URL"), sqlite_path=BASE_DIR / "db.sqlite3",
+                                      setting="MIGRATION_DATABASE_URL")
+                      if env.str("MIGRATION_DATABASE_URL", default="") else None)
 # Where the Alembic revisions live; alembic.ini's script_location unless set (tests use a copy).
 ALEMBIC_SCRIPT_LOCATION = env.str("ALEMBIC_SCRIPT_LOCATION", default="")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

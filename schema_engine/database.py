@@ -14,9 +14,10 @@ from typing import Any, Iterator, Mapping
 
 import environ
 import sqlalchemy as sa
+from django.conf import settings
 from django.db import connections
 
-from schema_engine.errors import DatabaseUnreachable, InvalidDatabaseURL, first_line
+from schema_engine.errors import DatabaseUnreachable, InvalidDatabaseURL, SessionRequired, first_line
 
 # Django backend -> SQLAlchemy dialect+driver: the two databases this project runs on.
 SQLALCHEMY_DRIVERS = {
@@ -29,6 +30,7 @@ SQLALCHEMY_DRIVERS = {
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<password>\S*)(?P<tail>@)", re.I)
 _PASSWORD_PARAMETER = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&\s'\"]*)", re.I)
 MASK = "***"
+PSYCOPG_ONLY_OPTIONS = frozenset({"prepare_threshold", "server_side_binding", "isolation_level", "assume_role", "pool"})
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -40,7 +42,8 @@ def redact(text: str, *secrets: str | None) -> str:
     return _PASSWORD_PARAMETER.sub(rf"\g<head>{MASK}", text)
 
 
-def database_config(url: str | None, *, sqlite_path: Path, embedded_allowed: bool = True) -> dict[str, Any]:
+def database_config(url: str | None, *, sqlite_path: Path, embedded_allowed: bool = True,
+                    setting: str = "DATABASE_URL") -> dict[str, Any]:
     """Return Django's ``DATABASES['default']`` for ``url``; if unset, the embedded SQLite file (when allowed)."""
     if not url:
         if not embedded_allowed:
@@ -53,13 +56,13 @@ def database_config(url: str | None, *, sqlite_path: Path, embedded_allowed: boo
             warnings.simplefilter("ignore")  # environ warns on unknown schemes; we raise below
             config = environ.Env.db_url_config(url)
     except ValueError as exc:
-        raise InvalidDatabaseURL(f"DATABASE_URL {redact(url)!r} is malformed ({exc})") from exc
+        raise InvalidDatabaseURL(f"{setting} {redact(url)!r} is malformed ({exc})") from exc
     if config.get("ENGINE") not in SQLALCHEMY_DRIVERS:
         raise InvalidDatabaseURL(
-            f"DATABASE_URL {redact(url)!r} is not a postgresql:// or sqlite:/// URL"
+            f"{setting} {redact(url)!r} is not a postgresql:// or sqlite:/// URL"
         )
     if not config.get("NAME"):
-        raise InvalidDatabaseURL(f"DATABASE_URL {redact(url)!r} names no database")
+        raise InvalidDatabaseURL(f"{setting} {redact(url)!r} names no database")
     options = config.get("OPTIONS") or {}
     if "password" in options:
         # ?password=... is the password: keep it where every printer of URLs knows to hide it.
@@ -76,7 +79,8 @@ def sqlalchemy_url(settings_dict: Mapping[str, Any] | None = None) -> sa.URL:
         raise InvalidDatabaseURL(f"database engine {settings_dict['ENGINE']!r} is not supported")
     if driver == "sqlite":
         return sa.URL.create("sqlite", database=str(settings_dict["NAME"]))
-    options = {k: str(v) for k, v in (settings_dict.get("OPTIONS") or {}).items()}
+    # libpq's parameters only: psycopg's own (prepare_threshold, set for PgBouncer) are Django's business.
+    options = {k: str(v) for k, v in (settings_dict.get("OPTIONS") or {}).items() if k not in PSYCOPG_ONLY_OPTIONS}
     return sa.URL.create(
         driver,
         username=settings_dict.get("USER") or None,
@@ -89,8 +93,25 @@ def sqlalchemy_url(settings_dict: Mapping[str, Any] | None = None) -> sa.URL:
 
 
 def resolve_url(url: sa.URL | str | None = None) -> sa.URL:
-    """Return ``url`` as a URL, or, when none is given, that of Django's ``default`` database."""
-    return sa.make_url(url) if url is not None else sqlalchemy_url()
+    """Return ``url`` as a URL, or, when none is given, the engine's own: ``session_url()``."""
+    return sa.make_url(url) if url is not None else session_url()
+
+
+def session_url() -> sa.URL:
+    """Return the database the engine's work uses: a session of its own (advisory lock, SET timeouts).
+
+    ``MIGRATION_DATABASE_URL`` (the primary itself) when set; else Django's ``default`` database,
+    unless that goes through a transaction-pooling PgBouncer, where a session's lock and
+    settings would not hold: refused in one line naming the setting.
+    """
+    if settings.MIGRATION_DATABASE:
+        return sqlalchemy_url(settings.MIGRATION_DATABASE)
+    if settings.DATABASE_POOL_MODE == "transaction":
+        raise SessionRequired(
+            "DATABASE_URL goes through a transaction-pooling PgBouncer (DATABASE_POOL_MODE=transaction), where a "
+            "migration's lock and timeouts and a backfill's coordination do not hold: set MIGRATION_DATABASE_URL "
+            "to the primary itself")
+    return sqlalchemy_url()
 
 
 def display_url(url: sa.URL) -> str:

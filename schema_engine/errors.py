@@ -31,6 +31,10 @@ class InvalidDatabaseURL(SchemaError, ImproperlyConfigured):
     """
 
 
+class SessionRequired(SchemaError):
+    """The work needs a database session of its own, and DATABASE_URL goes through a transaction pooler."""
+
+
 class DatabaseUnreachable(SchemaError):
     """The database cannot be connected to."""
 

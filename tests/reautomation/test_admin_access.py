@@ -104,3 +104,10 @@ def test_the_schema_page_names_a_recorded_revision_the_code_does_not_know(admin_
     assert page.status_code == 200
     text = page.content.decode()
     assert "revision 9f3e2a1b7c4d, which this code does not know" in text and "stamp REV --purge" in text
+
+
+def test_the_schema_page_says_what_a_pooler_without_a_session_url_lacks(admin_client: Client, settings) -> None:
+    settings.DATABASE_POOL_MODE, settings.MIGRATION_DATABASE = "transaction", None
+    page = admin_client.get(reverse("admin:operations"), {"count": "1"})
+    assert page.status_code == 200
+    assert page.content.decode().count("set MIGRATION_DATABASE_URL to the primary itself") == 2  # schema and counts
