@@ -194,7 +194,7 @@ class BackfillRunAdmin(ReadOnlyAdmin):
         except BackfillError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return HttpResponseRedirect(page)
-        done = {"pause": "Paused", "resume": "Resumed", "cancel": "Cancelled"}[action]
+        done = control.DONE[action].capitalize()
         self.log_change(request, run, f"{done} the run (the operator's brake)")
         after = {"pause": "its workers stop after their batch and wait",
                  "resume": "workers waiting on it go on; if none are, run 'manage.py backfill_context' to continue "

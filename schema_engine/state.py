@@ -41,9 +41,9 @@ def script_directory() -> ScriptDirectory:
     return ScriptDirectory.from_config(alembic_config())
 
 
-def known_revisions() -> set[str]:
+def known_revisions(script: ScriptDirectory | None = None) -> set[str]:
     """Return the id of every revision this code has."""
-    return {rev.revision for rev in script_directory().walk_revisions()}
+    return {rev.revision for rev in (script or script_directory()).walk_revisions()}
 
 
 def summary(script: Script | None) -> str:
@@ -69,7 +69,8 @@ def recorded_revisions(connection: sa.Connection, script: ScriptDirectory | None
     if connection.in_transaction():
         connection.commit()
     script = script or script_directory()
-    unknown = tuple(rev for rev in current if rev not in {s.revision for s in script.walk_revisions()})
+    known = known_revisions(script)
+    unknown = tuple(rev for rev in current if rev not in known)
     if unknown:
         raise UnknownRecordedRevision(
             f"the database records revision {', '.join(unknown)}, which this code does not know (the code is older "

@@ -20,10 +20,10 @@ from calls.backfill.specs import BACKFILLS
 from calls.models import BackfillRun
 from schema_engine import database
 
-_NOW = object()  # stands for the database's now() in ``_change``'s values
 # Who may use the brake in the admin (BackfillRun's Meta.permissions); the command line is the host's.
 PERMISSION = "calls.control_backfillrun"
 ACTIONS = {"pause": "Pause", "resume": "Resume", "cancel": "Cancel"}
+DONE = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
 # A running run whose heartbeat is older than this shows as stalled (its workers died or hang);
 # backfill_context's --stale-after (the same by default) decides when a new run takes it over.
 STALLED_AFTER = timedelta(seconds=120)
@@ -61,6 +61,7 @@ def _change(only: Sequence[str], *, from_statuses: tuple[str, ...], url: sa.URL 
     runs, batches = run_tables(engine.dialect.name)
     try:
         with engine.begin() as conn:
+            # now() is the transaction's start: the same moment the UPDATE's now() records.
             now = conn.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one()
             targets = sa.select(runs.c.id).where(runs.c.backfill.in_(list(only)), runs.c.status.in_(from_statuses))
             if values.get("status") == CANCELLED:
@@ -69,7 +70,7 @@ def _change(only: Sequence[str], *, from_statuses: tuple[str, ...], url: sa.URL 
                 conn.execute(sa.delete(batches).where(batches.c.run_id.in_(targets)))
             changed = conn.execute(
                 sa.update(runs).where(runs.c.id.in_(targets))
-                .values(**{key: (now if value is _NOW else value) for key, value in values.items()})
+                .values(**values)
                 .returning(runs.c.backfill, runs.c.id, runs.c.status)).all()
     finally:
         engine.dispose()
@@ -82,15 +83,16 @@ def _change(only: Sequence[str], *, from_statuses: tuple[str, ...], url: sa.URL 
 def pause(*, by: str, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
     """running -> paused: the run's workers finish their batch and wait; ``resume`` lets them go on."""
     return _change(only, from_statuses=(RUNNING,), url=url, what="pause", status=PAUSED, paused_by=by[:150],
-                   paused_at=_NOW)
+                   paused_at=sa.func.now())
 
 
 def resume(*, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
     """paused -> running: waiting workers go on from the cursor (a new invocation may join them)."""
-    return _change(only, from_statuses=(PAUSED,), url=url, what="resume", status=RUNNING, heartbeat_at=_NOW)
+    return _change(only, from_statuses=(PAUSED,), url=url, what="resume", status=RUNNING,
+                   heartbeat_at=sa.func.now())
 
 
 def cancel(*, by: str, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
     """running or paused -> cancelled: workers stop at their next batch; a later run starts afresh."""
     return _change(only, from_statuses=(RUNNING, PAUSED), url=url, what="cancel", status=CANCELLED,
-                   cancelled_by=by[:150], finished_at=_NOW)
+                   cancelled_by=by[:150], finished_at=sa.func.now())

@@ -26,7 +26,6 @@ def staff_client(django_db_setup: None) -> Iterator[tuple[Client, User]]:
 
 def test_every_model_has_its_permissions_after_upgrading(django_db_setup: None) -> None:
     """Django's post-migrate step never runs; the upgrade wrote content types and permissions."""
-
     for model in apps.get_models():
         opts = model._meta
         codenames = set(Permission.objects.filter(content_type__app_label=opts.app_label,

@@ -86,7 +86,7 @@ class Command(BaseCommand):
             changed = control.resume(only=only)
         else:
             changed = getattr(control, action)(only=only, by=who)
-        done = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[action]
+        done = control.DONE[action]
         for outcome in changed:
             then = {"pause": "its workers wait after their batch; resume with 'manage.py backfill_context --resume'",
                     "resume": "it goes on from its cursor",

@@ -66,7 +66,7 @@ class Command(BaseCommand):
         rst.add_argument("backup_file", type=Path)
         rst.add_argument("--yes", action="store_true", help="confirm: everything written since the backup is lost")
         pln = sub.add_parser("plan", help="what 'upgrade head' would do and whether it is safe now (exit 0) or not (3)")
-        pln.add_argument("--json", action="store_true", help="print the plan as JSON")
+        pln.add_argument("--json", action="store_true", dest="as_json", help="print the plan as JSON")
         for subparser in sub.choices.values():
             subparser.formatter_class = argparse.RawDescriptionHelpFormatter
 
@@ -75,7 +75,7 @@ class Command(BaseCommand):
         action = action or "upgrade"
         try:
             if action in ACTS_ON_DATABASE:
-                self._name_database(quiet_stdout=options.get("sql") or options.get("json"))
+                self._name_database(quiet_stdout=options.get("sql") or options.get("as_json"))
             getattr(self, f"_{action}")(**options)
         except errors.Interrupted as exc:
             raise CommandError(str(exc), returncode=INTERRUPTED) from exc
@@ -170,8 +170,8 @@ class Command(BaseCommand):
         recorded = backup.restore(backup_file)
         self.stdout.write(self.style.SUCCESS(f"Restored {backup_file}; database is at {'; '.join(recorded)}"))
 
-    def _plan(self, *, json: bool = False, **_: Any) -> None:
-        self._print_plan(deploy_plan.plan(), as_json=json)
+    def _plan(self, *, as_json: bool = False, **_: Any) -> None:
+        self._print_plan(deploy_plan.plan(), as_json=as_json)
 
     def _check(self, **_: Any) -> None:
         commands.check(stdout=self._alembic_out)
@@ -179,7 +179,7 @@ class Command(BaseCommand):
 
     def _print_plan(self, plan: deploy_plan.Plan, *, as_json: bool) -> None:
         if as_json:
-            self.stdout.write(json_dumps(plan.as_dict()))
+            self.stdout.write(json.dumps(plan.as_dict(), indent=2))
         else:
             self.stdout.write(f"Database at {'; '.join(plan.current) or 'base'}; head {'; '.join(plan.heads)}")
             if not plan.pending:
@@ -203,6 +203,3 @@ class Command(BaseCommand):
         for index, table in invalid_indexes:
             self.stderr.write(f"warning: {state.invalid_index_problem(index, table)}")
 
-
-def json_dumps(value: Any) -> str:
-    return json.dumps(value, indent=2)
