@@ -1,39 +1,32 @@
 #!/usr/bin/env python
-"""Backfill throughput against tiktoken alone and a naive loop, side by side (run by hand).
+"""Backfill throughput against the bound this machine sets, and against a naive loop (run by hand).
 
-    .venv/bin/python bench/backfill_throughput.py --calls 12500 --repeat 3   # about 310k messages
+    .venv/bin/python bench/backfill_throughput.py --calls 24000 --repeat 3   # about 600k messages
 
-On a scratch PostgreSQL database seeded with calls/sample_data.py, measures in one run:
+On a scratch PostgreSQL database seeded with calls/sample_data.py (no counts yet, vacuumed, as
+before a first backfill), measures in one run:
 - tiktoken alone: ``encode_ordinary`` over the same texts, in memory, one core;
+- the database alone: the backfill's own results (computed beforehand, not timed) written the
+  cheapest way, ``COPY`` into a temporary table and one ``UPDATE ... FROM``, one session;
+- the bound: both kinds of work spread over every core, nothing else:
+  ``cores / (1 / database alone + 1 / tiktoken alone)`` messages/s; no backfill can beat it;
 - a naive loop: per message, read it, count it, ``UPDATE ... WHERE id = %s``, commit (on a sample);
-- the database alone: the same rows written by SQL only, one backend per core (what no backfill
-  can go below), its rate and CPU; with tiktoken alone's CPU, the best any backfill could do on
-  this machine (both spread over every core, nothing else);
-- tiktoken on one core while every core runs it, against one core alone: a backfill keeps every
-  core busy, and on shared virtual cores a busy machine's cores run slower; the best possible
-  again, at that speed;
-- ``backfill_context`` (messages, then calls) with the settings listed: the messages backfill
-  (what the other two do: read, count and write every message) and the whole command, which
-  then computes every call's context fields; and the whole command's CPU per message, on the
-  machine (Linux's /proc/stat: every process, PostgreSQL's too) and in Python (this process and
-  its workers), which shows where the time goes and whether the cores were kept busy.
-The naive loop and each backfill run on a fresh copy of the seeded database (no counts yet, as
-before a first backfill). Prints messages/s for each and the ratios the README quotes, each
-against tiktoken alone measured just before and after it (the CPU's speed drifts on a shared
-machine); ``--repeat`` runs each setting several times and prints the median. The databases are
-dropped at the end.
+- ``backfill_context`` with its defaults (workers and batch size chosen by the command), and any
+  setting given with ``--workers``/``--batch-size``: the messages backfill's rate, its ratio to
+  the bound (recomputed with tiktoken alone measured just before and after it: this machine's
+  CPU speed drifts within minutes), and the whole command's (messages, then calls).
+The database alone, the naive loop and each backfill run on a fresh copy of the seeded database.
+``--repeat`` runs each setting several times and prints the median ratio. Target: the defaults at
+0.8 of the bound or more. The databases are dropped at the end.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import functools
-import multiprocessing
 import os
-import resource
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,32 +76,6 @@ def tiktoken_alone(texts: list[str]) -> float:
     return len(texts) / (time.perf_counter() - started)
 
 
-def tiktoken_every_core(texts: list[str]) -> float:
-    """Messages/s of tiktoken alone on one core while every core runs it (one process each)."""
-    fork = multiprocessing.get_context("fork")
-    rates = fork.SimpleQueue()
-    processes = [fork.Process(target=lambda: rates.put(tiktoken_alone(texts))) for _ in range(CORES)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join()
-    return statistics.mean(rates.get() for _ in processes)
-
-
-SPEED_PAIRS = 5
-
-
-def loaded_core_speed(texts: list[str], pairs: int = SPEED_PAIRS) -> float:
-    """How fast a core runs tiktoken while every core does, against one core alone (median of pairs).
-
-    The backfill keeps every core busy; tiktoken alone runs on one while the others idle. On a
-    virtual machine's shared cores the two speeds differ (the cores share caches, memory and
-    the host's power budget), which sets the best any backfill can do here.
-    """
-    sample = texts[::4]
-    return statistics.median(tiktoken_every_core(sample) / tiktoken_alone(sample) for _ in range(pairs))
-
-
 T = TypeVar("T")
 
 
@@ -145,111 +112,81 @@ def naive_loop(url: sa.URL, sample: int) -> tuple[int, float]:
         engine.dispose()
 
 
-# The database's own share of the work, with no Python at all: the same rows written by SQL in
-# batches of 2,000 ids, one transaction each, by one backend per core. The values are stand-ins:
-# length(content) for a token count, a call's per-call sums for its fields (no policy, no replay).
-DATABASE_ALONE = {
-    "conversation_history": "UPDATE conversation_history SET token_count = length(content), importance = 0.5 "
-                            "WHERE id > lo AND id <= lo + {batch}",
-    "calls": "UPDATE calls AS c SET total_context_tokens = s.tokens + s.n, context_pruned = FALSE, "
-             "pruning_count = 0 FROM (SELECT call_id, count(*) AS n, sum(token_count) AS tokens "
-             "FROM conversation_history WHERE call_id > lo AND call_id <= lo + {batch} GROUP BY call_id) AS s "
-             "WHERE c.id = s.call_id",
-}
-
-
 CORES = os.cpu_count() or 1
 
 
-def machine_cpu_seconds() -> float:
-    """CPU seconds every process on this machine has used so far (Linux: /proc/stat)."""
-    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]  # idle, iowait
-    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
+def database_alone(url: sa.URL) -> float:
+    """Messages/s the database alone writes the backfill's results at: COPY into a temporary table, one UPDATE ... FROM.
 
-
-def database_alone(url: sa.URL, batch: int = 2000,
-                   backends: int = CORES) -> dict[str, tuple[float, float]]:
-    """Per table: the seconds the database alone takes to write its backfilled rows on every
-    core, and the CPU seconds the machine spends meanwhile."""
+    The values (token counts, importance) are computed first and not timed: only the database's
+    share of the work is.
+    """
     engine = database.create_engine(url)
-    spent = {}
     try:
-        for table, update in DATABASE_ALONE.items():
-            with engine.connect() as conn:
-                top = conn.execute(sa.text(f"SELECT max(id) FROM {table}")).scalar_one()
-
-            def write_share(first: int, top: int = top, update: str = update) -> None:
-                raw = engine.raw_connection()
-                try:
-                    raw.driver_connection.autocommit = True  # the DO block commits each batch itself
-                    raw.driver_connection.execute(
-                        f"DO $$ DECLARE lo bigint; BEGIN SET LOCAL synchronous_commit TO OFF; "
-                        f"FOR lo IN SELECT generate_series({first}, {top}, {batch * backends}) LOOP "
-                        f"{update.format(batch=batch)}; COMMIT; END LOOP; END $$")
-                finally:
-                    raw.close()
-
-            threads = [threading.Thread(target=write_share, args=(i * batch,)) for i in range(backends)]
-            started, cpu = time.perf_counter(), machine_cpu_seconds()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            spent[table] = (time.perf_counter() - started, machine_cpu_seconds() - cpu)
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT id, role, content FROM conversation_history ORDER BY id")).all()
+        encode = tokens.encoding().encode_ordinary
+        values = [(id_, len(encode(content)), importance_of(role, content)) for id_, role, content in rows]
+        raw = engine.raw_connection()
+        try:
+            driver = raw.driver_connection
+            started = time.perf_counter()
+            with driver.cursor() as cursor:
+                cursor.execute("CREATE TEMPORARY TABLE counted (id bigint, token_count integer, "
+                               "importance double precision) ON COMMIT DROP")
+                with cursor.copy("COPY counted (id, token_count, importance) FROM STDIN") as copy:
+                    for row in values:
+                        copy.write_row(row)
+                cursor.execute("UPDATE conversation_history AS m SET token_count = c.token_count, "
+                               "importance = c.importance FROM counted AS c WHERE m.id = c.id")
+            driver.commit()
+            return len(values) / (time.perf_counter() - started)
+        finally:
+            raw.close()
     finally:
         engine.dispose()
-    return spent
 
 
-def best_possible(messages: int, database_cpu: float, tiktoken_rate: float) -> float:
-    """Messages/s with the database alone's CPU and tiktoken's spread over every core, nothing else."""
-    return messages * CORES / (database_cpu + messages / tiktoken_rate)
-
-
-def python_cpu_seconds() -> float:
-    """CPU seconds of this process and its ended children (the forked workers)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def bound(database_rate: float, tiktoken_rate: float) -> float:
+    """Messages/s no backfill can beat here: the database's work and tiktoken's share every core."""
+    return CORES / (1 / database_rate + 1 / tiktoken_rate)
 
 
 @dataclass(frozen=True)
 class BackfillMeasure:
-    """One ``backfill_context`` run: messages/s, and CPU per message (the whole command)."""
+    """One ``backfill_context`` run: messages/s of the messages backfill and of the whole command."""
 
     messages_rate: float  # the messages backfill
     whole_rate: float  # the whole command (messages, then calls)
-    python_cpu: float  # seconds per message: the command and its workers
-    machine_cpu: float  # seconds per message: every process (PostgreSQL's the rest, with other tenants')
-    cores_busy: float  # share of the machine's cores in use during the run
+    started: backfill.BackfillStart  # the workers and batches it chose
 
 
 def backfill_rates(admin: sa.Engine, template: str, options: dict[str, int]) -> BackfillMeasure:
-    """``backfill_context`` on a fresh copy: the messages backfill, the whole command and its CPU."""
+    """``backfill_context`` on a fresh copy, as the command runs it (``options`` as its flags)."""
+    starts: list[backfill.BackfillStart] = []
     with copy_of(admin, template) as copy:
-        machine, python, started = machine_cpu_seconds(), python_cpu_seconds(), time.perf_counter()
+        started = time.perf_counter()
         results = {r.backfill: r for r in backfill.backfill_context(
-            url=copy, options=backfill.BackfillOptions(**options))}
+            url=copy, options=backfill.BackfillOptions(**options), on_start=starts.append)}
         total = time.perf_counter() - started
-        machine, python = machine_cpu_seconds() - machine, python_cpu_seconds() - python
     n = results["messages"].scanned
-    return BackfillMeasure(n / results["messages"].seconds, n / total, python / n, machine / n,
-                           machine / total / CORES)
+    return BackfillMeasure(n / results["messages"].seconds, n / total, starts[0])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=12_500)
+    parser.add_argument("--calls", type=int, default=24_000)
     parser.add_argument("--naive-sample", type=int, default=20_000)
     parser.add_argument("--server-url", default=os.environ.get(
         "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each setting (the median is printed)")
-    parser.add_argument("--workers", type=int, help="measure only this setting (with --batch-size)")
-    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each setting (the median ratio is printed)")
+    parser.add_argument("--workers", type=int, help="also measure this many workers (with --batch-size if given)")
+    parser.add_argument("--batch-size", type=int, help="also measure this batch size")
     args = parser.parse_args()
-    settings_to_try = ([dict(workers=args.workers, batch_size=args.batch_size)] if args.workers else
-                       [dict(workers=1), dict(workers=2), dict(workers=2, batch_size=2000),
-                        dict(workers=3, batch_size=2000)])
+    settings_to_try: list[dict[str, int]] = [{}]
+    given = {k: v for k, v in (("workers", args.workers), ("batch_size", args.batch_size)) if v}
+    if given:
+        settings_to_try.append(given)
 
     admin = scratch.admin_engine(args.server_url)
     template = scratch.unique_name("bench_backfill")
@@ -264,55 +201,43 @@ def main() -> None:
         engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(sa.text("VACUUM ANALYZE"))
-        print(f"seeded {counts.calls:,} calls, {counts.messages:,} messages")
+        print(f"seeded {counts.calls:,} calls, {counts.messages:,} messages; {CORES} cores")
         texts = load_texts(engine)
         engine.dispose()
+
+        def database_rate() -> float:
+            with copy_of(admin, template) as copy:
+                return database_alone(copy)
+
+        db, alone = beside_tiktoken(texts, database_rate)
+        print(f"tiktoken alone, one core:             {alone:>9,.0f} messages/s")
+        print(f"database alone (COPY + UPDATE ... FROM): {db:>7,.0f} messages/s")
+        print(f"bound ({CORES} cores share both):          {bound(db, alone):>9,.0f} messages/s")
 
         def naive_rate() -> float:
             with copy_of(admin, template) as copy:
                 n, seconds = naive_loop(copy, args.naive_sample)
             return n / seconds
 
-        naive, alone = beside_tiktoken(texts, naive_rate)
-        print(f"tiktoken alone, one core:          {alone:>10,.0f} messages/s")
-        print(f"naive per-row UPDATE loop:         {naive:>10,.0f} messages/s  ({args.naive_sample:,}-message sample)")
-
-        def database_seconds() -> dict[str, tuple[float, float]]:
-            with copy_of(admin, template) as copy:
-                return database_alone(copy)
-
-        db, alone = beside_tiktoken(texts, database_seconds)
-        (messages_s, messages_cpu), (calls_s, calls_cpu) = db["conversation_history"], db["calls"]
-        print(f"database alone (SQL, {CORES} backends): messages {counts.messages / messages_s:,.0f}/s, "
-              f"then calls {counts.calls / calls_s:,.0f}/s; CPU per message {messages_cpu / counts.messages * 1e6:.1f} "
-              f"us, then {calls_cpu / counts.messages * 1e6:.1f} us for the calls")
-        best = best_possible(counts.messages, messages_cpu, alone)
-        best_whole = best_possible(counts.messages, messages_cpu + calls_cpu, alone)
-        print(f"best possible on this machine's {CORES} cores (the database alone's CPU and tiktoken's, every core "
-              f"busy, no other work): messages {best:,.0f}/s = {best / alone:.2f}x tiktoken alone; whole command "
-              f"{best_whole:,.0f}/s = {best_whole / alone:.2f}x")
-        speed = loaded_core_speed(texts)
-        loaded = best_possible(counts.messages, messages_cpu, alone * speed)
-        loaded_whole = best_possible(counts.messages, messages_cpu + calls_cpu, alone * speed)
-        print(f"tiktoken on each core while all {CORES} run it: {speed:.2f}x one core alone (median of {SPEED_PAIRS}); "
-              f"at that speed the best possible is messages {loaded / alone:.2f}x, whole command {loaded_whole / alone:.2f}x")
+        naive = naive_rate()
+        print(f"naive per-row UPDATE loop:            {naive:>9,.0f} messages/s  ({args.naive_sample:,}-message sample)")
         for options in settings_to_try:
-            label = ", ".join(f"{k}={v}" for k, v in options.items())
+            label = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items()) or "defaults"
             ratios = []
             for _ in range(args.repeat):
                 measure, alone = beside_tiktoken(texts, functools.partial(backfill_rates, admin, template, options))
-                phase, whole = measure.messages_rate, measure.whole_rate
-                ratios.append((phase / alone, whole / alone))
-                print(f"backfill_context ({label}): messages backfill {phase:,.0f} messages/s "
-                      f"= {phase / alone:.2f}x tiktoken alone ({alone:,.0f}/s), {phase / naive:.0f}x naive; "
-                      f"whole command (messages, then calls) {whole:,.0f} messages/s "
-                      f"= {whole / alone:.2f}x, {whole / naive:.0f}x naive")
-                print(f"  CPU per message, whole command: {measure.machine_cpu * 1e6:.1f} us on the machine "
-                      f"(cores {measure.cores_busy:.0%} busy), {measure.python_cpu * 1e6:.1f} us of it in Python "
-                      f"(tiktoken alone: {1e6 / alone:.1f} us), the rest PostgreSQL's")
+                limit = bound(db, alone)
+                ratio = measure.messages_rate / limit
+                ratios.append(ratio)
+                chosen = measure.started
+                batches = f"batches of {chosen.batch_size}" if chosen.batch_size else \
+                    f"batches sized to {chosen.target_seconds:g}s"
+                print(f"backfill_context ({label}: {chosen.workers} workers ({chosen.workers_why}), {batches}): "
+                      f"messages {measure.messages_rate:,.0f}/s = {ratio:.2f} of the bound ({limit:,.0f}/s with "
+                      f"tiktoken alone at {alone:,.0f}/s), {measure.messages_rate / naive:.0f}x naive; "
+                      f"whole command {measure.whole_rate:,.0f} messages/s")
             if args.repeat > 1:
-                print(f"  median of {args.repeat}: messages backfill {statistics.median(r[0] for r in ratios):.2f}x, "
-                      f"whole command {statistics.median(r[1] for r in ratios):.2f}x tiktoken alone")
+                print(f"  median of {args.repeat}: {statistics.median(ratios):.2f} of the bound")
     finally:
         scratch.drop_database(admin, template)
         admin.dispose()

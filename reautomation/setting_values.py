@@ -44,15 +44,15 @@ def count(env: environ.Env, name: str, *, default: int, minimum: int = 0) -> int
     return number
 
 
-def seconds(env: environ.Env, name: str, *, default: float) -> float:
-    """Return setting ``name`` as a finite, non-negative number of seconds."""
+def seconds(env: environ.Env, name: str, *, default: float, positive: bool = False) -> float:
+    """Return setting ``name`` as a finite, non-negative (or with ``positive``, above 0) number of seconds."""
     value = _raw(env, name, default)
     try:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not math.isfinite(number) or number < 0:
-        raise InvalidSetting(f"{name}={value!r} is not a number of seconds (0 or more)")
+    if not math.isfinite(number) or number < 0 or (positive and number == 0):
+        raise InvalidSetting(f"{name}={value!r} is not a number of seconds ({'above 0' if positive else '0 or more'})")
     return number
 
 

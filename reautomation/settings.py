@@ -144,6 +144,10 @@ MIGRATION_STATEMENT_TIMEOUT = setting_values.duration(env, "MIGRATION_STATEMENT_
 # this long; past either it is halved and retried (calls/backfill/workers.py).
 BACKFILL_LOCK_TIMEOUT = setting_values.duration(env, "BACKFILL_LOCK_TIMEOUT", default="5s")
 BACKFILL_STATEMENT_TIMEOUT = setting_values.duration(env, "BACKFILL_STATEMENT_TIMEOUT", default="5min")
+# How long a batch should take: each worker sizes its batches to it (calls/backfill/pacing.py).
+BACKFILL_BATCH_SECONDS = setting_values.seconds(env, "BACKFILL_BATCH_SECONDS", default=0.2, positive=True)
+# The workers hold while a streaming replica is further behind than this (seconds; 0: never hold).
+BACKFILL_MAX_REPLICA_LAG = setting_values.seconds(env, "BACKFILL_MAX_REPLICA_LAG", default=10)
 
 # Token counting and the context policy (calls/tokens.py, calls/context_policy.py).
 TOKEN_ENCODING = env.str("TOKEN_ENCODING", default="cl100k_base")

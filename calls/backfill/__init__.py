@@ -5,7 +5,9 @@ The package, along its seams:
 - ``batching``: which rows the next batches take (keyset ranges of ids, never OFFSET);
 - ``sql``: reading and writing a batch in one round trip on the driver's cursor;
 - ``runs``: the run record (``backfill_runs``), its batches and its state transitions;
-- ``workers``: this invocation's worker threads or processes, throttle and progress;
+- ``pacing``: how many workers, how big each batch, how long to wait between batches;
+- ``health``: the database's health signals, read while a run goes, and the workers' verdict;
+- ``workers``: this invocation's worker threads or processes, their pace and progress;
 - ``options``, ``errors``: what a caller gives and gets back.
 
 Idempotent (only rows with NULL fields are visited and only changed rows written: a second run
@@ -29,7 +31,14 @@ from calls.backfill.errors import (
     NoRunToControl,
     SchemaNotReady,
 )
-from calls.backfill.options import BackfillOptions, BackfillProgress, BackfillResult, ProgressCallback, StartCallback
+from calls.backfill.options import (
+    BackfillOptions,
+    BackfillProgress,
+    BackfillResult,
+    BackfillStart,
+    ProgressCallback,
+    StartCallback,
+)
 from calls.backfill.specs import BACKFILLS, backfill_named, count_needing
 from calls.backfill.workers import run_backfill
 from calls.context_policy import ContextPolicy
@@ -40,7 +49,7 @@ RUNS_REVISION = "006_backfill_controls"
 
 __all__ = [
     "BACKFILLS", "BackfillAlreadyRunning", "BackfillCancelled", "BackfillError", "BackfillFailed",
-    "BackfillInterrupted", "BackfillOptions", "BackfillProgress", "BackfillResult", "InvalidBackfillOption",
+    "BackfillInterrupted", "BackfillOptions", "BackfillProgress", "BackfillResult", "BackfillStart", "InvalidBackfillOption",
     "NoRunToControl", "SchemaNotReady",
     "backfill_context", "ensure_schema", "pending_rows",
 ]

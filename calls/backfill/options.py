@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from calls.backfill.errors import InvalidBackfillOption
@@ -19,10 +19,10 @@ MAX_PAUSE_SECONDS = 3600.0
 class BackfillOptions:
     """How to run a backfill; every value is checked on creation (``InvalidBackfillOption``)."""
 
-    batch_size: int = 500
+    batch_size: int | None = None  # rows per batch; None: sized to the target duration (calls/backfill/pacing.py)
     recompute: bool = False
     dry_run: bool = False
-    workers: int = 1
+    workers: int | None = None  # None: chosen from the cores and the database's headroom (pacing.choose_workers)
     max_rows_per_second: float | None = None  # for the whole run (split across workers)
     pause: float = 0.0  # seconds each worker waits between batches
     stale_after: float = 120.0  # seconds without a heartbeat before a running run counts as dead
@@ -31,9 +31,9 @@ class BackfillOptions:
         def refuse(option: str, value: object, allowed: str) -> None:
             raise InvalidBackfillOption(f"{option} {value} is out of range: give {allowed}")
 
-        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+        if self.batch_size is not None and not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             refuse("--batch-size", self.batch_size, f"a whole number from 1 to {MAX_BATCH_SIZE:,}")
-        if not 1 <= self.workers <= MAX_WORKERS:
+        if self.workers is not None and not 1 <= self.workers <= MAX_WORKERS:
             refuse("--workers", self.workers, f"a whole number from 1 to {MAX_WORKERS}")
         rate = self.max_rows_per_second
         if rate is not None and not (math.isfinite(rate) and rate >= MIN_ROWS_PER_SECOND):
@@ -43,10 +43,9 @@ class BackfillOptions:
         if not (math.isfinite(self.stale_after) and self.stale_after >= 0):  # 0: any running run is dead now
             refuse("--stale-after", self.stale_after, "a number of seconds, 0 or more")
 
-    @property
-    def rate_per_worker(self) -> float | None:
-        """The throttle each worker keeps to, so that together they keep to ``max_rows_per_second``."""
-        return self.max_rows_per_second / self.workers if self.max_rows_per_second else None
+    def rate_per_worker(self, workers: int) -> float | None:
+        """The throttle each of ``workers`` keeps to, so that together they keep to ``max_rows_per_second``."""
+        return self.max_rows_per_second / workers if self.max_rows_per_second else None
 
 
 @dataclass(frozen=True)
@@ -58,6 +57,20 @@ class BackfillProgress:
     changed: int
     total: int | None
     note: str | None = None  # why it is slower or stopped, for the progress line ("paused by ...")
+
+
+@dataclass(frozen=True)
+class BackfillStart:
+    """How a backfill started in this invocation: its run, and the workers and batches chosen."""
+
+    backfill: str
+    run_id: int | None
+    joined: bool
+    resumed_from: int | None
+    workers: int
+    workers_why: str  # "given", or what the choice rests on ("2 cores")
+    batch_size: int | None  # None: sized to take target_seconds
+    target_seconds: float
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,10 @@ class BackfillResult:
     joined: bool
     resumed_from: int | None
     complete: bool
+    slowed: dict[str, int] = field(default_factory=dict)  # health signal -> batches it slowed ("locks", "vacuum", ...)
+    held_seconds: float = 0.0  # how long the workers held for replica lag
+    worst_replica_lag: float = 0.0  # seconds: the slowest replica's, the worst seen during the run
 
 
 ProgressCallback = Callable[[BackfillProgress], None]
-StartCallback = Callable[[str, int | None, bool, int | None], None]
+StartCallback = Callable[[BackfillStart], None]

@@ -15,13 +15,14 @@ import gc
 import os
 import socket
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import sqlalchemy as sa
 
 from calls.backfill.batching import next_bounds
 from calls.backfill.errors import BackfillAlreadyRunning, BackfillFailed
 from calls.backfill.options import BackfillOptions
+from calls.backfill.pacing import INITIAL_BATCH_SIZE
 from calls.backfill.specs import Backfill, count_needing
 from calls.backfill.sql import driver_sql
 from calls.models import BackfillStatus
@@ -38,6 +39,13 @@ class BatchFailed(Exception):
     def __init__(self, batch_id: int, lo: int, hi: int, cause: Exception) -> None:
         super().__init__(f"batch ({lo}, {hi}]: {cause}")
         self.batch_id, self.lo, self.hi, self.cause = batch_id, lo, hi, cause
+
+
+class BatchDone(NamedTuple):
+    scanned: int
+    changed: int
+    status: str  # the run's, as the batch committed
+    span: int  # ids in the batch's range
 
 
 class RunStopped(Exception):
@@ -118,7 +126,7 @@ class Run:
                     cursor = running.cursor
             self.count_after = cursor
             self.run_id = conn.execute(sa.insert(runs).values(
-                backfill=name, recompute=self.options.recompute, batch_size=self.options.batch_size,
+                backfill=name, recompute=self.options.recompute, batch_size=self.options.batch_size or INITIAL_BATCH_SIZE,
                 cursor=cursor, resumed_from_id=self.resumed_from, host=socket.gethostname()[:255], pid=os.getpid(),
             ).returning(runs.c.id)).scalar_one()
 
@@ -170,8 +178,8 @@ class Run:
             conn.execute(sa.update(self.runs).where(self.runs.c.id == self.run_id).values(rows_total=total))
         return total
 
-    def claim(self, conn: sa.Connection, batches_wanted: int) -> list[int]:
-        """Hand out the next id ranges from the run's cursor as batches; [] when there are none."""
+    def claim(self, conn: sa.Connection, batches_wanted: int, size: int) -> list[int]:
+        """Hand out the next id ranges of ``size`` ids from the run's cursor as batches; [] when there are none."""
         lock = " FOR UPDATE" if conn.dialect.name == "postgresql" else ""  # SQLite: the transaction's write lock
         with conn.begin():
             (cursor, status), = driver_sql(conn, f"SELECT cursor, status FROM backfill_runs WHERE id = {{p}}{lock}",
@@ -182,7 +190,7 @@ class Run:
                 raise RunStopped(status)  # the operator's brake
             if status != RUNNING:
                 raise BackfillFailed(f"run {self.run_id} was marked {status} by another worker")
-            bounds = next_bounds(conn, self.spec, self.options, cursor, batches_wanted)
+            bounds = next_bounds(conn, self.spec, self.options.recompute, cursor, batches_wanted, size)
             if not bounds:
                 # Nothing is left after the cursor: move it to the end, so that the other
                 # workers' claims do not read the table again to find that out.
@@ -190,21 +198,22 @@ class Run:
                 if end is not None and end > cursor:
                     driver_sql(conn, "UPDATE backfill_runs SET cursor = {p} WHERE id = {p}", (end, self.run_id))
                 return []
-            driver_sql(conn, "UPDATE backfill_runs SET cursor = {p}, heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}",
-                       (bounds[-1], self.run_id))
+            # batch_size: the size this worker hands out now (sized to the target, or shrunk by a signal).
+            driver_sql(conn, "UPDATE backfill_runs SET cursor = {p}, batch_size = {p}, heartbeat_at = CURRENT_TIMESTAMP "
+                             "WHERE id = {p}", (bounds[-1], size, self.run_id))
             ranges = list(zip(bounds, bounds[1:]))
             return [id_ for id_, in driver_sql(
                 conn, "INSERT INTO backfill_batches (run_id, backfill, lo, hi) VALUES "
                       + ", ".join(["({p}, {p}, {p}, {p})"] * len(ranges)) + " RETURNING id",
                 tuple(value for lo, hi in ranges for value in (self.run_id, self.spec.name, lo, hi)))]
 
-    def process_batch(self, conn: sa.Connection, batch_id: int | None = None) -> tuple[int, int, str] | None:
+    def process_batch(self, conn: sa.Connection, batch_id: int | None = None) -> BatchDone | None:
         """Take one batch (``batch_id``, or any waiting one), process it and commit, in one transaction.
 
         Taking it deletes its row under a row lock (SKIP LOCKED): if this transaction fails or its
         process is killed, the delete is rolled back and the batch waits for another worker.
-        Returns (scanned, changed, the run's status as the batch committed), or None when no batch
-        was waiting: a worker sees an operator's pause or cancel within one batch.
+        Returns what it did and the run's status as the batch committed, or None when no batch was
+        waiting: a worker sees an operator's pause or cancel within one batch.
         """
         # SQL on the driver's cursor: these two statements run once a batch (README, "Backfill throughput").
         take = ("DELETE FROM backfill_batches WHERE id = (SELECT id FROM backfill_batches WHERE backfill = {p}"
@@ -227,7 +236,7 @@ class Run:
                 raise
             (taken_id, lo, hi), = taken
             raise BatchFailed(taken_id, lo, hi, exc) from exc
-        return scanned, changed, status
+        return BatchDone(scanned, changed, status, hi - lo)
 
     def split(self, conn: sa.Connection, failed: BatchFailed) -> None:
         """Halve a failed batch: ``(lo, hi]`` becomes ``(lo, mid]`` and ``(mid, hi]``, both waiting; count it on the run."""
@@ -240,6 +249,12 @@ class Run:
                            (self.run_id, self.spec.name, mid, failed.hi))
                 driver_sql(conn, "UPDATE backfill_runs SET batch_splits = batch_splits + 1 WHERE id = {p}",
                            (self.run_id,))
+
+    def beat(self) -> None:
+        """Show the run alive while its workers wait (held by a health signal) without a batch to record it."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(self.runs).where(self.runs.c.id == self.run_id, self.runs.c.status == RUNNING)
+                         .values(heartbeat_at=sa.func.now()))
 
     def status(self) -> str:
         return self.control_state().status

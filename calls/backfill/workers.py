@@ -1,12 +1,15 @@
-"""This invocation's workers on a run: the batch loop, the throttle, progress, and the processes.
+"""This invocation's workers on a run: the batch loop, its pace, progress, and the processes.
 
-One worker is a thread; several are forked processes (``--workers``), since counting tokens is
-CPU-bound Python around tiktoken and threads would take turns on the GIL between tiktoken's
-calls. Worker processes report each batch to the invoking process, which shows one progress;
-they stop after their batch if it is killed. A new run's total is counted beside the workers.
+One worker is a thread; several are forked processes (``--workers``, or as many as
+``pacing.choose_workers`` picks), since counting tokens is CPU-bound Python around tiktoken and
+threads would take turns on the GIL between tiktoken's calls. Worker processes report each
+batch to the invoking process, which shows one progress, reads the database's health
+(``health.HealthWatch``) and follows the operator's brake; they stop after their batch if it is
+killed. A new run's total is counted beside the workers.
 """
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
 import signal
@@ -17,9 +20,18 @@ from typing import Any
 import sqlalchemy as sa
 from django.conf import settings
 
+from calls.backfill import health
 from calls.backfill.batching import next_bounds
 from calls.backfill.errors import BackfillCancelled, BackfillFailed, BackfillInterrupted, RowFailed
-from calls.backfill.options import BackfillOptions, BackfillProgress, BackfillResult, ProgressCallback, StartCallback
+from calls.backfill.options import (
+    BackfillOptions,
+    BackfillProgress,
+    BackfillResult,
+    BackfillStart,
+    ProgressCallback,
+    StartCallback,
+)
+from calls.backfill.pacing import INITIAL_BATCH_SIZE, SLOW_BATCH_FACTOR, Pace, WorkerChoice, choose_workers
 from calls.backfill.runs import CANCELLED, PAUSED, RUNNING, SUCCEEDED, BatchFailed, Run, RunStopped
 from calls.backfill.specs import Backfill, count_needing
 from calls.backfill.sql import driver_sql
@@ -46,8 +58,14 @@ class WorkerError(Exception):
 class Workers:
     """The workers this invocation puts on a run, and what they did."""
 
-    def __init__(self, run: Run, options: BackfillOptions, on_progress: ProgressCallback | None) -> None:
+    def __init__(self, run: Run, options: BackfillOptions, count: int, on_progress: ProgressCallback | None) -> None:
         self.run, self.options, self.on_progress = run, options, on_progress
+        self.rate = options.rate_per_worker(count)
+        self.signals = health.Signals()
+        self.watch = health.HealthWatch(run.spec.table, self.signals, settings.BACKFILL_MAX_REPLICA_LAG)
+        self.pace = Pace(options.batch_size, settings.BACKFILL_BATCH_SECONDS)  # each worker process has its own
+        self.lock_waits_seen = 0
+        self.slowed: collections.Counter[str] = collections.Counter()  # batches each signal slowed
         self.total: int | None = run.rows_total
         self.scanned = self.changed = 0
         self.lock = threading.Lock()
@@ -83,15 +101,18 @@ class Workers:
                     # Not waiting for the WAL flush is safe here: a crash can lose only the last
                     # commits, the WAL's tail; a batch whose commit is lost keeps its row in
                     # backfill_batches and is redone. The settings end with this connection (no pool).
+                    # application_name: how the health signals tell the backfill's sessions apart.
                     with conn.begin():
                         driver_sql(conn, "SET synchronous_commit TO OFF", ())
                         for name, value in (("lock_timeout", settings.BACKFILL_LOCK_TIMEOUT),
-                                            ("statement_timeout", settings.BACKFILL_STATEMENT_TIMEOUT)):
+                                            ("statement_timeout", settings.BACKFILL_STATEMENT_TIMEOUT),
+                                            ("application_name", health.APPLICATION_NAME)):
                             driver_sql(conn, "SELECT set_config({p}, {p}, false)", (name, value))
                 self.drain(conn)
                 while not self.stop.is_set():
                     try:
-                        claimed = self.run.claim(conn, Run.CLAIM_BATCHES)
+                        self.hold_while_unhealthy()
+                        claimed = self.run.claim(conn, Run.CLAIM_BATCHES, self.pace.size)
                     except RunStopped as stopped:
                         if self.obey(stopped.status):
                             continue
@@ -112,27 +133,47 @@ class Workers:
             pass
 
     def step(self, conn: sa.Connection, batch_id: int | None = None) -> bool:
-        """Process one batch and throttle; return whether there was one."""
+        """Process one batch, size the next and wait as the pace and the health signals say; return whether there was one."""
         if self.orphaned():
             self.stop.set()
             return False
+        self.hold_while_unhealthy()
         started = time.monotonic()
         try:
-            result = self.run.process_batch(conn, batch_id)
+            done = self.run.process_batch(conn, batch_id)
         except BatchFailed as failed:
             self.retry_smaller(conn, failed)
             return True
-        if result is None:
+        if done is None:
             return False
-        scanned, changed, status = result
-        self.report(scanned, changed)
-        if status != RUNNING and not self.obey(status):
+        seconds = time.monotonic() - started
+        self.pace.after_batch(done.span, seconds)
+        wait = self.options.pause + (done.scanned / self.rate - seconds if self.rate else 0)
+        slowed_by = []  # the signals that make this worker wait after this batch
+        lock_waits = self.signals.lock_waits.value
+        if lock_waits != self.lock_waits_seen:  # sessions waited on a backfill's locks: shorter locks, and a breath
+            self.lock_waits_seen = lock_waits
+            self.pace.halve()
+            slowed_by.append("locks")
+        if self.signals.slow.value:  # vacuum on the table: half speed, so that it keeps up
+            slowed_by.append("vacuum")
+        if self.pace.slow:  # slow batches even at the smallest size: the database is struggling
+            slowed_by.append("latency")
+        if slowed_by:
+            wait = max(wait, seconds)
+        self.report(done.scanned, done.changed, seconds, tuple(slowed_by))
+        if done.status != RUNNING and not self.obey(done.status):
             return False
-        rate = self.options.rate_per_worker
-        wait = self.options.pause + (scanned / rate - (time.monotonic() - started) if rate else 0)
         if wait > 0:
             self.stop.wait(wait)
         return True
+
+    def hold_while_unhealthy(self) -> None:
+        """Wait before the next batch while the invoking process holds the workers (replicas lag)."""
+        while self.signals.hold.value and not self.stop.is_set():
+            self.stop.wait(health.POLL_SECONDS)
+            if self.orphaned():
+                self.stop.set()
 
     def retry_smaller(self, conn: sa.Connection, failed: BatchFailed) -> None:
         """Halve a batch that hit a timeout or a deadlock (it waits, split, for the next step); fail on one row.
@@ -165,10 +206,13 @@ class Workers:
         """In a worker process: whether the invoking process was killed (stop too: batches wait for a rerun)."""
         return self.parent_pid is not None and os.getppid() != self.parent_pid
 
-    def account(self, scanned: int, changed: int) -> None:
+    def account(self, scanned: int, changed: int, seconds: float, slowed_by: tuple[str, ...] = ()) -> None:
         with self.lock:
             self.scanned += scanned
             self.changed += changed
+            self.slowed.update(slowed_by)
+            if seconds > SLOW_BATCH_FACTOR * self.pace.target:
+                self.watch.note_slow_batch(seconds, self.pace.target)
             self._progress()
 
     def watch_brake(self) -> None:
@@ -176,19 +220,30 @@ class Workers:
         state = self.run.control_state()
         note = (f"paused by {state.paused_by} at {state.paused_at:%Y-%m-%d %H:%M:%S}; waiting: resume with "
                 "'manage.py backfill_context --resume' or the admin" if state.status == PAUSED else None)
+        if self.signals.hold.value:
+            self.run.beat()  # held by the health signals, not dead: no other invocation may take the run over
         with self.lock:
             if note != self.note:
                 self.note = note
                 self._progress()
 
+    def watch_health(self, conn: sa.Connection) -> None:
+        """In the invoking process: read the database's health, set the workers' signals, and say why it is slower."""
+        before = self.watch.notes()
+        self.watch.judge(self.watch.read(conn))
+        if self.watch.notes() != before:
+            with self.lock:
+                self._progress()
+
     def _progress(self) -> None:
         if self.on_progress:
-            self.on_progress(BackfillProgress(self.run.spec.name, self.scanned, self.changed, self.total, self.note))
+            note = self.note or "; ".join(self.watch.notes()) or None  # the operator's brake comes first
+            self.on_progress(BackfillProgress(self.run.spec.name, self.scanned, self.changed, self.total, note))
 
     def receive(self, report: tuple) -> None:
         """Take in one report of a worker process: a batch done, or how it failed."""
         if report[0] == "batch":
-            self.account(report[1], report[2])
+            self.account(*report[1:])
         else:
             self.errors.append(WorkerError(report[1], report[2]))
             self.stop.set()
@@ -200,7 +255,7 @@ def _work_in_process(workers: Workers, reports: Any, parent_pid: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
     workers.run.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
     workers.parent_pid = parent_pid
-    workers.report = lambda scanned, changed: reports.put(("batch", scanned, changed))
+    workers.report = lambda *batch: reports.put(("batch", *batch))
     workers.work()
     if workers.errors:
         error = workers.errors[0]
@@ -220,28 +275,47 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on
         run.start()
     except sa.exc.IntegrityError:  # another invocation created the running run just now: join it
         run.start()
+    if options.workers:
+        choice = WorkerChoice(options.workers, "given")
+    else:
+        with engine.connect() as conn:
+            choice = choose_workers(conn)
+    workers = Workers(run, options, choice.workers, on_progress)
     if on_start:
-        on_start(spec.name, run.run_id, run.joined, run.resumed_from)
-    workers = Workers(run, options, on_progress)
+        on_start(BackfillStart(spec.name, run.run_id, run.joined, run.resumed_from, choice.workers, choice.why,
+                               options.batch_size, workers.pace.target))
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            workers.watch_health(conn)  # a first reading: a replica already too far behind holds the first batch
     reports = _FORK.SimpleQueue()
     threads_or_processes: list[threading.Thread | multiprocessing.process.BaseProcess] = (
-        [threading.Thread(target=workers.work, name=f"backfill-{spec.name}", daemon=True)] if options.workers == 1 else
+        [threading.Thread(target=workers.work, name=f"backfill-{spec.name}", daemon=True)] if choice.workers == 1 else
         [_FORK.Process(target=_work_in_process, args=(workers, reports, os.getpid()),
-                       name=f"backfill-{spec.name}-{i}", daemon=True) for i in range(options.workers)])
+                       name=f"backfill-{spec.name}-{i}", daemon=True) for i in range(choice.workers)])
     # The run's total is counted beside the workers (after forking them: no child inherits its connection).
     counter = threading.Thread(target=workers.count, name=f"backfill-{spec.name}-count", daemon=True)
+    watching: sa.Connection | None = None  # the health signals' session (opened after the forks: none inherits it)
     try:
         for worker in threads_or_processes:
             worker.start()
         counter.start()
+        if engine.dialect.name == "postgresql":
+            watching = engine.connect()
         # The count is waited for only while the run goes on: a failed run reports at once.
-        brake_checked = time.monotonic()
+        brake_checked = health_checked = time.monotonic()
         while (any(w.is_alive() for w in threads_or_processes) or not reports.empty()
                or (counter.is_alive() and not workers.stop.is_set())):
             for worker in [*threads_or_processes, counter]:
-                worker.join(timeout=0.1)
+                worker.join(timeout=0.05)
             while not reports.empty():
                 workers.receive(reports.get())
+            if watching is not None and time.monotonic() - health_checked >= health.POLL_SECONDS and not workers.stop.is_set():
+                health_checked = time.monotonic()
+                try:
+                    workers.watch_health(watching)
+                except sa.exc.DBAPIError as exc:  # as a worker's error: the run stops, resumable
+                    workers.errors.append(exc)
+                    workers.stop.set()
             if time.monotonic() - brake_checked >= BRAKE_POLL_SECONDS:
                 brake_checked = time.monotonic()
                 workers.watch_brake()
@@ -258,6 +332,9 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on
         raise BackfillInterrupted(
             f"backfill {spec.name!r} stopped after {workers.scanned} rows (run {run.run_id}); "
             "run the same command again to resume") from None
+    finally:
+        if watching is not None:
+            watching.close()
     if workers.errors:
         error = workers.errors[0]
         kind, line = (error.kind, error.line) if isinstance(error, WorkerError) else (type(error).__name__,
@@ -274,7 +351,8 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on
             f"{workers.scanned:,} rows here; a later run starts afresh where rows still need it")
     complete = run.succeed() or run.status() == SUCCEEDED  # a cooperating worker may have ended it
     return BackfillResult(spec.name, run.run_id, workers.scanned, workers.changed, time.monotonic() - started,
-                          False, run.joined, run.resumed_from, complete)
+                          False, run.joined, run.resumed_from, complete, dict(workers.slowed),
+                          workers.watch.held_seconds, workers.watch.worst_replica_lag)
 
 
 def dry_run(engine: sa.Engine, spec: Backfill, options: BackfillOptions,
@@ -284,7 +362,7 @@ def dry_run(engine: sa.Engine, spec: Backfill, options: BackfillOptions,
     with engine.connect() as conn:
         total = count_needing(conn, spec, options.recompute)
         while True:
-            bounds = next_bounds(conn, spec, options, cursor, 1)
+            bounds = next_bounds(conn, spec, options.recompute, cursor, 1, options.batch_size or INITIAL_BATCH_SIZE)
             if not bounds:
                 conn.rollback()
                 return scanned, changed

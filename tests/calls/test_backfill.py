@@ -226,7 +226,7 @@ def test_the_cycle_collector_is_paused_only_while_a_batch_runs(filled_db: sa.URL
         return process(self, *args, **kwargs)
 
     monkeypatch.setattr(specs.MessagesBackfill, "process", watched)
-    run(filled_db, batch_size=40, only=("messages",))
+    run(filled_db, batch_size=40, workers=1, only=("messages",))  # in this process, where the list is
     assert collecting_in_batches and not any(collecting_in_batches)
     assert gc.isenabled()
     run_sql(filled_db, "ALTER TABLE conversation_history RENAME COLUMN content TO body")
@@ -327,9 +327,9 @@ def test_a_worker_that_joined_late_stops_cleanly_only_if_the_run_succeeded(
     with engine.connect() as conn:
         if claims is None:
             with pytest.raises(backfill.BackfillFailed, match=f"marked {ended_as}"):
-                run.claim(conn, 1)
+                run.claim(conn, 1, 500)
         else:
-            assert run.claim(conn, 1) == claims
+            assert run.claim(conn, 1, 500) == claims
     engine.dispose()
 
 
@@ -376,7 +376,8 @@ def test_command_reports_each_backfill_as_it_ends(django_database, filled_db: sa
         call_command("backfill_context", "--batch-size", "100", stdout=out)
     lines = out.getvalue().splitlines()
     done = next(i for i, line in enumerate(lines) if line.startswith("messages: ") and " rows changed in " in line)
-    assert "run 1 complete" in lines[done] and lines.index("calls: run 2") > done
+    started = next(i for i, line in enumerate(lines) if line.startswith("calls: run 2, "))
+    assert "run 1 complete" in lines[done] and started > done
 
 
 def test_command_refusal_is_one_line(django_database, empty_db: sa.URL) -> None:

@@ -93,6 +93,7 @@ def test_debug_without_database_url_uses_the_embedded_file() -> None:
     ("MIGRATION_LOCK_RETRIES", "-1"), ("MIGRATION_LOCK_WAIT_SECONDS", "abc"), ("MIGRATION_LOCK_WAIT_SECONDS", "nan"),
     ("MIGRATION_RETRY_PAUSE_SECONDS", "-2"), ("CONTEXT_MAX_TOKENS", "abc"), ("CONTEXT_MAX_TOKENS", "0"),
     ("MIGRATION_LOCK_TIMEOUT", "5s'; DROP TABLE calls; --"), ("MIGRATION_STATEMENT_TIMEOUT", "forever"),
+    ("BACKFILL_BATCH_SECONDS", "0"), ("BACKFILL_MAX_REPLICA_LAG", "-1"),
 ])
 def test_a_bad_setting_stops_start_up_with_one_line_naming_it(setting: str, value: str) -> None:
     result = manage(production_env(**{setting: value}), "migrate_schema", "upgrade", "--sql")

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from calls import backfill
-from calls.backfill import control
+from calls.backfill import control, health
 from calls.tokens import TokenEncodingUnavailable
 from operator_kit.output import RawOutput
 from schema_engine import errors
@@ -29,11 +29,14 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--batch-size", type=int, default=500, help="rows per batch (default 500)")
+        parser.add_argument("--batch-size", type=int, default=None,
+                            help="ids per batch (default: sized so that a batch takes BACKFILL_BATCH_SECONDS)")
         parser.add_argument("--only", choices=backfill.BACKFILLS, help="run one backfill (default: both, messages first)")
         parser.add_argument("--recompute", action="store_true", help="recompute rows that already have values")
         parser.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
-        parser.add_argument("--workers", type=int, default=1, help="parallel workers; more than 1 are processes forked from this one (default 1)")
+        parser.add_argument("--workers", type=int, default=None,
+                            help="parallel workers; more than 1 are processes forked from this one "
+                                 "(default: this host's cores, at most half the database's free connections)")
         parser.add_argument("--max-rows-per-second", type=float, default=None, help="throttle for live systems")
         parser.add_argument("--batch-pause", type=float, default=0.0, dest="batch_pause",
                             help="seconds each worker waits between batches")
@@ -93,12 +96,15 @@ class Command(BaseCommand):
                     "cancel": "its workers stop after their batch; a later run starts afresh"}[action]
             self.stdout.write(self.style.SUCCESS(f"{outcome.backfill}: run {outcome.run_id} {done} by {who}; {then}"))
 
-    def _started(self, name: str, run_id: int | None, joined: bool, resumed_from: int | None) -> None:
+    def _started(self, start: backfill.BackfillStart) -> None:
         if self.verbosity:
-            how = f"joining run {run_id}" if joined else f"run {run_id}"
-            if resumed_from:
-                how += f", resuming interrupted run {resumed_from}"
-            self.stdout.write(f"{name}: {how}")
+            how = f"joining run {start.run_id}" if start.joined else f"run {start.run_id}"
+            if start.resumed_from:
+                how += f", resuming interrupted run {start.resumed_from}"
+            workers = f"{start.workers} worker{'s' if start.workers != 1 else ''} ({start.workers_why})"
+            batches = (f"batches of {start.batch_size:,} ids" if start.batch_size else
+                       f"batches sized to take {start.target_seconds:g}s")
+            self.stdout.write(f"{start.backfill}: {how}, {workers}, {batches}")
 
     def _progress(self, progress: backfill.BackfillProgress) -> None:
         if not self.verbosity:
@@ -140,3 +146,8 @@ class Command(BaseCommand):
                 f"({rate:,.0f} rows/s), run {result.run_id} {done}"))
             if result.changed == 0:
                 self.stdout.write(f"{result.backfill}: no row needed changing")
+            slowed = [f"{n:,} batch{'es' if n != 1 else ''} for {health.SLOWING_SIGNALS[signal]}" for signal, n in result.slowed.items()]
+            if result.held_seconds:
+                slowed.append(f"held {result.held_seconds:.1f}s for replica lag (worst {result.worst_replica_lag:.1f}s)")
+            if slowed:
+                self.stdout.write(f"{result.backfill}: slowed by the database's health: {', '.join(slowed)}")

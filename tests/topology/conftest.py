@@ -1,0 +1,78 @@
+"""The production topology that ``scripts/topology up`` starts: PgBouncer, a primary and its streaming replica.
+
+``.ci/run`` brings it up, exports its URLs as ``TEST_TOPOLOGY_DATABASE_URL`` (through PgBouncer),
+``TEST_TOPOLOGY_MIGRATION_DATABASE_URL`` (the primary) and ``TEST_TOPOLOGY_DATABASE_REPLICA_URL``
+(the replica), and takes it down after. Without them these tests are skipped, unless
+``REQUIRE_TOPOLOGY=1`` (as in CI), where they fail.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from schema_engine import scratch
+
+
+@dataclass(frozen=True)
+class Topology:
+    pooler: sa.URL  # DATABASE_URL: through PgBouncer, transaction pooling
+    primary: sa.URL  # MIGRATION_DATABASE_URL: the primary, direct
+    replica: sa.URL  # DATABASE_REPLICA_URL: the streaming replica
+
+    def on(self, database: str) -> Topology:
+        return Topology(*(url.set(database=database) for url in (self.pooler, self.primary, self.replica)))
+
+    def environment(self) -> dict[str, str]:
+        """The settings of an application host in this topology."""
+        return {"DATABASE_URL": libpq(self.pooler), "MIGRATION_DATABASE_URL": libpq(self.primary),
+                "DATABASE_REPLICA_URL": libpq(self.replica), "DATABASE_POOL_MODE": "transaction"}
+
+
+def libpq(url: sa.URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def topology() -> Topology:
+    names = ("DATABASE_URL", "MIGRATION_DATABASE_URL", "DATABASE_REPLICA_URL")
+    urls = [os.environ.get(f"TEST_TOPOLOGY_{name}") for name in names]
+    if not all(urls):
+        message = "the topology is not up: run 'scripts/topology up' and export its lines with a TEST_TOPOLOGY_ prefix"
+        if os.environ.get("REQUIRE_TOPOLOGY") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    parsed = [sa.make_url(url).set(drivername="postgresql+psycopg") for url in urls]  # type: ignore[arg-type]
+    for url in parsed:
+        try:
+            psycopg.connect(libpq(url), connect_timeout=10).close()
+        except psycopg.Error as exc:
+            pytest.fail(f"the topology does not answer at {url.render_as_string()}: {exc}")
+    return Topology(*parsed)
+
+
+@pytest.fixture
+def topology_db(topology: Topology) -> Iterator[Topology]:
+    """A new, empty database on the topology's primary (and so on its replica, through its WAL)."""
+    admin = scratch.admin_engine(topology.primary.set(database="postgres"))
+    url = scratch.create_database(admin, scratch.unique_name("test_topology"))
+    try:
+        yield topology.on(url.database)
+    finally:
+        scratch.drop_database(admin, url)
+        admin.dispose()
+
+
+@pytest.fixture
+def replay_paused(topology: Topology) -> Iterator[psycopg.Connection]:
+    """The replica's replay paused (it still receives WAL): its lag grows until the test resumes it."""
+    with psycopg.connect(libpq(topology.replica.set(database="postgres")), autocommit=True) as replica:
+        replica.execute("SELECT pg_wal_replay_pause()")
+        try:
+            yield replica
+        finally:
+            replica.execute("SELECT pg_wal_replay_resume()")

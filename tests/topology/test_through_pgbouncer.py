@@ -1,0 +1,65 @@
+"""The application through PgBouncer in transaction pooling mode, with the engine's sessions on the primary."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import HEAD, REVISIONS, ROOT, cli_environment, start_manage
+from tests.topology.conftest import Topology, libpq
+
+
+def manage(topology: Topology, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py ARGS`` on an application host of the topology."""
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**cli_environment(libpq(topology.pooler)), **topology.environment(), **env})
+
+
+def test_two_concurrent_upgrades_through_the_topology_apply_each_revision_once(topology_db: Topology) -> None:
+    env = {**cli_environment(libpq(topology_db.pooler)), **topology_db.environment()}
+    upgrades = [subprocess.Popen([sys.executable, "manage.py", "migrate_schema", "upgrade", "head"], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [upgrade.communicate(timeout=600) for upgrade in upgrades]
+    assert [upgrade.returncode for upgrade in upgrades] == [0, 0], outputs
+    applied = [line.split()[1] for out, _ in outputs for line in out.splitlines() if line.startswith("  Applied ")]
+    # Each revision applied by one of the two, once; the other waited for the lock and found the rest done.
+    assert sorted(applied) == sorted(REVISIONS), outputs
+    current = manage(topology_db, "migrate_schema", "current")
+    assert current.returncode == 0 and HEAD in current.stdout, current.stderr
+
+
+def test_the_commands_and_the_admin_work_through_pgbouncer(topology_db: Topology) -> None:
+    assert manage(topology_db, "migrate_schema").returncode == 0
+    created = manage(topology_db, "createsuperuser", "--noinput", "--username", "ops", "--email", "ops@example.com",
+                     DJANGO_SUPERUSER_PASSWORD="a-long-passphrase")
+    assert created.returncode == 0, created.stderr
+    seeded = manage(topology_db, "generate_sample_data", "--calls", "20")
+    assert seeded.returncode == 0, seeded.stderr
+    filled = manage(topology_db, "backfill_context")
+    assert filled.returncode == 0 and "calls: " in filled.stdout and "complete" in filled.stdout, filled.stderr
+    pages = ("/admin/", "/admin/calls/call/", "/admin/calls/conversationmessage/", "/admin/calls/call/1/change/",
+             "/admin/monitoring/workflowtrace/", "/admin/operations/", "/admin/metrics/")
+    probe = ("from django.contrib.auth import get_user_model; from django.test import Client; c = Client(); "
+             "c.force_login(get_user_model().objects.get(username='ops')); "
+             f"print(*[c.get(p, secure=True).status_code for p in {pages!r}])")
+    result = manage(topology_db, "shell", "-v", "0", "-c", probe, ALLOWED_HOSTS="testserver")
+    assert result.stdout.split() == ["200"] * len(pages), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [["migrate_schema", "upgrade", "head"], ["backfill_context"]])
+def test_without_a_session_url_through_pgbouncer_the_work_is_refused(topology_db: Topology, command: list[str]) -> None:
+    result = manage(topology_db, *command, MIGRATION_DATABASE_URL="")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "MIGRATION_DATABASE_URL" in result.stderr, result.stderr
+
+
+def test_a_backfill_joined_from_two_hosts_through_the_topology_finishes_once(topology_db: Topology) -> None:
+    assert manage(topology_db, "migrate_schema").returncode == 0
+    assert manage(topology_db, "generate_sample_data", "--calls", "60").returncode == 0
+    env = topology_db.environment()
+    hosts = [start_manage(libpq(topology_db.pooler), "backfill_context", "--only", "messages", "--batch-size", "25",
+                          **env) for _ in range(2)]
+    outputs = [host.communicate(timeout=600) for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0], outputs
+    assert sum("joining run 1" in out for out, _ in outputs) <= 1
