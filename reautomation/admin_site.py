@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Max
@@ -15,7 +16,8 @@ from calls.backfill import control
 from calls.models import BackfillRun
 from monitoring import charts
 from monitoring.models import PerformanceMetric, SystemMetric
-from schema_engine import errors, state
+from reautomation import replica_reads
+from schema_engine import database, errors, replicas, state
 
 # What each of the site's own pages needs: the view permission of what it shows.
 OPERATIONS_PERMISSION = "calls.view_backfillrun"
@@ -47,8 +49,13 @@ class OperatorAdminSite(admin.AdminSite):
         context: dict[str, Any] = {**self.each_context(request), "title": "Schema and backfills"}
         try:
             context["schema"] = state.status()
+            with database.connect() as conn:
+                context["replicas"] = replicas.replicas(conn)
         except errors.SchemaError as exc:
             context["schema_error"] = str(exc)
+        if replica_reads.REPLICA in settings.DATABASES:
+            context["replica_view"] = replicas.replica_view(
+                database.sqlalchemy_url(settings.DATABASES[replica_reads.REPLICA]))
         latest_ids = BackfillRun.objects.values("backfill").annotate(latest=Max("id")).values_list("latest", flat=True)
         may_brake = request.user.has_perm(control.PERMISSION)
         context["latest_runs"] = [

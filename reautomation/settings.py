@@ -42,6 +42,18 @@ if DATABASE_POOL_MODE == "transaction":
 MIGRATION_DATABASE = (database_config(env.str("MIGRATION_DATABASE_URL"), sqlite_path=BASE_DIR / "db.sqlite3",
                                       setting="MIGRATION_DATABASE_URL")
                       if env.str("MIGRATION_DATABASE_URL", default="") else None)
+# A streaming replica (README "Production topology"): the admin's read-only pages read from it
+# through reautomation/replica_reads.py while it answers and lags at most DATABASE_REPLICA_MAX_LAG
+# seconds; otherwise from the primary, and the page says so. Direct, not through the pooler.
+if env.str("DATABASE_REPLICA_URL", default=""):
+    DATABASES["replica"] = database_config(env.str("DATABASE_REPLICA_URL"), sqlite_path=BASE_DIR / "db.sqlite3",
+                                           setting="DATABASE_REPLICA_URL")
+    DATABASES["replica"].setdefault("OPTIONS", {})["connect_timeout"] = 3
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+DATABASE_ROUTERS = ["reautomation.replica_reads.ReplicaRouter"]
+DATABASE_REPLICA_MAX_LAG = setting_values.seconds(env, "DATABASE_REPLICA_MAX_LAG", default=10)
+# migrate_schema upgrade waits this long for every streaming replica to replay each revision.
+MIGRATION_REPLICA_WAIT_SECONDS = setting_values.seconds(env, "MIGRATION_REPLICA_WAIT_SECONDS", default=120)
 # Where the Alembic revisions live; alembic.ini's script_location unless set (tests use a copy).
 ALEMBIC_SCRIPT_LOCATION = env.str("ALEMBIC_SCRIPT_LOCATION", default="")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -76,6 +88,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # After authentication (the session and the user come from the primary): GET pages read from the replica.
+    "reautomation.replica_reads.ReplicaReadsMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 

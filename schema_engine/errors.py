@@ -113,6 +113,14 @@ class StatementTimedOut(MigrationGuardError):
     """A statement ran longer than ``statement_timeout``."""
 
 
+class ReplicasBehind(SchemaError):
+    """A streaming replica has not replayed the primary's changes within the wait allowed."""
+
+    def __init__(self, message: str, *, replicas: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.replicas = replicas
+
+
 class BackupFailed(SchemaError):
     """No backup could be made, or none put back; the message says what was left unchanged."""
 

@@ -1,8 +1,9 @@
 """Deploy planning: what ``upgrade head`` would do, and whether it is safe to do now (``migrate_schema plan``).
 
 Safe means: no pending revision waits for an unfinished backfill (``gate.py``), squawk finds
-nothing unaccepted in the pending SQL (``lint.py``), and no INVALID index is left from a failed
-build. ``scripts/deploy`` stops at step 2 when it is not.
+nothing unaccepted in the pending SQL (``lint.py``), no INVALID index is left from a failed
+build, and no streaming replica is further behind than the upgrade would wait for it
+(``MIGRATION_REPLICA_WAIT_SECONDS``, ``replicas.py``). ``scripts/deploy`` stops at step 2 when it is not.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from django.conf import settings
 
-from schema_engine import database, gate, lint
+from schema_engine import database, gate, lint, replicas
 from schema_engine.commands import revision_sql
 from schema_engine.errors import MultipleHeads, alembic_errors
 from schema_engine.state import invalid_index_problem, pending_scripts, script_directory, status, summary
@@ -34,12 +36,17 @@ class Plan:
     pending: tuple[PendingRevision, ...]
     backfill_blockers: tuple[str, ...]
     invalid_indexes: tuple[tuple[str, str], ...]
+    replicas: tuple[replicas.Replica, ...] = ()
+    replica_wait: float = 0.0  # seconds the upgrade waits for each revision to be replayed
 
     @property
     def problems(self) -> list[str]:
         found = list(self.backfill_blockers)
         found += [f"revision {rev.revision}: squawk: {finding}" for rev in self.pending for finding in rev.lint_findings]
         found += [invalid_index_problem(index, table) for index, table in self.invalid_indexes]
+        found += [f"replica {replica.name} is {replica.replay_lag:.1f}s behind, longer than the upgrade waits for it "
+                  f"(MIGRATION_REPLICA_WAIT_SECONDS {self.replica_wait:g}s): let it catch up first"
+                  for replica in self.replicas if self.pending and replica.replay_lag > self.replica_wait]
         return found
 
     @property
@@ -56,6 +63,8 @@ class Plan:
                          "lint_findings": list(r.lint_findings)} for r in self.pending],
             "backfill_blockers": list(self.backfill_blockers),
             "invalid_indexes": [{"index": i, "table": t} for i, t in self.invalid_indexes],
+            "replicas": [{"name": r.name, "state": r.state, "replay_lag_seconds": r.replay_lag,
+                          "wal_bytes_not_replayed": r.bytes_behind} for r in self.replicas],
         }
 
 
@@ -76,5 +85,8 @@ def plan(*, url: sa.URL | str | None = None) -> Plan:
                 findings = tuple(str(f) for f in lint.unaccepted(rev.revision, lint.lint_sql(sql)))
             pending.append(PendingRevision(rev.revision, summary(rev), gate.requires_backfills(rev), findings))
         blockers = tuple(why for _rev, _names, why in gate.blockers(scripts, url=url))
+    with database.connect(url) as conn:
+        streaming = tuple(replicas.replicas(conn))
     return Plan(current=state.current, heads=state.heads, pending=tuple(pending), backfill_blockers=blockers,
-                invalid_indexes=state.invalid_indexes)
+                invalid_indexes=state.invalid_indexes, replicas=streaming,
+                replica_wait=settings.MIGRATION_REPLICA_WAIT_SECONDS)

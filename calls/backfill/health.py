@@ -121,8 +121,11 @@ class HealthWatch:
         conn.rollback()
         now = time.monotonic()
         current = lsn_number(replicas[-1][2]) if replicas else 0
-        standbys = [(name, lsn_number(replayed) if replayed else -1, reported)
-                    for name, replayed, _, reported in replicas if name]
+        # A replica's reported lag keeps its last value for a while after it has caught up: it
+        # counts only while the replica has something left to replay.
+        standbys = [(name, position, reported if position < current else 0.0)
+                    for name, position, reported in ((name, lsn_number(replayed) if replayed else -1, reported)
+                                                     for name, replayed, _, reported in replicas if name)]
         # The replicas' own reports (which grow for a stalled replica only when WAL or a status
         # message flows), and the clock's reading of what they have not replayed: the greater.
         lag = max([self.clock.lag(now, current, [position for _, position, _ in standbys]),

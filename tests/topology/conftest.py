@@ -67,12 +67,25 @@ def topology_db(topology: Topology) -> Iterator[Topology]:
         admin.dispose()
 
 
+class Replay:
+    """The replica's replay: paused, it still receives WAL, and its lag grows until resumed."""
+
+    def __init__(self, replica: psycopg.Connection) -> None:
+        self.replica = replica
+
+    def pause(self) -> None:
+        self.replica.execute("SELECT pg_wal_replay_pause()")
+
+    def resume(self) -> None:
+        self.replica.execute("SELECT pg_wal_replay_resume()")
+
+
 @pytest.fixture
-def replay_paused(topology: Topology) -> Iterator[psycopg.Connection]:
-    """The replica's replay paused (it still receives WAL): its lag grows until the test resumes it."""
+def replay(topology: Topology) -> Iterator[Replay]:
+    """Control of the replica's replay; resumed at the end whatever the test did."""
     with psycopg.connect(libpq(topology.replica.set(database="postgres")), autocommit=True) as replica:
-        replica.execute("SELECT pg_wal_replay_pause()")
+        control = Replay(replica)
         try:
-            yield replica
+            yield control
         finally:
-            replica.execute("SELECT pg_wal_replay_resume()")
+            control.resume()

@@ -3,25 +3,25 @@ from __future__ import annotations
 
 import threading
 
-import psycopg
 import sqlalchemy as sa
 
 from calls import backfill
 from calls.sample_data import generate_sample_data
 from schema_engine import commands, database
 from tests.conftest import wait_for
-from tests.topology.conftest import Topology
+from tests.topology.conftest import Replay, Topology
 
 BATCH = 20
 
 
 def test_the_workers_hold_while_the_replica_lags_and_go_on_once_it_replays(
-        topology_db: Topology, replay_paused: psycopg.Connection, settings) -> None:
+        topology_db: Topology, replay: Replay, settings) -> None:
     settings.BACKFILL_MAX_REPLICA_LAG = 0.5
     primary = topology_db.primary
     commands.upgrade(revision="head", url=primary)
     with database.connect(primary) as conn:
         generate_sample_data(connection=conn, calls=40, seed=3)
+    replay.pause()
     # The replica reports its lag as WAL reaches it: a transaction at each look, until it is over the limit.
     wait_for(lambda: (_scalar(primary, "SELECT txid_current(), (SELECT EXTRACT(epoch FROM max(replay_lag)) "
                                        "FROM pg_stat_replication)", column=1) or 0) > 0.5)
@@ -33,7 +33,7 @@ def test_the_workers_hold_while_the_replica_lags_and_go_on_once_it_replays(
     run.start()
     wait_for(lambda: any((p.note or "").startswith("waiting: replica ") for p in progress) or not run.is_alive())
     assert run.is_alive(), "the backfill ended without holding for the paused replica"
-    replay_paused.execute("SELECT pg_wal_replay_resume()")
+    replay.resume()
     run.join()
     result, = results
     held = [p.scanned for p in progress if (p.note or "").startswith("waiting: replica ")]

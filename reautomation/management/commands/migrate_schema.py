@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from operator_kit.output import RawOutput
-from schema_engine import backup, commands, database, errors, state
+from schema_engine import backup, commands, database, errors, replicas, state
 from schema_engine import plan as deploy_plan
 
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
@@ -120,8 +120,10 @@ class Command(BaseCommand):
                 verb = "Applied" if step.is_upgrade else "Reverted"
                 self.stdout.write(f"  {verb} {step.revision:<30} {step.seconds:8.2f}s  {step.doc}")
 
+        extra = {"on_replica_wait": self._report_replica_wait} if action == "upgrade" else {}
         result = run(revision=revision, stdout=self._alembic_out, on_applied=on_applied,
-                     on_lock_retry=self._report_retry, on_archive=lambda message: self.stdout.write(f"    {message}"))
+                     on_lock_retry=self._report_retry, on_archive=lambda message: self.stdout.write(f"    {message}"),
+                     **extra)
         if self.verbosity:
             where = "; ".join(result.current) or "base"
             verb = "applied" if action == "upgrade" else "reverted"
@@ -187,6 +189,9 @@ class Command(BaseCommand):
             for rev in plan.pending:
                 needs = f"  [needs backfill: {', '.join(rev.requires_backfills)}]" if rev.requires_backfills else ""
                 self.stdout.write(f"  pending {rev.revision:<30} {rev.doc}{needs}")
+            for replica in plan.replicas:
+                self.stdout.write(f"  replica {replica.name}: {replica.state}, {replica.replay_lag:.1f}s behind "
+                                  f"({replica.bytes_behind:,} bytes of WAL not replayed)")
             for problem in plan.problems:
                 self.stdout.write(f"  problem: {problem}")
             if plan.safe:
@@ -198,6 +203,11 @@ class Command(BaseCommand):
 
     def _report_retry(self, attempt: int, pause: float, reason: str) -> None:
         self.stderr.write(f"  lock_timeout: {reason}; retry {attempt} in {pause:.1f} s")
+
+    def _report_replica_wait(self, revision: str, behind: list[replicas.Replica]) -> None:
+        if self.verbosity:
+            names = ", ".join(f"{r.name} ({r.replay_lag:.1f}s behind)" for r in behind)
+            self.stdout.write(f"    waiting for the replicas to replay {revision}: {names}")
 
     def _report_invalid_indexes(self, invalid_indexes: tuple[tuple[str, str], ...]) -> None:
         for index, table in invalid_indexes:

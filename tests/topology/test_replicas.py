@@ -1,0 +1,120 @@
+"""Schema changes reach the replica before the next step; the admin reads from the replica, or says why not."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psycopg
+import sqlalchemy as sa
+
+from schema_engine import commands, state
+from tests.conftest import HEAD, REVISIONS, ROOT, cli_environment, wait_for
+from tests.topology.conftest import Replay, Topology, libpq
+
+
+def host_env(topology: Topology, **env: str) -> dict[str, str]:
+    return {**cli_environment(libpq(topology.pooler)), **topology.environment(), **env}
+
+
+def manage(topology: Topology, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=host_env(topology, **env), timeout=600)
+
+
+def replayed(url: sa.URL) -> tuple[str, ...]:
+    try:
+        return state.status(url=url).current
+    except Exception:  # noqa: BLE001 - not replayed yet: the database or the table is not there
+        return ()
+
+
+def lag_over(primary: sa.URL, seconds: float) -> bool:
+    """Whether the paused replica reports more lag than ``seconds`` (a transaction each look: WAL makes it report)."""
+    with psycopg.connect(libpq(primary), autocommit=True) as conn:
+        conn.execute("SELECT txid_current()")
+        lag = conn.execute("SELECT EXTRACT(epoch FROM max(replay_lag)) FROM pg_stat_replication").fetchone()[0]
+    return (lag or 0) > seconds
+
+
+def test_an_upgrade_waits_for_the_replica_to_replay_each_revision(topology_db: Topology, replay: Replay) -> None:
+    replay.pause()
+    upgrade = subprocess.Popen([sys.executable, "manage.py", "migrate_schema", "upgrade", "head"], cwd=ROOT,
+                               env=host_env(topology_db, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in upgrade.stdout:
+        lines.append(line)
+        if "waiting for the replicas to replay" in line:
+            break
+    assert f"waiting for the replicas to replay {REVISIONS[0]}" in lines[-1], lines
+    assert state.status(url=topology_db.primary).current == (REVISIONS[0],)  # the next one waits for the replica
+    replay.resume()
+    out, err = upgrade.communicate(timeout=600)
+    assert upgrade.returncode == 0, out + err
+    # Success is reported once the replica has replayed the last revision too.
+    assert replayed(topology_db.replica) == (HEAD,)
+
+
+def test_an_upgrade_stops_in_one_line_when_the_replica_does_not_catch_up(topology_db: Topology,
+                                                                         replay: Replay) -> None:
+    replay.pause()
+    result = manage(topology_db, "migrate_schema", "upgrade", "head", MIGRATION_REPLICA_WAIT_SECONDS="0.5")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"has not replayed revision {REVISIONS[0]} within 0.5s" in lines[0], result.stderr
+    assert state.status(url=topology_db.primary).current == (REVISIONS[0],)
+
+
+def test_plan_reports_the_replica_and_refuses_while_it_lags_too_far(topology_db: Topology, replay: Replay) -> None:
+    commands.upgrade(revision=REVISIONS[-2], url=topology_db.primary)
+    replay.pause()
+    wait_for(lambda: lag_over(topology_db.primary, 1.0))
+    result = manage(topology_db, "migrate_schema", "plan", MIGRATION_REPLICA_WAIT_SECONDS="1")
+    assert result.returncode == 3  # not safe, as for any plan problem
+    assert "  replica walreceiver (127.0.0.1): streaming, " in result.stdout, result.stdout
+    assert "longer than the upgrade waits for it (MIGRATION_REPLICA_WAIT_SECONDS 1s)" in result.stderr
+    replay.resume()
+    wait_for(lambda: replayed(topology_db.replica) == (REVISIONS[-2],))
+    assert manage(topology_db, "migrate_schema", "plan", MIGRATION_REPLICA_WAIT_SECONDS="1").returncode == 0
+
+
+ADMIN_PROBE = """
+from django.contrib.auth import get_user_model
+from django.test import Client
+client = Client()
+client.force_login(get_user_model().objects.get(username="ops"))
+page = client.get("/admin/calls/call/", secure=True)
+print(page.status_code, "replica-notice" in page.content.decode(), "+15550009999" in page.content.decode())
+operations = client.get("/admin/operations/", secure=True).content.decode()
+print("walreceiver" in operations, '<td id="replica-revision">' + "{head}" in operations)
+"""
+
+
+def admin_probe(topology: Topology, **env: str) -> list[str]:
+    result = manage(topology, "shell", "-v", "0", "-c", ADMIN_PROBE.format(head=HEAD), ALLOWED_HOSTS="testserver",
+                    **env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_the_admin_reads_from_the_replica_and_falls_back_to_the_primary_saying_so(
+        topology_db: Topology, replay: Replay) -> None:
+    assert manage(topology_db, "migrate_schema").returncode == 0
+    created = manage(topology_db, "createsuperuser", "--noinput", "--username", "ops", "--email", "o@example.com",
+                     DJANGO_SUPERUSER_PASSWORD="a-long-passphrase")
+    assert created.returncode == 0, created.stderr
+    wait_for(lambda: replayed(topology_db.replica) == (HEAD,))
+    # The replica stops replaying; a call is written on the primary after that.
+    replay.pause()
+    with psycopg.connect(libpq(topology_db.primary), autocommit=True) as conn:
+        conn.execute("INSERT INTO calls (phone_number, status, tier, created_at) "
+                     "VALUES ('+15550009999', 'completed', 'tier1', now())")
+    # Within the lag allowed, the list reads from the replica, which has not seen the new call.
+    assert admin_probe(topology_db, DATABASE_REPLICA_MAX_LAG="3600") == ["200", "False", "False", "True", "True"]
+    wait_for(lambda: lag_over(topology_db.primary, 1.0))
+    # Past it, from the primary, with the notice.
+    assert admin_probe(topology_db, DATABASE_REPLICA_MAX_LAG="1")[:3] == ["200", "True", "True"]
+    # The replica down: from the primary, with the notice.
+    down = topology_db.replica.set(port=1)
+    probe = admin_probe(topology_db, DATABASE_REPLICA_URL=libpq(down))
+    assert probe[:3] == ["200", "True", "True"]
