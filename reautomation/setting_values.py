@@ -32,15 +32,16 @@ def duration(env: environ.Env, name: str, *, default: str) -> str:
     return value
 
 
-def count(env: environ.Env, name: str, *, default: int, minimum: int = 0) -> int:
-    """Return setting ``name`` as a whole number of at least ``minimum``."""
+def count(env: environ.Env, name: str, *, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    """Return setting ``name`` as a whole number of at least ``minimum`` (and at most ``maximum``)."""
     value = _raw(env, name, default)
     try:
         number = int(value)
     except ValueError:
         number = None
-    if number is None or number < minimum:
-        raise InvalidSetting(f"{name}={value!r} is not a whole number of {minimum} or more")
+    if number is None or number < minimum or (maximum is not None and number > maximum):
+        allowed = f"from {minimum} to {maximum}" if maximum is not None else f"of {minimum} or more"
+        raise InvalidSetting(f"{name}={value!r} is not a whole number {allowed}")
     return number
 
 

@@ -160,6 +160,8 @@ BACKFILL_LOCK_TIMEOUT = setting_values.duration(env, "BACKFILL_LOCK_TIMEOUT", de
 BACKFILL_STATEMENT_TIMEOUT = setting_values.duration(env, "BACKFILL_STATEMENT_TIMEOUT", default="5min")
 # How long a batch should take: each worker sizes its batches to it (calls/backfill/pacing.py).
 BACKFILL_BATCH_SECONDS = setting_values.seconds(env, "BACKFILL_BATCH_SECONDS", default=0.2, positive=True)
+# The workers' CPU priority on their host (Unix nice, 0 to 19): above 0, live requests come first.
+BACKFILL_NICE = setting_values.count(env, "BACKFILL_NICE", default=10, maximum=19)
 # The workers hold while a streaming replica is further behind than this (seconds; 0: never hold).
 BACKFILL_MAX_REPLICA_LAG = setting_values.seconds(env, "BACKFILL_MAX_REPLICA_LAG", default=10)
 

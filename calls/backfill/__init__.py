@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import sqlalchemy as sa
 
 from calls import tokens
+from calls.backfill import health
 from calls.backfill.errors import (
     BackfillAlreadyRunning,
     BackfillCancelled,
@@ -92,7 +93,10 @@ def backfill_context(
     """
     ensure_schema(url=url)
     tokens.encoding()  # fail before any run is recorded if the encoding cannot load
-    engine = database.create_engine(database.resolve_url(url))
+    url = database.resolve_url(url)
+    # Every session of the backfill says so: the health signals tell its sessions from live traffic.
+    engine = database.create_engine(url, **({"connect_args": {"application_name": health.APPLICATION_NAME}}
+                                            if url.get_backend_name() == "postgresql" else {}))
     results = []
     try:
         for name in (b for b in BACKFILLS if b in only):

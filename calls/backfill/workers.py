@@ -62,15 +62,17 @@ class Workers:
         self.run, self.options, self.on_progress = run, options, on_progress
         self.rate = options.rate_per_worker(count)
         self.signals = health.Signals()
-        self.watch = health.HealthWatch(run.spec.table, self.signals, settings.BACKFILL_MAX_REPLICA_LAG)
+        self.watch = health.HealthWatch(run.spec.table, self.signals, settings.BACKFILL_MAX_REPLICA_LAG, count)
         self.pace = Pace(options.batch_size, settings.BACKFILL_BATCH_SECONDS)  # each worker process has its own
         self.lock_waits_seen = 0
+        self.index = 0  # this worker's number: live traffic holds the upper half (health.Signals.workers_allowed)
         self.slowed: collections.Counter[str] = collections.Counter()  # batches each signal slowed
         self.total: int | None = run.rows_total
         self.scanned = self.changed = 0
         self.lock = threading.Lock()
         self.stop = _FORK.Event()  # seen by worker threads and forked worker processes alike
         self.counting = _FORK.Event()  # set once the total's snapshot is taken: workers may commit
+        self.claimed_all = _FORK.Event()  # a worker found nothing left to claim: held workers need not wait
         self.errors: list[BaseException] = []
         self.report = self.account  # a worker process reports to its parent instead
         self.parent_pid: int | None = None  # set in a worker process
@@ -93,6 +95,10 @@ class Workers:
     def work(self) -> None:
         """One worker: batches left waiting (by killed workers) first, then new ones, until none are left."""
         try:
+            if settings.BACKFILL_NICE:
+                # Below the host's other work: counting tokens yields the CPU to live requests first.
+                # On Linux this sets the calling thread's priority: the worker's, whichever kind it is.
+                os.nice(settings.BACKFILL_NICE)
             while not self.counting.wait(0.5):  # the run's total is being counted: its snapshot comes first
                 if self.orphaned():
                     return
@@ -101,12 +107,10 @@ class Workers:
                     # Not waiting for the WAL flush is safe here: a crash can lose only the last
                     # commits, the WAL's tail; a batch whose commit is lost keeps its row in
                     # backfill_batches and is redone. The settings end with this connection (no pool).
-                    # application_name: how the health signals tell the backfill's sessions apart.
                     with conn.begin():
                         driver_sql(conn, "SET synchronous_commit TO OFF", ())
                         for name, value in (("lock_timeout", settings.BACKFILL_LOCK_TIMEOUT),
-                                            ("statement_timeout", settings.BACKFILL_STATEMENT_TIMEOUT),
-                                            ("application_name", health.APPLICATION_NAME)):
+                                            ("statement_timeout", settings.BACKFILL_STATEMENT_TIMEOUT)):
                             driver_sql(conn, "SELECT set_config({p}, {p}, false)", (name, value))
                 self.drain(conn)
                 while not self.stop.is_set():
@@ -118,6 +122,7 @@ class Workers:
                             continue
                         return
                     if not claimed:
+                        self.claimed_all.set()
                         break
                     for batch_id in claimed:
                         if self.stop.is_set():
@@ -169,8 +174,9 @@ class Workers:
         return True
 
     def hold_while_unhealthy(self) -> None:
-        """Wait before the next batch while the invoking process holds the workers (replicas lag)."""
-        while self.signals.hold.value and not self.stop.is_set():
+        """Wait before the next batch while the invoking process holds the workers (replicas lag), or this one (live traffic)."""
+        while (self.signals.hold.value or (self.index >= self.signals.workers_allowed.value
+                                           and not self.claimed_all.is_set())) and not self.stop.is_set():
             self.stop.wait(health.POLL_SECONDS)
             if self.orphaned():
                 self.stop.set()
@@ -249,8 +255,9 @@ class Workers:
             self.stop.set()
 
 
-def _work_in_process(workers: Workers, reports: Any, parent_pid: int) -> None:
+def _work_in_process(workers: Workers, reports: Any, parent_pid: int, index: int) -> None:
     """A forked worker: the thread's loop, reporting each batch and how it ended to the parent."""
+    workers.index = index
     for signum in (signal.SIGINT, signal.SIGTERM):  # the parent's to handle: it sets workers.stop
         signal.signal(signum, signal.SIG_IGN)
     workers.run.engine.dispose(close=False)  # the parent's pooled connections stay the parent's
@@ -290,7 +297,7 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on
     reports = _FORK.SimpleQueue()
     threads_or_processes: list[threading.Thread | multiprocessing.process.BaseProcess] = (
         [threading.Thread(target=workers.work, name=f"backfill-{spec.name}", daemon=True)] if choice.workers == 1 else
-        [_FORK.Process(target=_work_in_process, args=(workers, reports, os.getpid()),
+        [_FORK.Process(target=_work_in_process, args=(workers, reports, os.getpid(), i),
                        name=f"backfill-{spec.name}-{i}", daemon=True) for i in range(choice.workers)])
     # The run's total is counted beside the workers (after forking them: no child inherits its connection).
     counter = threading.Thread(target=workers.count, name=f"backfill-{spec.name}-count", daemon=True)

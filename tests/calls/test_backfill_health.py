@@ -84,7 +84,8 @@ def test_sessions_waiting_on_its_locks_halve_its_batches(seeded: sa.URL, held_ba
     run = Backfill(seeded)
     run.start()
     wait_for(lambda: run_sql(seeded, "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'advisory' "
-                                     f"AND application_name = '{health.APPLICATION_NAME}'")[0][0] == 1)
+                                     f"AND application_name = '{health.APPLICATION_NAME}' "
+                                     "AND datname = current_database()")[0][0] == 1)
     # A live writer updates a message the held batch has already written: it waits on the backfill.
     with psycopg.connect(libpq(seeded), autocommit=True, application_name="voice-agent") as writer:
         writing = threading.Thread(target=writer.execute, args=(
@@ -108,7 +109,8 @@ def test_vacuum_on_its_table_halves_its_speed(seeded: sa.URL) -> None:
         with psycopg.connect(libpq(seeded), autocommit=True) as vacuuming:
             vacuum = threading.Thread(target=vacuuming.execute, args=("VACUUM (FREEZE) conversation_history",))
             vacuum.start()
-            wait_for(lambda: run_sql(seeded, "SELECT count(*) FROM pg_stat_progress_vacuum")[0][0] == 1)
+            wait_for(lambda: run_sql(seeded, "SELECT count(*) FROM pg_stat_progress_vacuum WHERE datname = "
+                                             "current_database()")[0][0] == 1)
             run = Backfill(seeded, batch_size=20)
             run.start()
             result = run.outcome()
@@ -116,6 +118,38 @@ def test_vacuum_on_its_table_halves_its_speed(seeded: sa.URL) -> None:
             vacuum.join()
     assert result.slowed.get("vacuum", 0) >= 1
     assert any("vacuum is running on conversation_history: half speed" in note for note in run.notes), run.notes
+
+
+@pytest.mark.sample_calls(60)
+def test_beside_live_traffic_half_the_workers_hold_and_the_run_still_ends(seeded: sa.URL) -> None:
+    # A live session at work all along: an agent's query waiting on a lock this test holds.
+    with psycopg.connect(libpq(seeded), autocommit=True) as holder, \
+            psycopg.connect(libpq(seeded), autocommit=True, application_name="voice-agent") as agent:
+        holder.execute("SELECT pg_advisory_lock(43)")
+        waiting = threading.Thread(target=agent.execute, args=("SELECT pg_advisory_lock(43)",))
+        waiting.start()
+        wait_for(lambda: run_sql(seeded, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                         "'voice-agent' AND state = 'active'")[0][0] == 1)
+        notes: list[str] = []
+        result, = backfill.backfill_context(url=seeded, only=("messages",),
+                                            options=backfill.BackfillOptions(workers=2, batch_size=30),
+                                            on_progress=lambda p: p.note and notes.append(p.note))
+        holder.execute("SELECT pg_advisory_unlock(43)")
+        waiting.join()
+    assert result.complete and result.scanned == run_sql(seeded, "SELECT count(*) FROM conversation_history")[0][0]
+    assert any("live traffic: 1 of 2 workers" in note for note in notes), notes
+
+
+def test_live_sessions_hold_half_the_workers_until_they_are_gone() -> None:
+    signals = health.Signals()
+    watch = health.HealthWatch("conversation_history", signals, max_replica_lag=10, workers=4)
+    watch.judge(health.Reading(0, 0, 0.0, None, live_sessions=3))
+    assert signals.workers_allowed.value == 2 and "live traffic: 2 of 4 workers" in watch.notes()
+    watch.judge(health.Reading(0, 0, 0.0, None, live_sessions=0))
+    assert signals.workers_allowed.value == 4
+    alone = health.HealthWatch("conversation_history", health.Signals(), max_replica_lag=10, workers=1)
+    alone.judge(health.Reading(0, 0, 0.0, None, live_sessions=3))
+    assert alone.signals.workers_allowed.value == 1  # one worker always works
 
 
 def test_the_replay_clock_ages_what_a_stalled_replica_has_not_replayed() -> None:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
 import sqlalchemy as sa
 
-from schema_engine import commands, state
+from calls.sample_data import generate_sample_data
+from schema_engine import commands, database, state
 from tests.conftest import HEAD, REVISIONS, ROOT, cli_environment, wait_for
 from tests.topology.conftest import Replay, Topology, libpq
 
@@ -118,3 +120,32 @@ def test_the_admin_reads_from_the_replica_and_falls_back_to_the_primary_saying_s
     down = topology_db.replica.set(port=1)
     probe = admin_probe(topology_db, DATABASE_REPLICA_URL=libpq(down))
     assert probe[:3] == ["200", "True", "True"]
+
+
+def deploy(topology: Topology, backups: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "deploy")], cwd=ROOT, capture_output=True, text=True,
+                          env=host_env(topology, ENV_FILE="/dev/null", BACKUP_DIR=str(backups), PYTHON=sys.executable,
+                                       **env), timeout=600)
+
+
+def test_a_deploy_through_the_topology_reaches_the_replica(topology_db: Topology, tmp_path: Path) -> None:
+    commands.upgrade(revision="003_context_management", url=topology_db.primary)
+    with database.connect(topology_db.primary) as conn:
+        generate_sample_data(connection=conn, calls=20, seed=4)
+    deployed = deploy(topology_db, tmp_path)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "==> step 6:" in deployed.stdout and "waiting for the replicas to replay" not in deployed.stderr
+    assert replayed(topology_db.replica) == (HEAD,)
+
+
+def test_a_deploy_stops_at_the_plan_while_the_replica_lags(topology_db: Topology, replay: Replay,
+                                                           tmp_path: Path) -> None:
+    commands.upgrade(revision="003_context_management", url=topology_db.primary)
+    replay.pause()
+    wait_for(lambda: lag_over(topology_db.primary, 1.0))
+    deployed = deploy(topology_db, tmp_path, MIGRATION_REPLICA_WAIT_SECONDS="1")
+    assert deployed.returncode == 1
+    assert "deploy: step 2 (plan: pending revisions, backfills, lint, INVALID indexes, replicas) failed" \
+        in deployed.stderr
+    assert "replica walreceiver (127.0.0.1) is " in deployed.stderr and "let it catch up first" in deployed.stderr
+    assert state.status(url=topology_db.primary).current == ("003_context_management",)
