@@ -153,7 +153,7 @@ def test_batches_are_ranges_of_ids_and_never_hold_more_rows_than_the_batch_size(
     run_sql(filled_db, "UPDATE conversation_history SET token_count = NULL WHERE id % 4 <> 0")
     pending = run_sql(filled_db, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0]
     scanned: list[int] = []
-    again = run(filled_db, batch_size=10, only=("messages",),
+    again = run(filled_db, batch_size=10, workers=1, only=("messages",),
                 on_progress=lambda p: scanned.append(p.scanned))  # one worker: one report per batch
     assert again["messages"].scanned == pending
     assert all(b - a <= 10 for a, b in zip([0, *scanned], scanned))
@@ -248,7 +248,8 @@ def test_the_total_is_counted_beside_the_workers_as_rows_were_before_any_batch(
 
     monkeypatch.setattr(runs, "count_needing", count_after_some_batches)
     totals: list[int | None] = []
-    results = run(pg_seeded, batch_size=20, only=("messages",), on_progress=lambda p: totals.append(p.total))
+    # One worker, a thread: its batches reach the progress as they commit (a process's reports come later).
+    results = run(pg_seeded, batch_size=20, workers=1, only=("messages",), on_progress=lambda p: totals.append(p.total))
     total = run_sql(pg_seeded, "SELECT count(*) FROM conversation_history")[0][0]
     assert results["messages"].scanned == total
     assert run_sql(pg_seeded, "SELECT rows_total FROM backfill_runs") == [(total,)]
