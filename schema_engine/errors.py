@@ -133,6 +133,10 @@ class LintUnavailable(SchemaError):
     """squawk is not installed or could not run."""
 
 
+class InvalidAcceptedFindings(SchemaError):
+    """A revision's ``ACCEPTED_LINT_FINDINGS`` is not a dict of squawk rule names to reasons."""
+
+
 class UnsupportedModelField(SchemaError):
     """A model uses a field type the metadata translator does not know; add it to ``metadata.column_type``."""
 

@@ -10,27 +10,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from schema_engine.errors import LintUnavailable
+from alembic.script import Script
+
+from schema_engine.errors import InvalidAcceptedFindings, LintUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 SQUAWK_CONFIG = ROOT / ".squawk.toml"
 
 
-# Findings accepted in revisions released before this check existed, each with why. A new
-# revision gets none: fix what squawk finds, or argue for an entry here in review.
-ACCEPTED_FINDINGS: dict[str, dict[str, str]] = {
-    "002_voice_agent_integration": {
-        # uq_calls_call_sid and ix_calls_current_agent are on columns this revision adds (all NULL),
-        # built under the revision's lock on calls, which blocks writes for the build (measured by
-        # bench/migration_timing.py); new revisions use helpers.build_index (CONCURRENTLY).
-        "disallowed-unique-constraint": "unique constraint on a column added in the same revision",
-        "constraint-missing-not-valid": "the same unique constraint",
-        "require-concurrent-index-creation": "ix_calls_current_agent, on a column added in the same revision",
-    },
-    "003_context_management": {
-        "require-concurrent-index-creation": "ix_calls_context_pruning, on columns added in the same revision",
-    },
-}
+# A revision accepts squawk's findings in the revision itself: a module-level dict of rule name
+# to why, e.g. a contract step that drops a column the code no longer reads. ``plan`` shows each
+# accepted finding with its reason and refuses the rest.
+ACCEPTED_FINDINGS_NAME = "ACCEPTED_LINT_FINDINGS"
 # Archive tables are this project's own way of keeping data across a downgrade (migrations_alembic/
 # helpers.py): an upgrade drops one after putting its rows or values back. No client reads them,
 # which is what squawk's ban-drop-table protects; any revision may drop them.
@@ -57,9 +48,22 @@ def squawk_executable() -> str:
     return found
 
 
-def unaccepted(revision: str, findings: list[Finding]) -> list[Finding]:
-    """Return the findings not accepted for ``revision`` (ACCEPTED_FINDINGS), nor the drop of an archive table."""
-    accepted = ACCEPTED_FINDINGS.get(revision, {})
+def accepted_findings(script: Script) -> dict[str, str]:
+    """Return the squawk rules ``script``'s revision accepts, each with its reason (``ACCEPTED_LINT_FINDINGS``).
+
+    Raises ``InvalidAcceptedFindings`` unless it is a dict of rule names to reasons, each reason said.
+    """
+    accepted = getattr(script.module, ACCEPTED_FINDINGS_NAME, {})
+    if not isinstance(accepted, dict) or not all(
+            isinstance(rule, str) and isinstance(why, str) and why.strip() for rule, why in accepted.items()):
+        raise InvalidAcceptedFindings(
+            f"revision {script.revision}: {ACCEPTED_FINDINGS_NAME} must map each squawk rule it accepts to the reason, "
+            'e.g. {"ban-drop-column": "calls.legacy_notes is no longer read (contract step of 007)"}')
+    return accepted
+
+
+def unaccepted(findings: list[Finding], accepted: dict[str, str]) -> list[Finding]:
+    """Return the findings whose rule ``accepted`` does not name, less the drop of an archive table."""
     return [f for f in findings if f.rule not in accepted
             and not (f.rule == "ban-drop-table" and _DROPS_AN_ARCHIVE.fullmatch(f.statement))]
 

@@ -24,7 +24,8 @@ class PendingRevision:
     revision: str
     doc: str
     requires_backfills: tuple[str, ...]
-    lint_findings: tuple[str, ...]  # squawk's, beyond those accepted (schema_engine/lint.py)
+    lint_findings: tuple[str, ...]  # squawk's, beyond those the revision accepts
+    accepted_findings: tuple[tuple[str, str], ...] = ()  # (squawk rule, why): found, and accepted by the revision
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,9 @@ class Plan:
             "current": list(self.current),
             "heads": list(self.heads),
             "pending": [{"revision": r.revision, "doc": r.doc, "requires_backfills": list(r.requires_backfills),
-                         "lint_findings": list(r.lint_findings)} for r in self.pending],
+                         "lint_findings": list(r.lint_findings),
+                         "accepted_lint_findings": [{"rule": rule, "reason": why} for rule, why in r.accepted_findings]}
+                        for r in self.pending],
             "backfill_blockers": list(self.backfill_blockers),
             "invalid_indexes": [{"index": i, "table": t} for i, t in self.invalid_indexes],
             "replicas": [{"name": r.name, "state": r.state, "replay_lag_seconds": r.replay_lag,
@@ -80,10 +83,14 @@ def plan(*, url: sa.URL | str | None = None) -> Plan:
         pending = []
         for rev in scripts:
             findings: tuple[str, ...] = ()
+            accepted_found: tuple[tuple[str, str], ...] = ()
             if url.get_backend_name() == "postgresql":  # squawk reads PostgreSQL
                 sql = revision_sql(rev.revision, rev.down_revision or "base", url=url)
-                findings = tuple(str(f) for f in lint.unaccepted(rev.revision, lint.lint_sql(sql)))
-            pending.append(PendingRevision(rev.revision, summary(rev), gate.requires_backfills(rev), findings))
+                found, accepted = lint.lint_sql(sql), lint.accepted_findings(rev)
+                findings = tuple(str(f) for f in lint.unaccepted(found, accepted))
+                accepted_found = tuple((rule, why) for rule, why in accepted.items() if rule in {f.rule for f in found})
+            pending.append(PendingRevision(rev.revision, summary(rev), gate.requires_backfills(rev), findings,
+                                           accepted_found))
         blockers = tuple(why for _rev, _names, why in gate.blockers(scripts, url=url))
     with database.connect(url) as conn:
         streaming = tuple(replicas.replicas(conn))

@@ -38,6 +38,16 @@ ARCHIVE_PREFIX = "archive_002_"
 
 ARCHIVE = "archive_002_calls"
 
+# squawk's findings this revision accepts, each with why (migrate_schema plan shows them). The two
+# indexes are on columns this revision adds (all NULL), built under its lock on calls, which
+# blocks writes for the build (measured by bench/migration_timing.py); later revisions build
+# indexes with helpers.build_index (CONCURRENTLY).
+ACCEPTED_LINT_FINDINGS = {
+    "disallowed-unique-constraint": "uq_calls_call_sid is on call_sid, a column this revision adds (all NULL)",
+    "constraint-missing-not-valid": "the same unique constraint, on the column this revision adds",
+    "require-concurrent-index-creation": "ix_calls_current_agent is on current_agent, a column this revision adds",
+}
+
 
 def voice_columns() -> list[sa.Column]:
     return [

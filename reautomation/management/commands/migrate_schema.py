@@ -189,6 +189,8 @@ class Command(BaseCommand):
             for rev in plan.pending:
                 needs = f"  [needs backfill: {', '.join(rev.requires_backfills)}]" if rev.requires_backfills else ""
                 self.stdout.write(f"  pending {rev.revision:<30} {rev.doc}{needs}")
+                for rule, why in rev.accepted_findings:
+                    self.stdout.write(f"    accepted squawk finding {rule}: {why}")
             for replica in plan.replicas:
                 self.stdout.write(f"  replica {replica.name}: {replica.state}, {replica.replay_lag:.1f}s behind "
                                   f"({replica.bytes_behind:,} bytes of WAL not replayed)")
