@@ -8,9 +8,11 @@ shares its verdict with its workers (threads or forked processes) through ``Sign
 - vacuum running on the table the backfill writes (``pg_stat_progress_vacuum``): every worker
   waits as long as its batch took (half speed), so vacuum keeps up with the dead rows;
 - replica replay lag above ``BACKFILL_MAX_REPLICA_LAG`` (``pg_stat_replication``): every worker
-  holds before its next batch until the lag is back under half the limit.
+  holds before its next batch until the lag is back under half the limit;
+- live traffic, other sessions at work on the database (``pg_stat_activity``): half the workers
+  hold while there are any.
 
-The fourth signal, a worker's own batch latency against ``BACKFILL_BATCH_SECONDS``, each worker
+The last signal, a worker's own batch latency against ``BACKFILL_BATCH_SECONDS``, each worker
 reads itself (``calls/backfill/pacing.py``). Workers find one another's sessions by their
 ``application_name`` (``APPLICATION_NAME``). On SQLite there is nothing to read.
 """
