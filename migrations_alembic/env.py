@@ -139,7 +139,9 @@ def _run(connection: sa.Connection) -> None:
     settings = guard.GuardSettings.from_settings()
     with guard.migration_lock(connection.engine, settings.lock_wait_seconds):
         guard.set_timeouts(connection, settings)
-        guard.with_lock_retries(run_once, settings, on_retry=options.on_lock_retry)
+        pid = connection.connection.driver_connection.info.backend_pid
+        guard.with_lock_retries(run_once, settings, on_retry=options.on_lock_retry,
+                                watch=lambda: guard.BlockerWatch(connection.engine, pid))
 
 
 if context.is_offline_mode():

@@ -8,6 +8,8 @@
   transaction gives up quickly instead of queueing every later query behind it, and the revision
   is retried ``MIGRATION_LOCK_RETRIES`` times with growing pauses.
 - ``statement_timeout``, so no statement runs unbounded.
+- While the migration runs, another session samples who blocks it (``pg_blocking_pids``), so that
+  a retry line and the final refusal name the sessions holding the lock (``BlockerWatch``).
 
 Settings (``reautomation/settings.py``) hold the numbers; this module reads them on each run.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
@@ -99,19 +102,82 @@ def set_timeouts(connection: sa.Connection, guard: GuardSettings) -> None:
     connection.commit()
 
 
+@dataclass(frozen=True)
+class Blocker:
+    """A session that blocked the migration's statement, as ``pg_stat_activity`` showed it."""
+
+    pid: int
+    application: str
+    state: str  # "idle in transaction", "active", ...
+    transaction_seconds: float | None
+    query: str  # its first words
+
+    def __str__(self) -> str:
+        age = f", transaction open {self.transaction_seconds:.0f}s" if self.transaction_seconds is not None else ""
+        return f"pid {self.pid} ({self.application or 'no application_name'}, {self.state}{age}: {self.query})"
+
+
+BLOCKERS_SQL = sa.text(
+    "SELECT pid, application_name, coalesce(state, '?'), EXTRACT(epoch FROM now() - xact_start)::float8, "
+    "left(regexp_replace(query, '\\s+', ' ', 'g'), 60) FROM pg_stat_activity "
+    "WHERE pid = ANY (pg_blocking_pids(:pid)) ORDER BY xact_start")
+
+
+class BlockerWatch:
+    """While the migration runs, sample on another session who blocks its session; keep the last seen.
+
+    A statement stopped by ``lock_timeout`` no longer waits, so who blocked it can only be seen
+    while it waited: every ``interval`` seconds, ``pg_blocking_pids`` of the migration's backend.
+    """
+
+    def __init__(self, engine: sa.Engine, pid: int, interval: float = 0.05) -> None:
+        self.engine, self.pid, self.interval = engine, pid, interval
+        self.blockers: tuple[Blocker, ...] = ()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="migration-blockers", daemon=True)
+
+    def __enter__(self) -> BlockerWatch:
+        self.blockers = ()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                while not self._stop.wait(self.interval):
+                    seen = tuple(Blocker(*row) for row in conn.execute(BLOCKERS_SQL, {"pid": self.pid}))
+                    conn.rollback()
+                    if seen:
+                        self.blockers = seen
+        except sa.exc.DBAPIError:
+            pass  # a diagnosis only: the migration's own errors say what failed
+
+    def describe(self) -> str:
+        """`` (blocked by pid ...; pid ...)`` for the blockers last seen, or nothing."""
+        return f"; blocked by {'; '.join(map(str, self.blockers))}" if self.blockers else ""
+
+
 def with_lock_retries(run: Callable[[], T], guard: GuardSettings,
-                      on_retry: Callable[[int, float, str], None] | None = None) -> T:
+                      on_retry: Callable[[int, float, str], None] | None = None,
+                      watch: Callable[[], BlockerWatch] | None = None) -> T:
     """Call ``run``; when a statement hits ``lock_timeout``, pause and call it again, a bounded number of times.
 
     ``run`` must resume where the last try stopped: Alembic's ``upgrade`` does, each revision
     being its own transaction (a revision that failed was rolled back; earlier ones stay).
+    ``watch`` makes the ``BlockerWatch`` of each try, whose blockers the retry line names.
     """
     for attempt in range(guard.lock_retries + 1):
+        blockers = watch() if watch else contextlib.nullcontext()
         try:
-            return run()
+            with blockers:
+                return run()
         except sa.exc.DBAPIError as exc:
             state = sqlstate(exc)
-            reason = first_line(exc)
+            reason = first_line(exc) + (blockers.describe() if isinstance(blockers, BlockerWatch) else "")
             if state == QUERY_CANCELED and "statement timeout" in reason:
                 raise StatementTimedOut(
                     f"a statement ran longer than statement_timeout={guard.statement_timeout} and was rolled back "

@@ -92,6 +92,24 @@ def test_ddl_behind_a_long_transaction_retries_then_gives_up_with_nothing_half_a
     assert "total_context_tokens" not in columns  # 003 was rolled back whole
 
 
+def test_each_retry_names_the_session_that_holds_the_lock(pg_db: sa.URL) -> None:
+    commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    engine = database.create_engine(pg_db, connect_args={"application_name": "voice-agent"})
+    with engine.connect() as blocker:
+        blocker.execute(sa.text("UPDATE calls SET status = status WHERE id = -1"))  # left idle in a transaction
+        blocker_pid = blocker.connection.driver_connection.info.backend_pid
+        result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="500ms",
+                        MIGRATION_LOCK_RETRIES="1", MIGRATION_RETRY_PAUSE_SECONDS="0.05")
+        blocker.rollback()
+    engine.dispose()
+    assert result.returncode == 1
+    retry = next(line for line in result.stderr.splitlines() if "retry 1 " in line)
+    named = f"blocked by pid {blocker_pid} (voice-agent, idle in transaction, transaction open "
+    assert named in retry and "UPDATE calls SET status = status WHERE id = -1" in retry, retry
+    refusal = next(line for line in result.stderr.splitlines() if line.startswith("CommandError"))
+    assert named in refusal and "2 tries" in refusal
+
+
 def test_ddl_succeeds_once_the_long_transaction_ends(pg_db: sa.URL, other_session: sa.Connection) -> None:
     commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
     other_session.execute(sa.text("SELECT count(*) FROM calls"))
