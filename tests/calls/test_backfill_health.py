@@ -13,11 +13,7 @@ import sqlalchemy as sa
 
 from calls import backfill
 from calls.backfill import health
-from tests.conftest import run_sql, wait_for
-
-
-def libpq(url: sa.URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+from tests.conftest import django_url, run_sql, wait_for
 
 
 class Backfill(threading.Thread):
@@ -75,7 +71,7 @@ def held_batch(seeded: sa.URL, settings) -> Iterator[psycopg.Connection]:
                     f"IF NEW.id = {last} THEN PERFORM pg_advisory_lock(42); PERFORM pg_advisory_unlock(42); END IF; "
                     "RETURN NEW; END $$")
     run_sql(seeded, "CREATE TRIGGER held BEFORE UPDATE ON conversation_history FOR EACH ROW EXECUTE FUNCTION held()")
-    with psycopg.connect(libpq(seeded), autocommit=True) as holder:
+    with psycopg.connect(django_url(seeded), autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(42)")
         yield holder
 
@@ -87,7 +83,7 @@ def test_sessions_waiting_on_its_locks_halve_its_batches(seeded: sa.URL, held_ba
                                      f"AND application_name = '{health.APPLICATION_NAME}' "
                                      "AND datname = current_database()")[0][0] == 1)
     # A live writer updates a message the held batch has already written: it waits on the backfill.
-    with psycopg.connect(libpq(seeded), autocommit=True, application_name="voice-agent") as writer:
+    with psycopg.connect(django_url(seeded), autocommit=True, application_name="voice-agent") as writer:
         writing = threading.Thread(target=writer.execute, args=(
             "UPDATE conversation_history SET content = content WHERE id = (SELECT min(id) FROM conversation_history)",))
         writing.start()
@@ -100,13 +96,13 @@ def test_sessions_waiting_on_its_locks_halve_its_batches(seeded: sa.URL, held_ba
 
 @pytest.mark.sample_calls(60)
 def test_vacuum_on_its_table_halves_its_speed(seeded: sa.URL) -> None:
-    with psycopg.connect(libpq(seeded)) as pinning:
+    with psycopg.connect(django_url(seeded)) as pinning:
         # A cursor that pins the table's first page: VACUUM (FREEZE) waits for it, and shows in
         # pg_stat_progress_vacuum all along, as a long autovacuum does.
         cursor = pinning.cursor(name="pin")
         cursor.execute("SELECT id FROM conversation_history")
         cursor.fetchone()
-        with psycopg.connect(libpq(seeded), autocommit=True) as vacuuming:
+        with psycopg.connect(django_url(seeded), autocommit=True) as vacuuming:
             vacuum = threading.Thread(target=vacuuming.execute, args=("VACUUM (FREEZE) conversation_history",))
             vacuum.start()
             wait_for(lambda: run_sql(seeded, "SELECT count(*) FROM pg_stat_progress_vacuum WHERE datname = "
@@ -123,8 +119,8 @@ def test_vacuum_on_its_table_halves_its_speed(seeded: sa.URL) -> None:
 @pytest.mark.sample_calls(60)
 def test_beside_live_traffic_half_the_workers_hold_and_the_run_still_ends(seeded: sa.URL) -> None:
     # A live session at work all along: an agent's query waiting on a lock this test holds.
-    with psycopg.connect(libpq(seeded), autocommit=True) as holder, \
-            psycopg.connect(libpq(seeded), autocommit=True, application_name="voice-agent") as agent:
+    with psycopg.connect(django_url(seeded), autocommit=True) as holder, \
+            psycopg.connect(django_url(seeded), autocommit=True, application_name="voice-agent") as agent:
         holder.execute("SELECT pg_advisory_lock(43)")
         waiting = threading.Thread(target=agent.execute, args=("SELECT pg_advisory_lock(43)",))
         waiting.start()

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -16,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from schema_engine import scratch
+from tests.conftest import ROOT, cli_environment, django_url
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,19 @@ class Topology:
 
     def environment(self) -> dict[str, str]:
         """The settings of an application host in this topology."""
-        return {"DATABASE_URL": libpq(self.pooler), "MIGRATION_DATABASE_URL": libpq(self.primary),
-                "DATABASE_REPLICA_URL": libpq(self.replica), "DATABASE_POOL_MODE": "transaction"}
+        return {"DATABASE_URL": django_url(self.pooler), "MIGRATION_DATABASE_URL": django_url(self.primary),
+                "DATABASE_REPLICA_URL": django_url(self.replica), "DATABASE_POOL_MODE": "transaction"}
 
 
-def libpq(url: sa.URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+def host_env(topology: Topology, **env: str) -> dict[str, str]:
+    """The environment of a command on an application host of the topology."""
+    return {**cli_environment(django_url(topology.pooler)), **topology.environment(), **env}
+
+
+def manage(topology: Topology, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``manage.py ARGS`` on an application host of the topology."""
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=host_env(topology, **env), timeout=600)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +59,7 @@ def topology() -> Topology:
     parsed = [sa.make_url(url).set(drivername="postgresql+psycopg") for url in urls]  # type: ignore[arg-type]
     for url in parsed:
         try:
-            psycopg.connect(libpq(url), connect_timeout=10).close()
+            psycopg.connect(django_url(url), connect_timeout=10).close()
         except psycopg.Error as exc:
             pytest.fail(f"the topology does not answer at {url.render_as_string()}: {exc}")
     return Topology(*parsed)
@@ -83,7 +93,7 @@ class Replay:
 @pytest.fixture
 def replay(topology: Topology) -> Iterator[Replay]:
     """Control of the replica's replay; resumed at the end whatever the test did."""
-    with psycopg.connect(libpq(topology.replica.set(database="postgres")), autocommit=True) as replica:
+    with psycopg.connect(django_url(topology.replica.set(database="postgres")), autocommit=True) as replica:
         control = Replay(replica)
         try:
             yield control

@@ -10,17 +10,8 @@ import sqlalchemy as sa
 
 from calls.sample_data import generate_sample_data
 from schema_engine import commands, database, state
-from tests.conftest import HEAD, REVISIONS, ROOT, cli_environment, wait_for
-from tests.topology.conftest import Replay, Topology, libpq
-
-
-def host_env(topology: Topology, **env: str) -> dict[str, str]:
-    return {**cli_environment(libpq(topology.pooler)), **topology.environment(), **env}
-
-
-def manage(topology: Topology, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=host_env(topology, **env), timeout=600)
+from tests.conftest import HEAD, REVISIONS, ROOT, django_url, wait_for
+from tests.topology.conftest import Replay, Topology, host_env, manage
 
 
 def replayed(url: sa.URL) -> tuple[str, ...]:
@@ -32,7 +23,7 @@ def replayed(url: sa.URL) -> tuple[str, ...]:
 
 def lag_over(primary: sa.URL, seconds: float) -> bool:
     """Whether the paused replica reports more lag than ``seconds`` (a transaction each look: WAL makes it report)."""
-    with psycopg.connect(libpq(primary), autocommit=True) as conn:
+    with psycopg.connect(django_url(primary), autocommit=True) as conn:
         conn.execute("SELECT txid_current()")
         lag = conn.execute("SELECT EXTRACT(epoch FROM max(replay_lag)) FROM pg_stat_replication").fetchone()[0]
     return (lag or 0) > seconds
@@ -108,7 +99,7 @@ def test_the_admin_reads_from_the_replica_and_falls_back_to_the_primary_saying_s
     wait_for(lambda: replayed(topology_db.replica) == (HEAD,))
     # The replica stops replaying; a call is written on the primary after that.
     replay.pause()
-    with psycopg.connect(libpq(topology_db.primary), autocommit=True) as conn:
+    with psycopg.connect(django_url(topology_db.primary), autocommit=True) as conn:
         conn.execute("INSERT INTO calls (phone_number, status, tier, created_at) "
                      "VALUES ('+15550009999', 'completed', 'tier1', now())")
     # Within the lag allowed, the list reads from the replica, which has not seen the new call.
@@ -118,7 +109,7 @@ def test_the_admin_reads_from_the_replica_and_falls_back_to_the_primary_saying_s
     assert admin_probe(topology_db, DATABASE_REPLICA_MAX_LAG="1")[:3] == ["200", "True", "True"]
     # The replica down: from the primary, with the notice.
     down = topology_db.replica.set(port=1)
-    probe = admin_probe(topology_db, DATABASE_REPLICA_URL=libpq(down))
+    probe = admin_probe(topology_db, DATABASE_REPLICA_URL=django_url(down))
     assert probe[:3] == ["200", "True", "True"]
 
 

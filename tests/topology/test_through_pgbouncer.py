@@ -6,18 +6,12 @@ import sys
 
 import pytest
 
-from tests.conftest import HEAD, REVISIONS, ROOT, cli_environment, start_manage
-from tests.topology.conftest import Topology, libpq
-
-
-def manage(topology: Topology, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """``manage.py ARGS`` on an application host of the topology."""
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**cli_environment(libpq(topology.pooler)), **topology.environment(), **env})
+from tests.conftest import HEAD, REVISIONS, ROOT, django_url, start_manage
+from tests.topology.conftest import Topology, host_env, manage
 
 
 def test_two_concurrent_upgrades_through_the_topology_apply_each_revision_once(topology_db: Topology) -> None:
-    env = {**cli_environment(libpq(topology_db.pooler)), **topology_db.environment()}
+    env = host_env(topology_db)
     upgrades = [subprocess.Popen([sys.executable, "manage.py", "migrate_schema", "upgrade", "head"], cwd=ROOT, env=env,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [upgrade.communicate(timeout=600) for upgrade in upgrades]
@@ -58,7 +52,7 @@ def test_a_backfill_joined_from_two_hosts_through_the_topology_finishes_once(top
     assert manage(topology_db, "migrate_schema").returncode == 0
     assert manage(topology_db, "generate_sample_data", "--calls", "60").returncode == 0
     env = topology_db.environment()
-    hosts = [start_manage(libpq(topology_db.pooler), "backfill_context", "--only", "messages", "--batch-size", "25",
+    hosts = [start_manage(django_url(topology_db.pooler), "backfill_context", "--only", "messages", "--batch-size", "25",
                           **env) for _ in range(2)]
     outputs = [host.communicate(timeout=600) for host in hosts]
     assert [host.returncode for host in hosts] == [0, 0], outputs
