@@ -32,7 +32,7 @@ except Exception as exc:  # settings errors reach the alembic CLI as one line, n
     raise CommandError(f"Django settings could not be loaded: {exc}") from exc
 
 from schema_engine import database, gate, guard, metadata, permissions  # noqa: E402  (after django.setup())
-from schema_engine.config import EnvOptions, include_object, skip_empty_autogenerate  # noqa: E402
+from schema_engine.config import EnvOptions, include_object, process_revision_directives  # noqa: E402
 from schema_engine.errors import SchemaError, UnsupportedModelField  # noqa: E402
 from schema_engine.state import pending_scripts, recorded_revisions  # noqa: E402
 
@@ -43,6 +43,11 @@ log = logging.getLogger("alembic.env")
 def report_archive(message: str) -> None:
     """Say what a downgrade archived (helpers.archive_*): the plain CLI logs it; migrate_schema passes its own."""
     log.info(message)
+
+
+def report_retry(attempt: int, pause: float, reason: str) -> None:
+    """Say why DDL is retried (and whom it blocked on): the plain CLI logs it; migrate_schema passes its own."""
+    log.warning("lock_timeout: %s; retry %d in %.1f s", reason, attempt, pause)
 
 
 def configure_options(dialect_name: str) -> dict:
@@ -62,7 +67,7 @@ def configure_options(dialect_name: str) -> dict:
         # SQLite DDL is transactional with database.create_engine(); Alembic assumes not.
         "transactional_ddl": True,
         "on_version_apply": options.on_version_apply,
-        "process_revision_directives": skip_empty_autogenerate,
+        "process_revision_directives": process_revision_directives,
         # Read by migrations_alembic.helpers: where a downgrade reports the rows it archived.
         "on_archive": options.on_archive or report_archive,
     }
@@ -73,7 +78,7 @@ def run_migrations_offline() -> None:
         url = database.resolve_url(options.url)
     context.configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"},
                       **configure_options(url.get_backend_name()))
-    if url.get_backend_name() == "postgresql":
+    if url.get_backend_name() == "postgresql" and options.render_guards:
         # Whoever runs this script by hand gets the same guards as migrate_schema. The values were
         # checked to be durations (reautomation/setting_values.py) and are quoted as SQL literals.
         settings = guard.GuardSettings.from_settings()
@@ -140,7 +145,7 @@ def _run(connection: sa.Connection) -> None:
     with guard.migration_lock(connection.engine, settings.lock_wait_seconds):
         guard.set_timeouts(connection, settings)
         pid = connection.connection.driver_connection.info.backend_pid
-        guard.with_lock_retries(run_once, settings, on_retry=options.on_lock_retry,
+        guard.with_lock_retries(run_once, settings, on_retry=options.on_lock_retry or report_retry,
                                 watch=lambda: guard.BlockerWatch(connection.engine, pid))
 
 

@@ -204,7 +204,7 @@ def restore_rows(table: sa.Table, *, archive_prefix: str) -> sa.Table:
     quote = context.dialect.identifier_preparer.quote
     selected = {column.name: f"a.{quote(column.name)}" for column in table.columns}
     required = []
-    for key in table.foreign_key_constraints:
+    for key in sorted(table.foreign_key_constraints, key=lambda k: k.column_keys):  # a set: sorted, for one SQL
         (column,) = key.column_keys
         parent = key.elements[0].target_fullname.split(".")[0]
         # A table referring to itself: the parent may be one of the rows being restored.

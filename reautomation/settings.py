@@ -153,6 +153,12 @@ MIGRATION_LOCK_TIMEOUT = setting_values.duration(env, "MIGRATION_LOCK_TIMEOUT", 
 MIGRATION_LOCK_RETRIES = setting_values.count(env, "MIGRATION_LOCK_RETRIES", default=5)
 MIGRATION_RETRY_PAUSE_SECONDS = setting_values.seconds(env, "MIGRATION_RETRY_PAUSE_SECONDS", default=2)
 MIGRATION_STATEMENT_TIMEOUT = setting_values.duration(env, "MIGRATION_STATEMENT_TIMEOUT", default="30min")
+# Opt-in (0: off): a session idle in a transaction longer than this that blocks a migration's
+# DDL is terminated before the retry (never an active query). Plan warns of transactions open
+# longer than MIGRATION_LONG_TRANSACTION_SECONDS on the tables pending revisions touch.
+MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER = setting_values.seconds(env, "MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER",
+                                                                 default=0)
+MIGRATION_LONG_TRANSACTION_SECONDS = setting_values.seconds(env, "MIGRATION_LONG_TRANSACTION_SECONDS", default=60)
 
 # backfill_context on PostgreSQL: a batch waits at most this long for a row lock, and runs at most
 # this long; past either it is halved and retried (calls/backfill/workers.py).

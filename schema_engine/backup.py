@@ -69,27 +69,28 @@ def back_up_before_migrating(directory: Path, *, url: sa.URL | str | None = None
     return back_up(directory, label=f"at-{where}", url=url)
 
 
-def _client_tool(name: str) -> str:
+def client_tool(name: str) -> str:
+    """Return the path of one of PostgreSQL's client tools; raise ``BackupFailed`` if it is not installed."""
     found = shutil.which(name)
     if found is None:
         raise BackupFailed(f"{name} is not installed: install PostgreSQL's client tools (Debian: postgresql-client)")
     return found
 
 
-def _tool_error(result: subprocess.CompletedProcess[str], url: sa.URL) -> str:
+def tool_error(result: subprocess.CompletedProcess[str], url: sa.URL) -> str:
     """Return the first line of a client tool's complaint, passwords masked."""
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     return database.redact(lines[0] if lines else f"exit status {result.returncode}", url.password)
 
 
 def _back_up_postgresql(url: sa.URL, path: Path) -> Backup:
-    pg_dump = _client_tool("pg_dump")
+    pg_dump = client_tool("pg_dump")
     target, env = database.libpq_connection(url)
     result = subprocess.run([pg_dump, "--format=custom", "--file", str(path), "--dbname", target], env=env,
                             capture_output=True, text=True, umask=PRIVATE_FILES)
     if result.returncode != 0:
         path.unlink(missing_ok=True)
-        raise BackupFailed(f"pg_dump failed, nothing was migrated: {_tool_error(result, url)}")
+        raise BackupFailed(f"pg_dump failed, nothing was migrated: {tool_error(result, url)}")
     return Backup(path=path, restore_command=f"manage.py migrate_schema restore {shlex.quote(str(path))} --yes")
 
 
@@ -183,10 +184,10 @@ def _plain_dump_revisions(path: Path) -> tuple[str, ...]:
 
 
 def _custom_dump_revisions(path: Path, url: sa.URL) -> tuple[str, ...]:
-    result = subprocess.run([_client_tool("pg_restore"), "--data-only", "--table", "alembic_version", "--file", "-",
+    result = subprocess.run([client_tool("pg_restore"), "--data-only", "--table", "alembic_version", "--file", "-",
                              str(path)], capture_output=True, text=True)
     if result.returncode != 0:
-        raise NotABackup(f"{path} cannot be read by pg_restore ({_tool_error(result, url)}); nothing was restored")
+        raise NotABackup(f"{path} cannot be read by pg_restore ({tool_error(result, url)}); nothing was restored")
     return _dump_versions(result.stdout)
 
 
@@ -206,10 +207,10 @@ def _restore_sqlite(path: Path, url: sa.URL) -> None:
 def _restore_postgresql(path: Path, url: sa.URL, *, custom: bool) -> None:
     """Clean the schema and load the backup with ``psql``, all in one transaction."""
     target, env = database.libpq_connection(url)
-    psql = [_client_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction", "--set", "ON_ERROR_STOP=1",
+    psql = [client_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction", "--set", "ON_ERROR_STOP=1",
             "--dbname", target, "--command", CLEAN_SCHEMA, "--file", "-" if custom else str(path)]
     if custom:
-        dump = subprocess.Popen([_client_tool("pg_restore"), "--no-owner", "--file", "-", str(path)],
+        dump = subprocess.Popen([client_tool("pg_restore"), "--no-owner", "--file", "-", str(path)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         result = subprocess.run(psql, stdin=dump.stdout, env=env, capture_output=True, text=True)
         dump.stdout.close()  # type: ignore[union-attr]
@@ -218,4 +219,4 @@ def _restore_postgresql(path: Path, url: sa.URL, *, custom: bool) -> None:
         result = subprocess.run(psql, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise BackupFailed(f"the restore failed and was rolled back, the database is unchanged: "
-                           f"{_tool_error(result, url)}")
+                           f"{tool_error(result, url)}")

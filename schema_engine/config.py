@@ -15,9 +15,13 @@ import sqlalchemy as sa
 from alembic.config import Config
 from django.conf import settings
 
+from schema_engine import autogenerate
+
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 # Tables that downgrades fill with the data of dropped columns and tables; not part of the models.
 ARCHIVE_TABLE_PREFIX = "archive_"
+# Where the engine records each applied revision's checksum (``checksums.py``); not part of the models.
+CHECKSUM_TABLE = "alembic_revision_checksums"
 # Commands that write to the database take the migration lock; reading ones (current, check) never wait.
 WRITING_COMMANDS = frozenset({"upgrade", "downgrade", "stamp"})
 OPTIONS_KEY = "options"
@@ -31,6 +35,7 @@ class EnvOptions:
     connection: sa.Connection | sa.Engine | None = None  # online: the caller's; else the configured database
     url: sa.URL | None = None  # offline (--sql): the dialect to render for
     needs_metadata: bool = True  # only comparisons (check, autogenerate) need the models' metadata
+    render_guards: bool = True  # offline: begin with the guard's SET lock_timeout/statement_timeout lines
     skip_recorded_check: bool = False  # stamp --purge: alembic_version may hold anything
     skip_empty_autogenerate: bool = False  # revision --autogenerate: no file when nothing changed
     on_version_apply: Callable[..., None] | None = None
@@ -69,11 +74,14 @@ def alembic_config(*, stdout: TextIO | None = None, options: EnvOptions | None =
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    """Leave archive tables (data kept by downgrades) out of autogenerate comparisons."""
-    return not (type_ == "table" and reflected and name and name.startswith(ARCHIVE_TABLE_PREFIX))
+    """Leave archive tables (data kept by downgrades) and the checksums out of autogenerate comparisons."""
+    return not (type_ == "table" and reflected and name
+                and (name.startswith(ARCHIVE_TABLE_PREFIX) or name == CHECKSUM_TABLE))
 
 
-def skip_empty_autogenerate(context: Any, revision: Any, directives: list[Any]) -> None:
-    """Write no revision file when autogenerate finds no change (``revision --autogenerate``)."""
+def process_revision_directives(context: Any, revision: Any, directives: list[Any]) -> None:
+    """``revision --autogenerate``: no file when nothing changed; else revisions ``plan`` accepts (``autogenerate.py``)."""
     if EnvOptions.of(context.config).skip_empty_autogenerate and directives and directives[0].upgrade_ops.is_empty():
         directives[:] = []
+    if EnvOptions.of(context.config).command == "revision":  # not check: it compares, and writes nothing
+        autogenerate.deployable(context, revision, directives)

@@ -70,9 +70,10 @@ class SeveralRecordedRevisions(RecordedRevisionsInvalid):
 class SchemaDrift(SchemaError):
     """The database at head differs from the Django models."""
 
-    def __init__(self, message: str, *, diffs: list[Any]) -> None:
+    def __init__(self, message: str, *, diffs: list[Any], detail: str = "") -> None:
         super().__init__(message)
         self.diffs = diffs
+        self.detail = detail  # the first differences, in Alembic's words
 
 
 class BackfillRequired(SchemaError):
@@ -82,6 +83,26 @@ class BackfillRequired(SchemaError):
         super().__init__(message)
         self.revision = revision
         self.backfills = backfills
+
+
+class AppliedRevisionChanged(SchemaError):
+    """An applied revision's file renders other SQL than when it was applied (``checksums.py``)."""
+
+    def __init__(self, message: str, *, revisions: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.revisions = revisions
+
+
+class DataCheckFailed(SchemaError):
+    """A pending revision's data pre-check found rows it forbids (``prechecks.py``)."""
+
+    def __init__(self, message: str, *, revision: str, check: str, sample: tuple[tuple[object, ...], ...]) -> None:
+        super().__init__(message)
+        self.revision, self.check, self.sample = revision, check, sample
+
+
+class InvalidDataChecks(SchemaError):
+    """A revision's ``DATA_CHECKS`` is not a dict of names to queries, or a query cannot run."""
 
 
 class RevisionFailed(SchemaError):
@@ -127,6 +148,10 @@ class BackupFailed(SchemaError):
 
 class NotABackup(BackupFailed):
     """The file given to ``restore`` is not a backup of this schema."""
+
+
+class RehearsalUnavailable(SchemaError):
+    """No copy of the schema could be made to rehearse on (no CREATEDB, pg_dump failed)."""
 
 
 class LintUnavailable(SchemaError):

@@ -9,7 +9,9 @@
   is retried ``MIGRATION_LOCK_RETRIES`` times with growing pauses.
 - ``statement_timeout``, so no statement runs unbounded.
 - While the migration runs, another session samples who blocks it (``pg_blocking_pids``), so that
-  a retry line and the final refusal name the sessions holding the lock (``BlockerWatch``).
+  a retry line and the final refusal name the sessions holding the lock (``BlockerWatch``); with
+  ``MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER`` set, a blocker idle in its transaction longer than
+  that is terminated before the retry (never one running a query), and the retry line says so.
 
 Settings (``reautomation/settings.py``) hold the numbers; this module reads them on each run.
 """
@@ -49,6 +51,7 @@ class GuardSettings:
     statement_timeout: str
     lock_retries: int
     retry_pause_seconds: float
+    terminate_idle_after: float = 0.0  # seconds idle in a transaction past which a blocker is ended; 0: never
 
     @classmethod
     def from_settings(cls) -> "GuardSettings":
@@ -58,6 +61,7 @@ class GuardSettings:
             statement_timeout=str(settings.MIGRATION_STATEMENT_TIMEOUT),
             lock_retries=int(settings.MIGRATION_LOCK_RETRIES),
             retry_pause_seconds=float(settings.MIGRATION_RETRY_PAUSE_SECONDS),
+            terminate_idle_after=float(settings.MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER),
         )
 
 
@@ -111,16 +115,31 @@ class Blocker:
     state: str  # "idle in transaction", "active", ...
     transaction_seconds: float | None
     query: str  # its first words
+    state_seconds: float | None = None  # how long it has been in ``state``
 
     def __str__(self) -> str:
         age = f", transaction open {self.transaction_seconds:.0f}s" if self.transaction_seconds is not None else ""
         return f"pid {self.pid} ({self.application or 'no application_name'}, {self.state}{age}: {self.query})"
 
 
-BLOCKERS_SQL = sa.text(
-    "SELECT pid, application_name, coalesce(state, '?'), EXTRACT(epoch FROM now() - xact_start)::float8, "
-    "left(regexp_replace(query, '\\s+', ' ', 'g'), 60) FROM pg_stat_activity "
-    "WHERE pid = ANY (pg_blocking_pids(:pid)) ORDER BY xact_start")
+_SESSION_COLUMNS = ("pid, application_name, coalesce(state, '?'), EXTRACT(epoch FROM now() - xact_start)::float8, "
+                    "left(regexp_replace(query, '\\s+', ' ', 'g'), 60), "
+                    "EXTRACT(epoch FROM now() - state_change)::float8")
+BLOCKERS_SQL = sa.text(f"SELECT {_SESSION_COLUMNS} FROM pg_stat_activity "
+                       "WHERE pid = ANY (pg_blocking_pids(:pid)) ORDER BY xact_start")
+# Ends a session only if, at this instant, it is still idle in its transaction and has been longer than the limit.
+TERMINATE_IDLE_SQL = sa.text(
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = :pid "
+    "AND state IN ('idle in transaction', 'idle in transaction (aborted)') "
+    "AND now() - state_change > make_interval(secs => :limit)")
+# Sessions whose transaction is older than :older_than seconds, with each table they hold a lock on.
+LONG_TRANSACTIONS_SQL = sa.text(
+    f"SELECT DISTINCT locked.relname, {_SESSION_COLUMNS} FROM pg_stat_activity JOIN ("
+    "  SELECT l.pid AS holder, c.relname FROM pg_locks l JOIN pg_class c ON c.oid = l.relation"
+    "  WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    "    AND l.granted AND c.relkind IN ('r', 'p')) AS locked ON locked.holder = pid "
+    "WHERE pid <> pg_backend_pid() AND now() - xact_start > make_interval(secs => :older_than) "
+    "ORDER BY 1, 2")
 
 
 class BlockerWatch:
@@ -156,9 +175,35 @@ class BlockerWatch:
         except sa.exc.DBAPIError:
             pass  # a diagnosis only: the migration's own errors say what failed
 
+    def terminate_idle(self, limit: float) -> tuple[Blocker, ...]:
+        """End the blockers last seen idle in a transaction for longer than ``limit`` seconds; return them.
+
+        Checked again as it ends each: a blocker that has since run a query is left alone.
+        """
+        ended = []
+        with self.engine.connect() as conn:
+            for blocker in self.blockers:
+                if conn.execute(TERMINATE_IDLE_SQL, {"pid": blocker.pid, "limit": limit}).scalar():
+                    ended.append(blocker)
+            conn.commit()
+        self.blockers = tuple(b for b in self.blockers if b not in ended)
+        return tuple(ended)
+
     def describe(self) -> str:
         """`` (blocked by pid ...; pid ...)`` for the blockers last seen, or nothing."""
         return f"; blocked by {'; '.join(map(str, self.blockers))}" if self.blockers else ""
+
+
+def long_transactions(connection: sa.Connection, tables: set[str], older_than: float) -> list[tuple[str, Blocker]]:
+    """Return (table, session) for each of ``tables`` locked by a transaction open longer than ``older_than`` s.
+
+    Such a session makes a revision's DDL on that table wait and give up (``lock_timeout``).
+    """
+    if connection.dialect.name != "postgresql" or not tables:
+        return []
+    rows = connection.execute(LONG_TRANSACTIONS_SQL, {"older_than": older_than}).all()
+    connection.commit()
+    return [(table, Blocker(*session)) for table, *session in rows if table in tables]
 
 
 def with_lock_retries(run: Callable[[], T], guard: GuardSettings,
@@ -188,7 +233,14 @@ def with_lock_retries(run: Callable[[], T], guard: GuardSettings,
                 raise LockRetriesExhausted(
                     f"could not lock a table within lock_timeout={guard.lock_timeout}, {attempt + 1} tries "
                     f"({reason}): a long transaction holds it; find it in pg_stat_activity, end it, and run "
-                    "this again (MIGRATION_LOCK_TIMEOUT, MIGRATION_LOCK_RETRIES)") from exc
+                    "this again (MIGRATION_LOCK_TIMEOUT, MIGRATION_LOCK_RETRIES; MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER "
+                    "ends sessions idle in a transaction)") from exc
+            if guard.terminate_idle_after and isinstance(blockers, BlockerWatch):
+                ended = blockers.terminate_idle(guard.terminate_idle_after)
+                reason += "".join(f"; terminated pid {b.pid} ({b.application or 'no application_name'}, idle in its "
+                                  f"transaction {b.state_seconds or 0:.0f}s, longer than "
+                                  f"MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER={guard.terminate_idle_after:g}s)"
+                                  for b in ended)
             # Growing pauses with jitter, so retries do not line up with the blocker's rhythm.
             pause = guard.retry_pause_seconds * (2 ** attempt) * (0.5 + random.random())
             if on_retry:

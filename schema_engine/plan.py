@@ -1,21 +1,27 @@
 """Deploy planning: what ``upgrade head`` would do, and whether it is safe to do now (``migrate_schema plan``).
 
-Safe means: no pending revision waits for an unfinished backfill (``gate.py``), squawk finds
-nothing unaccepted in the pending SQL (``lint.py``), no INVALID index is left from a failed
-build, and no streaming replica is further behind than the upgrade would wait for it
-(``MIGRATION_REPLICA_WAIT_SECONDS``, ``replicas.py``). ``scripts/deploy`` stops at step 2 when it is not.
+Safe means: no applied revision has changed since it was applied (``checksums.py``), no pending
+revision waits for an unfinished backfill (``gate.py``) or has a data pre-check that finds rows
+(``prechecks.py``), squawk finds nothing unaccepted in the pending SQL (``lint.py``), no INVALID
+index is left from a failed build, no streaming replica is further behind than the upgrade would
+wait for it (``MIGRATION_REPLICA_WAIT_SECONDS``, ``replicas.py``), a database that records head
+matches the models (the drift check), and, with ``rehearse``, the pending revisions apply to a
+copy of the schema (``rehearsal.py``). ``scripts/deploy`` stops at step 2 when it is not.
 """
 from __future__ import annotations
 
+import dataclasses
+import io
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import sqlalchemy as sa
 from django.conf import settings
 
-from schema_engine import database, gate, lint, replicas
-from schema_engine.commands import revision_sql
-from schema_engine.errors import MultipleHeads, alembic_errors
+from schema_engine import checksums, database, gate, guard, lint, prechecks, rehearsal, replicas
+from schema_engine.commands import check, revision_sql
+from schema_engine.errors import MultipleHeads, SchemaDrift, alembic_errors
 from schema_engine.state import invalid_index_problem, pending_scripts, script_directory, status, summary
 
 
@@ -26,6 +32,7 @@ class PendingRevision:
     requires_backfills: tuple[str, ...]
     lint_findings: tuple[str, ...]  # squawk's, beyond those the revision accepts
     accepted_findings: tuple[tuple[str, str], ...] = ()  # (squawk rule, why): found, and accepted by the revision
+    data_checks: tuple[prechecks.CheckOutcome, ...] = ()  # its data pre-checks, run on the data as it is now
 
 
 @dataclass(frozen=True)
@@ -39,12 +46,31 @@ class Plan:
     invalid_indexes: tuple[tuple[str, str], ...]
     replicas: tuple[replicas.Replica, ...] = ()
     replica_wait: float = 0.0  # seconds the upgrade waits for each revision to be replayed
+    changed_revisions: tuple[str, ...] = ()  # applied revisions whose file has changed since (checksums.py)
+    drift: str = ""  # at head only: how the database differs from the models (a stamp without the revision?)
+    rehearsal: rehearsal.Rehearsal | None = None  # --rehearse: the pending revisions applied to a schema copy
+    long_transactions: tuple[tuple[str, guard.Blocker], ...] = ()  # (table a pending revision touches, session)
+    long_transaction_seconds: float = 0.0
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{blocker} has held a lock on {table} for longer than MIGRATION_LONG_TRANSACTION_SECONDS "
+                f"({self.long_transaction_seconds:g}s), and a pending revision alters {table}: its DDL would wait "
+                "for it (lock_timeout, retries); end that transaction or wait for it before upgrading"
+                for table, blocker in self.long_transactions]
 
     @property
     def problems(self) -> list[str]:
-        found = list(self.backfill_blockers)
+        found = [checksums.changed_message(list(self.changed_revisions))] if self.changed_revisions else []
+        found += list(self.backfill_blockers)
         found += [f"revision {rev.revision}: squawk: {finding}" for rev in self.pending for finding in rev.lint_findings]
+        found += [check.problem for rev in self.pending for check in rev.data_checks if check.failed]
         found += [invalid_index_problem(index, table) for index, table in self.invalid_indexes]
+        if self.drift:
+            found.append(f"the database records head ({'; '.join(self.current)}) but differs from the models "
+                         f"({self.drift}): was a failed revision stamped? stamp the revision the schema really is at "
+                         "('manage.py migrate_schema stamp REV'), then 'plan --rehearse'")
+        found += self.rehearsal.problems if self.rehearsal else []
         found += [f"replica {replica.name} is {replica.replay_lag:.1f}s behind, longer than the upgrade waits for it "
                   f"(MIGRATION_REPLICA_WAIT_SECONDS {self.replica_wait:g}s): let it catch up first"
                   for replica in self.replicas if self.pending and replica.replay_lag > self.replica_wait]
@@ -62,8 +88,18 @@ class Plan:
             "heads": list(self.heads),
             "pending": [{"revision": r.revision, "doc": r.doc, "requires_backfills": list(r.requires_backfills),
                          "lint_findings": list(r.lint_findings),
-                         "accepted_lint_findings": [{"rule": rule, "reason": why} for rule, why in r.accepted_findings]}
+                         "accepted_lint_findings": [{"rule": rule, "reason": why} for rule, why in r.accepted_findings],
+                         "data_checks": [{"name": c.check.name, "query": c.check.query, "status": c.status,
+                                          "sample": [list(map(str, row)) for row in c.sample],
+                                          "deferred": c.deferred} for c in r.data_checks]}
                         for r in self.pending],
+            "warnings": self.warnings,
+            "changed_revisions": list(self.changed_revisions),
+            "drift": self.drift,
+            "rehearsal": None if self.rehearsal is None else {
+                "revisions": [{"revision": r.revision, "seconds": round(r.seconds, 3), "error": r.error}
+                              for r in self.rehearsal.revisions],
+                "drift": self.rehearsal.drift},
             "backfill_blockers": list(self.backfill_blockers),
             "invalid_indexes": [{"index": i, "table": t} for i, t in self.invalid_indexes],
             "replicas": [{"name": r.name, "state": r.state, "replay_lag_seconds": r.replay_lag,
@@ -71,8 +107,13 @@ class Plan:
         }
 
 
-def plan(*, url: sa.URL | str | None = None) -> Plan:
-    """Return the plan for ``upgrade head``: pending revisions, backfills they need, squawk's findings, INVALID indexes."""
+def plan(*, url: sa.URL | str | None = None, rehearse: bool = False,
+         on_rehearsed: Callable[[rehearsal.RehearsedRevision], None] | None = None) -> Plan:
+    """Return the plan for ``upgrade head``: pending revisions, backfills they need, squawk's findings, INVALID indexes.
+
+    With ``rehearse``, also apply the pending revisions to a copy of the schema (``rehearsal.py``);
+    ``on_rehearsed`` hears of each as it is done.
+    """
     url = database.resolve_url(url)
     state = status(url=url)
     if len(state.heads) > 1:
@@ -80,20 +121,39 @@ def plan(*, url: sa.URL | str | None = None) -> Plan:
                             "'manage.py migrate_schema merge heads -m \"merge heads\"'")
     with alembic_errors():
         scripts = pending_scripts(script_directory(), state.current, "head")
-        pending = []
+        pending, pending_sql = [], []
         for rev in scripts:
             findings: tuple[str, ...] = ()
             accepted_found: tuple[tuple[str, str], ...] = ()
             if url.get_backend_name() == "postgresql":  # squawk reads PostgreSQL
                 sql = revision_sql(rev.revision, rev.down_revision or "base", url=url)
+                pending_sql.append(sql)
                 found, accepted = lint.lint_sql(sql), lint.accepted_findings(rev)
                 findings = tuple(str(f) for f in lint.unaccepted(found, accepted))
                 accepted_found = tuple((rule, why) for rule, why in accepted.items() if rule in {f.rule for f in found})
             pending.append(PendingRevision(rev.revision, summary(rev), gate.requires_backfills(rev), findings,
                                            accepted_found))
         blockers = tuple(why for _rev, _names, why in gate.blockers(scripts, url=url))
-    with database.connect(url) as conn:
+        with database.connect(url) as conn:
+            outcomes = prechecks.run_pending(conn, scripts)
+        pending = [dataclasses.replace(rev, data_checks=tuple(o for o in outcomes if o.check.revision == rev.revision))
+                   for rev in pending]
+    with alembic_errors(), database.connect(url) as conn:
         streaming = tuple(replicas.replicas(conn))
+        changed = tuple(c.revision for c in checksums.compare(conn) if c.changed)
+        touched = {table for table in sa.inspect(conn).get_table_names()
+                   if any(re.search(rf"\b{re.escape(table)}\b", sql) for sql in pending_sql)}
+        conn.commit()
+        held = tuple(guard.long_transactions(conn, touched, settings.MIGRATION_LONG_TRANSACTION_SECONDS))
+    drift = ""
+    if state.current and not pending:
+        try:
+            check(url=url, stdout=io.StringIO())  # Alembic's own line is not ours to print
+        except SchemaDrift as exc:
+            drift = exc.detail
+    rehearsed = rehearsal.rehearse(url=url, on_revision=on_rehearsed) if rehearse else None
     return Plan(current=state.current, heads=state.heads, pending=tuple(pending), backfill_blockers=blockers,
                 invalid_indexes=state.invalid_indexes, replicas=streaming,
-                replica_wait=settings.MIGRATION_REPLICA_WAIT_SECONDS)
+                replica_wait=settings.MIGRATION_REPLICA_WAIT_SECONDS, changed_revisions=changed, drift=drift,
+                rehearsal=rehearsed, long_transactions=held,
+                long_transaction_seconds=settings.MIGRATION_LONG_TRANSACTION_SECONDS)

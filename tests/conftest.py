@@ -215,14 +215,14 @@ def error_lines(stderr: str) -> list[str]:
 def snapshot(url: sa.URL) -> dict[str, dict[str, object]]:
     """Return every table's columns (name, type, nullability), indexes and unique constraints.
 
-    Archive tables are data a downgrade kept (``archives`` lists them), not schema.
+    Archive tables are data a downgrade kept (``archives`` lists them), not schema; the engine's own tables neither.
     """
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         inspector = sa.inspect(engine)
         result = {}
         for table in sorted(inspector.get_table_names()):
-            if table == "alembic_version" or table.startswith(config.ARCHIVE_TABLE_PREFIX):
+            if table in ("alembic_version", config.CHECKSUM_TABLE) or table.startswith(config.ARCHIVE_TABLE_PREFIX):
                 continue
             result[table] = {
                 "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)),

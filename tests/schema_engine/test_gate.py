@@ -109,7 +109,8 @@ def test_plan_is_one_exit_code_and_json(contract_chain: Path, django_database, m
     planned = json.loads(out.getvalue())
     assert planned["safe"] is False and planned["current"] == [HEAD]
     assert planned["pending"] == [{"revision": REVISION, "doc": planned["pending"][0]["doc"],
-                                   "requires_backfills": ["messages"], "lint_findings": [], "accepted_lint_findings": []}]
+                                   "requires_backfills": ["messages"], "lint_findings": [], "accepted_lint_findings": [],
+                                   "data_checks": []}]
 
     backfill.backfill_context(url=url, only=("messages",))
     out = io.StringIO()

@@ -5,6 +5,7 @@ other connections of the test hold locks on.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Iterator
 
@@ -92,16 +93,22 @@ def test_ddl_behind_a_long_transaction_retries_then_gives_up_with_nothing_half_a
     assert "total_context_tokens" not in columns  # 003 was rolled back whole
 
 
-def test_each_retry_names_the_session_that_holds_the_lock(pg_db: sa.URL) -> None:
+@pytest.fixture
+def idle_blocker(pg_db: sa.URL) -> Iterator[int]:
+    """The application's session (pid yielded), idle in a transaction holding a lock on calls; the database at 002."""
     commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
     engine = database.create_engine(pg_db, connect_args={"application_name": "voice-agent"})
     with engine.connect() as blocker:
-        blocker.execute(sa.text("UPDATE calls SET status = status WHERE id = -1"))  # left idle in a transaction
-        blocker_pid = blocker.connection.driver_connection.info.backend_pid
-        result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="500ms",
-                        MIGRATION_LOCK_RETRIES="1", MIGRATION_RETRY_PAUSE_SECONDS="0.05")
-        blocker.rollback()
+        blocker.execute(sa.text("UPDATE calls SET status = status WHERE id = -1"))
+        yield blocker.connection.driver_connection.info.backend_pid
+        blocker.invalidate()  # closed whether or not the test had it terminated
     engine.dispose()
+
+
+def test_each_retry_names_the_session_that_holds_the_lock(pg_db: sa.URL, idle_blocker: int) -> None:
+    blocker_pid = idle_blocker
+    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="500ms",
+                    MIGRATION_LOCK_RETRIES="1", MIGRATION_RETRY_PAUSE_SECONDS="0.05")
     assert result.returncode == 1
     retry = next(line for line in result.stderr.splitlines() if "retry 1 " in line)
     named = f"blocked by pid {blocker_pid} (voice-agent, idle in transaction, transaction open "
@@ -166,3 +173,67 @@ def test_a_statement_over_statement_timeout_stops_with_one_line(pg_db: sa.URL, o
     errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
     assert len(errors) == 1 and "ran longer than statement_timeout=500ms" in errors[0]
     assert current(pg_db) == ["002_voice_agent_integration"]
+
+
+def test_an_opted_in_limit_terminates_a_blocker_idle_in_its_transaction_and_says_so(
+        pg_db: sa.URL, idle_blocker: int) -> None:
+    blocker_pid = idle_blocker
+    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="500ms",
+                    MIGRATION_LOCK_RETRIES="3", MIGRATION_RETRY_PAUSE_SECONDS="0.05",
+                    MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER="0.2")
+    assert result.returncode == 0, result.stderr
+    retry = next(line for line in result.stderr.splitlines() if "retry 1 " in line)
+    assert (f"; terminated pid {blocker_pid} (voice-agent, idle in its transaction " in retry
+            and "longer than MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER=0.2s)" in retry), retry
+    assert run_sql(pg_db, "SELECT count(*) FROM pg_stat_activity WHERE pid = :p", {"p": blocker_pid}) == [(0,)]
+    assert current(pg_db) == [HEAD]
+
+
+def test_a_blocker_running_a_query_is_never_terminated(pg_db: sa.URL, other_session: sa.Connection) -> None:
+    commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    other_session.execute(sa.text("SELECT count(*) FROM calls"))
+    blocker_pid = other_session.connection.driver_connection.info.backend_pid
+    # The blocker then runs a query (active), still holding its lock on calls.
+    runner = database.create_engine(pg_db)
+    with runner.connect() as conn:
+        sleeper = threading.Thread(target=lambda: _run_until_cancelled(other_session), daemon=True)
+        sleeper.start()
+        def state_of_blocker() -> str | None:
+            found = conn.execute(sa.text("SELECT state FROM pg_stat_activity WHERE pid = :p"), {"p": blocker_pid})
+            state = found.scalar()
+            conn.rollback()  # pg_stat_activity is read once per transaction
+            return state
+
+        wait_for(lambda: state_of_blocker() == "active")
+        result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms",
+                        MIGRATION_LOCK_RETRIES="1", MIGRATION_RETRY_PAUSE_SECONDS="0.05",
+                        MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER="0.01")
+        conn.execute(sa.text("SELECT pg_cancel_backend(:p)"), {"p": blocker_pid})
+        conn.commit()
+        sleeper.join()
+    runner.dispose()
+    assert result.returncode == 1
+    assert "terminated" not in result.stderr and f"blocked by pid {blocker_pid} " in result.stderr
+    assert current(pg_db) == ["002_voice_agent_integration"]
+
+
+def _run_until_cancelled(conn: sa.Connection) -> None:
+    try:
+        conn.execute(sa.text("SELECT pg_sleep(600)"))
+    except sa.exc.DBAPIError:
+        pass  # cancelled by the test
+    conn.rollback()
+
+
+def test_plan_warns_of_long_transactions_on_the_tables_pending_revisions_touch(
+        pg_db: sa.URL, other_session: sa.Connection) -> None:
+    commands.upgrade(revision="002_voice_agent_integration", url=pg_db)  # 003 alters calls and conversation_history
+    other_session.execute(sa.text("SELECT count(*) FROM calls"))
+    other_session.execute(sa.text("SELECT count(*) FROM contacts"))  # no pending revision touches contacts
+    blocker_pid = other_session.connection.driver_connection.info.backend_pid
+    result = manage(pg_db, "migrate_schema", "plan", MIGRATION_LONG_TRANSACTION_SECONDS="0")
+    other_session.rollback()
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("  warning: ")]
+    assert len(warnings) == 1, result.stdout
+    assert warnings[0].startswith(f"  warning: pid {blocker_pid} (") and "has held a lock on calls" in warnings[0]

@@ -36,7 +36,7 @@ def test_deploy_then_rollback_with_restore(make_database, tmp_path: Path) -> Non
 
     deployed = script("deploy", url, backups=tmp_path)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    for number in range(1, 7):
+    for number in range(1, 8):
         assert f"==> step {number}:" in deployed.stdout
     assert state.status(url=url).current == (REVISIONS[-1],)
     assert run_sql(url, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0] == 0
@@ -62,6 +62,18 @@ def test_deploy_stops_at_the_plan_when_it_is_not_safe(make_database, tmp_path: P
     assert result.returncode == 1
     assert "deploy: step 2 (plan" in result.stderr and "ix_leftover" in result.stderr
     assert "==> step 3" not in result.stdout and list(tmp_path.iterdir()) == []
+    assert state.status(url=url).current == ("004_performance_indexes",)
+
+
+def test_deploy_stops_at_the_rehearsal_when_the_stamp_is_wrong(make_database, tmp_path: Path) -> None:
+    url = make_database("postgresql")
+    commands.upgrade(revision="head", url=url)
+    commands.stamp(revision="004_performance_indexes", url=url)  # the schema is at head, the stamp says 004
+    result = script("deploy", url, backups=tmp_path)
+    assert result.returncode == 1
+    assert "==> step 2:" in result.stdout and "deploy: step 3 (rehearse" in result.stderr
+    assert "rehearsal: revision 005_backfill_runs cannot apply to this schema" in result.stderr
+    assert "==> step 4" not in result.stdout and list(tmp_path.iterdir()) == []
     assert state.status(url=url).current == ("004_performance_indexes",)
 
 

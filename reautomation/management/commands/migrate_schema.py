@@ -13,13 +13,13 @@ from typing import Any, TextIO
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from operator_kit.output import RawOutput
-from schema_engine import backup, commands, database, errors, replicas, state
+from schema_engine import backup, checksums, commands, database, errors, rehearsal, replicas, state
 from schema_engine import plan as deploy_plan
 
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 # Subcommands that act on the database name it (password hidden) before they act.
-ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore"}
+ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore", "verify"}
 
 
 class Command(BaseCommand):
@@ -67,6 +67,12 @@ class Command(BaseCommand):
         rst.add_argument("--yes", action="store_true", help="confirm: everything written since the backup is lost")
         pln = sub.add_parser("plan", help="what 'upgrade head' would do and whether it is safe now (exit 0) or not (3)")
         pln.add_argument("--json", action="store_true", dest="as_json", help="print the plan as JSON")
+        pln.add_argument("--rehearse", action="store_true",
+                         help="also apply the pending revisions to a copy of the schema (no data) in a scratch "
+                              "database, and report each one's outcome and duration")
+        vrf = sub.add_parser("verify", help="check that no applied revision's file has changed since it was applied")
+        vrf.add_argument("--accept", nargs="+", metavar="REV", default=None,
+                         help="record the current checksum of these applied revisions: their change is deliberate")
         for subparser in sub.choices.values():
             subparser.formatter_class = argparse.RawDescriptionHelpFormatter
 
@@ -160,10 +166,10 @@ class Command(BaseCommand):
     def _revision(self, *, message: str, autogenerate: bool = False, **_: Any) -> None:
         if autogenerate:
             self._name_database(quiet_stdout=False)
-        revision = commands.create_revision(message=message, autogenerate=autogenerate, stdout=self._alembic_out)
-        if revision is None:
+        written = commands.create_revision(message=message, autogenerate=autogenerate, stdout=self._alembic_out)
+        if not written:
             self.stdout.write("No changes between the models and the database; no revision written")
-        else:
+        for revision in written:
             self.stdout.write(self.style.SUCCESS(f"Created revision {revision}: review it before applying"))
 
     def _restore(self, *, backup_file: Path, yes: bool = False, **_: Any) -> None:
@@ -172,8 +178,32 @@ class Command(BaseCommand):
         recorded = backup.restore(backup_file)
         self.stdout.write(self.style.SUCCESS(f"Restored {backup_file}; database is at {'; '.join(recorded)}"))
 
-    def _plan(self, *, as_json: bool = False, **_: Any) -> None:
-        self._print_plan(deploy_plan.plan(), as_json=as_json)
+    def _plan(self, *, as_json: bool = False, rehearse: bool = False, **_: Any) -> None:
+        def on_rehearsed(step: rehearsal.RehearsedRevision) -> None:
+            if not as_json:
+                outcome = f"failed: {step.error}" if step.error else "applied"
+                self.stdout.write(f"  rehearsed {step.revision:<28} {step.seconds:8.2f}s  {outcome}")
+
+        if rehearse and not as_json:
+            self.stdout.write("Rehearsal: the pending revisions on a copy of the schema (no data), dropped afterwards")
+        self._print_plan(deploy_plan.plan(rehearse=rehearse, on_rehearsed=on_rehearsed), as_json=as_json)
+
+    def _verify(self, *, accept: list[str] | None = None, **_: Any) -> None:
+        if accept:
+            for found in checksums.accept(accept):
+                was = "unchanged" if found.recorded == found.current else f"was {(found.recorded or 'none')[:12]}"
+                self.stdout.write(self.style.SUCCESS(f"Accepted {found.revision}: checksum {found.current[:12]} "
+                                                     f"recorded ({was})"))
+            return
+        found = checksums.verify()
+        for rev in found:
+            state_ = ("CHANGED since it was applied" if rev.changed else
+                      "not recorded yet (recorded by the next upgrade)" if rev.recorded is None else "ok")
+            self.stdout.write(f"  {rev.revision:<30} {rev.current[:12]}  {state_}")
+        changed = [rev for rev in found if rev.changed]
+        if changed:
+            raise CommandError(checksums.changed_message([rev.revision for rev in changed]))
+        self.stdout.write(self.style.SUCCESS(f"{len(found)} applied revision(s): none changed since applied"))
 
     def _check(self, **_: Any) -> None:
         commands.check(stdout=self._alembic_out)
@@ -191,9 +221,18 @@ class Command(BaseCommand):
                 self.stdout.write(f"  pending {rev.revision:<30} {rev.doc}{needs}")
                 for rule, why in rev.accepted_findings:
                     self.stdout.write(f"    accepted squawk finding {rule}: {why}")
+                for check in rev.data_checks:
+                    said = {"passed": "passed", "failed": f"FAILED: {check.describe_rows()}",
+                            "deferred": check.deferred}[check.status]
+                    self.stdout.write(f"    data check \"{check.check.name}\": {said}")
+            if plan.rehearsal is not None and not plan.rehearsal.problems:
+                self.stdout.write(f"  rehearsal: {len(plan.rehearsal.revisions)} revision(s) applied to the copy in "
+                                  f"{plan.rehearsal.seconds:.1f}s; then no drift from the models")
             for replica in plan.replicas:
                 self.stdout.write(f"  replica {replica.name}: {replica.state}, {replica.replay_lag:.1f}s behind "
                                   f"({replica.bytes_behind:,} bytes of WAL not replayed)")
+            for warning in plan.warnings:
+                self.stdout.write(f"  warning: {warning}")
             for problem in plan.problems:
                 self.stdout.write(f"  problem: {problem}")
             if plan.safe:

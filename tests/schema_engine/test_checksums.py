@@ -1,0 +1,91 @@
+"""Checksums: each applied revision's rendered SQL is recorded; a file changed since is refused until accepted."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from schema_engine import checksums, commands, errors, plan
+from schema_engine.config import CHECKSUM_TABLE
+from schema_engine.state import script_directory
+from tests.conftest import REVISIONS, error_lines, manage, previous, run_sql
+
+
+def recorded(url: sa.URL) -> dict[str, str]:
+    return dict(run_sql(url, f"SELECT revision, sha256 FROM {CHECKSUM_TABLE}"))
+
+
+def edit(migrations: Path, revision: str, old: str, new: str) -> None:
+    path = next(p for p in (migrations / "versions").glob("*.py") if f'revision: str = "{revision}"' in p.read_text())
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("revision", REVISIONS)
+def test_each_revision_renders_one_checksum(revision: str) -> None:
+    script = script_directory().get_revision(revision)
+    first = checksums.checksum(script)
+    checksums._rendered.clear()
+    assert checksums.checksum(script) == first and len(first) == 64
+
+
+def test_an_upgrade_records_each_revision_it_applies_and_a_downgrade_removes_it(empty_db: sa.URL) -> None:
+    commands.upgrade(revision="head", url=empty_db)
+    script = script_directory()
+    assert recorded(empty_db) == {rev: checksums.checksum(script.get_revision(rev)) for rev in REVISIONS}
+    commands.downgrade(revision=previous(REVISIONS[-1]), url=empty_db)
+    assert set(recorded(empty_db)) == set(REVISIONS[:-1])
+
+
+def test_a_database_migrated_before_checksums_gets_them_on_its_next_upgrade(pg_head_db: sa.URL) -> None:
+    run_sql(pg_head_db, f"DROP TABLE {CHECKSUM_TABLE}")
+    assert all(c.recorded is None and not c.changed for c in checksums.verify(url=pg_head_db))
+    result = commands.upgrade(revision="head", url=pg_head_db)
+    assert result.applied == ()
+    assert set(recorded(pg_head_db)) == set(REVISIONS)
+
+
+def test_a_comment_is_not_a_change(pg_head_db: sa.URL, scratch_migrations: Path) -> None:
+    edit(scratch_migrations, REVISIONS[2], "def upgrade() -> None:\n", "def upgrade() -> None:\n    # reworded\n")
+    assert not any(c.changed for c in checksums.verify(url=pg_head_db))
+
+
+def test_a_changed_applied_revision_is_refused_by_plan_upgrade_and_verify_until_accepted(
+        pg_db: sa.URL, scratch_migrations: Path) -> None:
+    commands.upgrade(revision=previous(REVISIONS[-1]), url=pg_db)
+    changed = "003_context_management"
+    edit(scratch_migrations, changed, "server_default=sa.false()", "server_default=sa.true()")
+    env = {"ALEMBIC_SCRIPT_LOCATION": str(scratch_migrations)}
+
+    planned = plan.plan(url=pg_db)
+    assert planned.changed_revisions == (changed,) and not planned.safe
+    assert planned.as_dict()["changed_revisions"] == [changed]
+    with pytest.raises(errors.AppliedRevisionChanged) as refused:
+        commands.upgrade(revision="head", url=pg_db)
+    assert refused.value.revisions == (changed,)
+    assert run_sql(pg_db, "SELECT version_num FROM alembic_version") == [(previous(REVISIONS[-1]),)]
+
+    verified = manage(pg_db, "migrate_schema", "verify", **env)
+    assert verified.returncode == 1
+    assert f"  {changed:<30}" in verified.stdout and "CHANGED since it was applied" in verified.stdout
+    assert error_lines(verified.stderr) == [
+        f"CommandError: applied revision(s) {changed} changed since it was applied (its SQL is not what ran): put "
+        "the file back as it was (git log -p on it) and write a new revision for the change; if the change is "
+        "deliberate and the database needs nothing of it, accept it with "
+        f"'manage.py migrate_schema verify --accept {changed}'"]
+
+    accepted = manage(pg_db, "migrate_schema", "verify", "--accept", changed, **env)
+    assert accepted.returncode == 0, accepted.stderr
+    assert f"Accepted {changed}: checksum" in accepted.stdout
+    assert manage(pg_db, "migrate_schema", "verify", **env).returncode == 0
+    assert manage(pg_db, "migrate_schema", "upgrade", "head", **env).returncode == 0
+
+
+def test_accepting_a_revision_the_database_has_not_applied_is_refused(pg_db: sa.URL) -> None:
+    commands.upgrade(revision=REVISIONS[1], url=pg_db)
+    done = manage(pg_db, "migrate_schema", "verify", "--accept", REVISIONS[-1])
+    assert done.returncode == 1
+    assert error_lines(done.stderr) == [f"CommandError: {REVISIONS[-1]} is not a revision this database has applied; "
+                                        "'manage.py migrate_schema verify' lists them"]
