@@ -17,7 +17,7 @@ from calls.models import BackfillRun
 from monitoring import charts
 from monitoring.models import PerformanceMetric, SystemMetric
 from reautomation import replica_reads
-from schema_engine import database, errors, replicas, state
+from schema_engine import checksums, database, errors, replicas, state
 
 # What each of the site's own pages needs: the view permission of what it shows.
 OPERATIONS_PERMISSION = "calls.view_backfillrun"
@@ -44,11 +44,12 @@ class OperatorAdminSite(admin.AdminSite):
         ]
 
     def operations_view(self, request: HttpRequest) -> HttpResponse:
-        """Schema state (current revision, head, pending, INVALID indexes) and each backfill's latest run."""
+        """Schema state (current revision, head, pending, changed applied revisions, INVALID indexes), each backfill's latest run."""
         require_any(request, OPERATIONS_PERMISSION)
         context: dict[str, Any] = {**self.each_context(request), "title": "Schema and backfills"}
         try:
             context["schema"] = state.status()
+            context["changed_revisions"] = [c.revision for c in checksums.verify() if c.changed]
             with database.connect() as conn:
                 context["replicas"] = replicas.replicas(conn)
         except errors.SchemaError as exc:

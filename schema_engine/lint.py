@@ -28,6 +28,17 @@ ACCEPTED_FINDINGS_NAME = "ACCEPTED_LINT_FINDINGS"
 _DROPS_AN_ARCHIVE = re.compile(r"DROP TABLE (IF EXISTS )?archive_\w+;", re.IGNORECASE)
 
 
+# How this project does what a rule asks for; any finding may instead be accepted in the revision.
+PROJECT_FIXES = {
+    "require-concurrent-index-creation": "build it with helpers.build_index inside "
+                                         "op.get_context().autocommit_block(), as revision --autogenerate writes it",
+    "require-concurrent-index-deletion": "drop it with helpers.drop_index inside op.get_context().autocommit_block()",
+    "adding-required-field": "add the column nullable, fill it, then helpers.set_not_null in a later revision "
+                             "(revision --autogenerate writes both), or give it a server default",
+    "adding-not-nullable-field": "helpers.set_not_null (CHECK NOT VALID, VALIDATE, then SET NOT NULL)",
+}
+
+
 @dataclass(frozen=True)
 class Finding:
     rule: str
@@ -36,7 +47,9 @@ class Finding:
     statement: str
 
     def __str__(self) -> str:
-        return f"{self.rule}: {self.message} (line {self.line}: {self.statement})"
+        fix = PROJECT_FIXES.get(self.rule, "")
+        accept = f'or accept it in the revision: {ACCEPTED_FINDINGS_NAME} = {{"{self.rule}": "why"}}'
+        return f"{self.rule}: {self.message} (line {self.line}: {self.statement}); {fix + ', ' if fix else ''}{accept}"
 
 
 def squawk_executable() -> str:

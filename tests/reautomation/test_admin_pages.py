@@ -132,7 +132,7 @@ def test_operations_page_shows_schema_state_and_each_backfills_latest_run(admin_
     assert re.search(r"<th scope=\"row\">messages</th><td>0</td>", counted)
 
 
-def test_operations_page_lists_pending_revisions_and_invalid_indexes(admin_client: Client, operator_data: None) -> None:
+def test_operations_page_lists_pending_and_changed_revisions_and_invalid_indexes(admin_client: Client, operator_data: None) -> None:
     status = state.status()
     previous = state.script_directory().get_revision(status.heads[0]).down_revision
     with connection.cursor() as cursor:
@@ -140,12 +140,21 @@ def test_operations_page_lists_pending_revisions_and_invalid_indexes(admin_clien
         # What a killed CREATE INDEX CONCURRENTLY leaves behind.
         cursor.execute("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'ix_scratch_invalid'::regclass")
         cursor.execute("UPDATE alembic_version SET version_num = %s", [previous])
+        # As if 003's file had been edited since it was applied.
+        cursor.execute("UPDATE alembic_revision_checksums SET sha256 = reverse(sha256) "
+                       "WHERE revision = '003_context_management' RETURNING sha256")
+        (edited,) = cursor.fetchone()
     try:
         page = admin_client.get(reverse("admin:operations")).content.decode()
     finally:
         with connection.cursor() as cursor:
             cursor.execute("DROP INDEX ix_scratch_invalid")
             cursor.execute("UPDATE alembic_version SET version_num = %s", [status.heads[0]])
+            cursor.execute("UPDATE alembic_revision_checksums SET sha256 = reverse(sha256) WHERE sha256 = %s",
+                           [edited])
+    changed = page[page.index('id="changed-revisions"'):]
+    assert re.findall(r"<tr><td><code>(\w+)</code></td></tr>", changed[:changed.index("</table>")]) == [
+        "003_context_management"]
     pending = page[page.index('id="pending-revisions"'):]
     assert f"<code>{status.heads[0]}</code>" in pending
     assert "1 pending" in page and "migrate_schema upgrade head" in page

@@ -41,7 +41,11 @@ def test_a_finding_the_revision_does_not_accept_is_refused(at_head: sa.URL, scra
     add_revision(scratch_migrations)
     result = plan.plan(url=at_head)
     assert not result.safe
-    assert result.problems == [next(p for p in result.problems if "require-concurrent-index-creation" in p)]
+    (problem,) = result.problems
+    assert problem.startswith("revision 007_summary_index: squawk: require-concurrent-index-creation: ")
+    assert problem.endswith("; build it with helpers.build_index inside op.get_context().autocommit_block(), as "
+                            "revision --autogenerate writes it, or accept it in the revision: ACCEPTED_LINT_FINDINGS = "
+                            '{"require-concurrent-index-creation": "why"}')
     assert result.pending[0].accepted_findings == ()
 
 
