@@ -124,7 +124,8 @@ def forget(connection: sa.Connection, revision: str) -> None:
 
 def record_missing(connection: sa.Connection) -> list[str]:
     """Record the checksum of every applied revision that has none; return their ids (committed)."""
-    missing = [s for s in applied_scripts(connection) if s.revision not in _recorded(connection)]
+    recorded = _recorded(connection)
+    missing = [s for s in applied_scripts(connection) if s.revision not in recorded]
     for script in missing:
         record(connection, script)
     connection.commit()

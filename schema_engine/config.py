@@ -81,7 +81,8 @@ def include_object(obj: Any, name: str | None, type_: str, reflected: bool, comp
 
 def process_revision_directives(context: Any, revision: Any, directives: list[Any]) -> None:
     """``revision --autogenerate``: no file when nothing changed; else revisions ``plan`` accepts (``autogenerate.py``)."""
-    if EnvOptions.of(context.config).skip_empty_autogenerate and directives and directives[0].upgrade_ops.is_empty():
+    options = EnvOptions.of(context.config)
+    if options.skip_empty_autogenerate and directives and directives[0].upgrade_ops.is_empty():
         directives[:] = []
-    if EnvOptions.of(context.config).command == "revision":  # not check: it compares, and writes nothing
+    if options.command == "revision":  # not check: it compares, and writes nothing
         autogenerate.deployable(context, revision, directives)

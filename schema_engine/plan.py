@@ -10,7 +10,6 @@ copy of the schema (``rehearsal.py``). ``scripts/deploy`` stops at step 2 when i
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import re
 from dataclasses import dataclass
@@ -119,8 +118,9 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False,
     if len(state.heads) > 1:
         raise MultipleHeads("the revision history has multiple heads; merge them with "
                             "'manage.py migrate_schema merge heads -m \"merge heads\"'")
-    with alembic_errors():
+    with alembic_errors(), database.connect(url) as conn:
         scripts = pending_scripts(script_directory(), state.current, "head")
+        outcomes = prechecks.run_pending(conn, scripts)
         pending, pending_sql = [], []
         for rev in scripts:
             findings: tuple[str, ...] = ()
@@ -132,13 +132,9 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False,
                 findings = tuple(str(f) for f in lint.unaccepted(found, accepted))
                 accepted_found = tuple((rule, why) for rule, why in accepted.items() if rule in {f.rule for f in found})
             pending.append(PendingRevision(rev.revision, summary(rev), gate.requires_backfills(rev), findings,
-                                           accepted_found))
+                                           accepted_found,
+                                           tuple(o for o in outcomes if o.check.revision == rev.revision)))
         blockers = tuple(why for _rev, _names, why in gate.blockers(scripts, url=url))
-        with database.connect(url) as conn:
-            outcomes = prechecks.run_pending(conn, scripts)
-        pending = [dataclasses.replace(rev, data_checks=tuple(o for o in outcomes if o.check.revision == rev.revision))
-                   for rev in pending]
-    with alembic_errors(), database.connect(url) as conn:
         streaming = tuple(replicas.replicas(conn))
         changed = tuple(c.revision for c in checksums.compare(conn) if c.changed)
         touched = {table for table in sa.inspect(conn).get_table_names()

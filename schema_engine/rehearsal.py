@@ -128,9 +128,9 @@ def _copy_postgresql_schema(source: sa.URL, copy: sa.URL) -> None:
                           stdin=dump.stdout, env=copy_env, capture_output=True, text=True)
     dump.stdout.close()  # type: ignore[union-attr]
     complaint = dump.stderr.read().decode(errors="replace") if dump.stderr else ""
-    if dump.wait() != 0:
-        first = next((line for line in complaint.splitlines() if line.strip()), f"exit status {dump.returncode}")
-        raise RehearsalUnavailable(f"pg_dump --schema-only failed: {database.redact(first, source.password)}")
+    dumped = subprocess.CompletedProcess(dump.args, dump.wait(), stderr=complaint)
+    if dumped.returncode != 0:
+        raise RehearsalUnavailable(f"pg_dump --schema-only failed: {tool_error(dumped, source)}")
     if load.returncode != 0:
         raise RehearsalUnavailable(f"the schema copy could not be loaded: {tool_error(load, copy)}")
     _copy_versions(source, copy)
