@@ -42,8 +42,8 @@ django.setup()
 import psycopg  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
-from calls.sample_data import generate_sample_data  # noqa: E402
-from schema_engine import commands, database, scratch  # noqa: E402
+from bench.seeding import reported_rate, seed_before_backfill  # noqa: E402
+from schema_engine import database, scratch  # noqa: E402
 
 LAG_SQL = ("SELECT coalesce(max(CASE WHEN replay_lsn >= pg_current_wal_lsn() THEN 0 "
            "ELSE EXTRACT(epoch FROM replay_lag) END), 0)::float8 FROM pg_stat_replication")
@@ -75,12 +75,9 @@ def main() -> None:
     stop = threading.Event()
     pids = replica_pids() if args.slow_replica else []
     try:
-        commands.upgrade(revision="head", url=url)
-        with database.connect(url) as conn:
-            counts = generate_sample_data(connection=conn, calls=args.calls)
+        counts = seed_before_backfill(url, args.calls)
         engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            conn.execute(sa.text("VACUUM ANALYZE"))
             while conn.execute(sa.text(LAG_SQL)).scalar_one() > 0:  # the replica has the seeded data first
                 time.sleep(0.1)
         print(f"seeded {counts.messages:,} messages on the primary; the replica has replayed them", flush=True)
@@ -112,7 +109,7 @@ def main() -> None:
     if done.returncode:
         raise SystemExit(f"backfill_context failed: {done.stderr.strip()}")
     lines = [line for line in done.stdout.splitlines() if "rows scanned" not in line]
-    rate = next(float(m.group(1).replace(",", "")) for line in lines if (m := re.search(r"\(([\d,]+) rows/s\)", line)))
+    rate = reported_rate(lines)
     held = next((line for line in lines if "slowed by the database's health" in line), "never held")
     notes = [line for line in done.stdout.splitlines() if "waiting: replica" in line]
     worst_seen = max(float(m.group(1)) for line in notes if (m := re.search(r"is ([\d.]+)s behind", line))) \

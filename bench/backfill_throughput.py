@@ -45,10 +45,10 @@ django.setup()
 
 import sqlalchemy as sa  # noqa: E402
 
+from bench.seeding import seed_before_backfill  # noqa: E402
 from calls import backfill, tokens  # noqa: E402
 from calls.context_policy import importance_of  # noqa: E402
-from calls.sample_data import generate_sample_data  # noqa: E402
-from schema_engine import commands, database, scratch
+from schema_engine import database, scratch  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -195,12 +195,8 @@ def main() -> None:
         # The template: sample data as it stands before a backfill (no counts), vacuumed as an
         # established table is; each measurement runs on a copy of it.
         url = admin.url.set(database=template)
-        commands.upgrade(revision="head", url=url)
-        with database.connect(url) as conn:
-            counts = generate_sample_data(connection=conn, calls=args.calls)
+        counts = seed_before_backfill(url, args.calls)
         engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(sa.text("VACUUM ANALYZE"))
         print(f"seeded {counts.calls:,} calls, {counts.messages:,} messages; {CORES} cores")
         texts = load_texts(engine)
         engine.dispose()

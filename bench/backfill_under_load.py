@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -48,8 +47,8 @@ import psycopg  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 from writer_stall import Writer  # noqa: E402
 
-from calls.sample_data import generate_sample_data  # noqa: E402
-from schema_engine import commands, database, scratch  # noqa: E402
+from bench.seeding import reported_rate, seed_before_backfill  # noqa: E402
+from schema_engine import scratch  # noqa: E402
 
 ADMIN = scratch.admin_engine(SERVER.replace("postgresql://", "postgresql+psycopg://"))
 P99_FACTOR, LONGEST_MS, RATE_SHARE = 2.0, 200.0, 0.5
@@ -64,13 +63,7 @@ def seed(calls: int) -> None:
     scratch.create_database(ADMIN, TEMPLATE)
     url = sa.make_url(url_for(TEMPLATE).replace("postgresql://", "postgresql+psycopg://"))
     started = time.perf_counter()
-    commands.upgrade(revision="head", url=url)
-    with database.connect(url) as conn:
-        counts = generate_sample_data(connection=conn, calls=calls)
-    engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text("VACUUM ANALYZE"))
-    engine.dispose()
+    counts = seed_before_backfill(url, calls)
     print(f"seeded {counts.calls:,} calls and {counts.messages:,} messages in {time.perf_counter() - started:.0f} s",
           flush=True)
 
@@ -90,7 +83,7 @@ def backfill(dsn: str) -> tuple[float, float, list[str]]:
     if done.returncode:
         raise SystemExit(f"backfill_context failed: {done.stderr.strip()}")
     lines = done.stdout.strip().splitlines()
-    rate = next(float(m.group(1).replace(",", "")) for line in lines if (m := re.search(r"\(([\d,]+) rows/s\)", line)))
+    rate = reported_rate(lines)
     return seconds, rate, [line for line in lines if "rows scanned" not in line]
 
 
