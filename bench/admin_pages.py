@@ -13,54 +13,39 @@ after a warm-up, and the slowest query count. Target: every page <= 300 ms.
 """
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
-import sys
 import time
-from pathlib import Path
+import warnings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres").replace("+psycopg", "")
+import environment
+
 NAME = "bench_admin_pages"
-os.environ["DATABASE_URL"] = SERVER.rsplit("/", 1)[0] + f"/{NAME}"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only")
-os.environ["SECURE_SSL_REDIRECT"] = "false"
-os.environ["STATICFILES_BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"
-os.environ["ALLOWED_HOSTS"] = "testserver"
-
-import warnings  # noqa: E402
-
-import django  # noqa: E402
-
 # Nothing is collected for this in-process run: WhiteNoise's "no STATIC_ROOT" warning is noise here.
 warnings.filterwarnings("ignore", message="No directory at")
 warnings.filterwarnings("ignore", message="DateTimeField .* received a naive datetime")
-django.setup()
+# The pages are measured through Django's own connection: its default database is the seeded one.
+environment.set_up(database=NAME, SECURE_SSL_REDIRECT="false", ALLOWED_HOSTS="testserver",
+                   STATICFILES_BACKEND="django.contrib.staticfiles.storage.StaticFilesStorage")
 
-import sqlalchemy as sa  # noqa: E402
-from django.contrib import admin  # noqa: E402
-from django.contrib.auth.models import User  # noqa: E402
-from django.db import connection, reset_queries  # noqa: E402
-from django.test import Client  # noqa: E402
-from django.test.utils import CaptureQueriesContext  # noqa: E402
-from django.urls import reverse  # noqa: E402
+from django.contrib import admin
+from django.contrib.auth.models import User
+from django.db import connection, reset_queries
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 
-from calls import backfill  # noqa: E402
-from calls.models import Call, Contact  # noqa: E402
-from calls.sample_data import generate_sample_data  # noqa: E402
-from monitoring.models import WorkflowTrace  # noqa: E402
-from schema_engine import commands, database, scratch
+from bench.seeding import vacuum_analyze
+from calls import backfill
+from calls.models import Call, Contact
+from calls.sample_data import generate_sample_data
+from monitoring.models import WorkflowTrace
+from schema_engine import commands, database
 
 TARGET_MS = 300
 
 
 def seed(calls: int, max_turns: int) -> None:
-    admin_engine = scratch.admin_engine(SERVER.replace("postgresql://", "postgresql+psycopg://"))
-    scratch.drop_database(admin_engine, NAME)
-    scratch.create_database(admin_engine, NAME)
-    admin_engine.dispose()
+    environment.fresh_database(NAME)
     url = database.sqlalchemy_url()
     started = time.perf_counter()
     commands.upgrade(revision="003_context_management", url=url)
@@ -71,10 +56,7 @@ def seed(calls: int, max_turns: int) -> None:
     started = time.perf_counter()
     commands.upgrade(revision="head", url=url)  # 004's indexes, built on the data as in production
     backfill.backfill_context(url=url, options=backfill.BackfillOptions(workers=2, batch_size=2000))
-    engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text("VACUUM ANALYZE"))
-    engine.dispose()
+    vacuum_analyze(url)
     print(f"indexes, backfill and VACUUM ANALYZE in {time.perf_counter() - started:.0f} s")
 
 
@@ -132,7 +114,7 @@ def measure(client: Client, url: str, repeat: int) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = environment.argument_parser(__doc__)
     parser.add_argument("--calls", type=int, default=300_000)
     parser.add_argument("--max-turns", type=int, default=18, help="answered calls' longest conversation")
     parser.add_argument("--repeat", type=int, default=15)
@@ -158,9 +140,7 @@ def main() -> None:
     print(f"slowest page median: {slowest:.1f} ms (target <= {TARGET_MS} ms)")
     if args.drop:
         connection.close()
-        admin_engine = scratch.admin_engine(SERVER.replace("postgresql://", "postgresql+psycopg://"))
-        scratch.drop_database(admin_engine, NAME)
-        admin_engine.dispose()
+        environment.drop_database(NAME)
 
 
 if __name__ == "__main__":

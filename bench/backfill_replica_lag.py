@@ -27,23 +27,17 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-PRIMARY = f"postgresql://postgres@127.0.0.1:{os.environ.get('TOPOLOGY_PRIMARY_PORT', '55432')}"
-REPLICA = f"postgresql://postgres@127.0.0.1:{os.environ.get('TOPOLOGY_REPLICA_PORT', '55433')}"
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only")
-os.environ.setdefault("DATABASE_URL", f"{PRIMARY}/postgres")
+import environment
 
-import django  # noqa: E402
+PRIMARY = f"postgresql://postgres@127.0.0.1:{os.environ.get('TOPOLOGY_PRIMARY_PORT', '55432')}/postgres"
+REPLICA = f"postgresql://postgres@127.0.0.1:{os.environ.get('TOPOLOGY_REPLICA_PORT', '55433')}/postgres"
+environment.set_up(server=PRIMARY)
 
-django.setup()
+import psycopg
+import sqlalchemy as sa
 
-import psycopg  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-
-from bench.seeding import reported_rate, seed_before_backfill  # noqa: E402
-from schema_engine import database, scratch  # noqa: E402
+from bench.seeding import reported_rate, seed_before_backfill
+from schema_engine import database, scratch
 
 LAG_SQL = ("SELECT coalesce(max(CASE WHEN replay_lsn >= pg_current_wal_lsn() THEN 0 "
            "ELSE EXTRACT(epoch FROM replay_lag) END), 0)::float8 FROM pg_stat_replication")
@@ -51,7 +45,7 @@ LAG_SQL = ("SELECT coalesce(max(CASE WHEN replay_lsn >= pg_current_wal_lsn() THE
 
 def replica_pids() -> list[int]:
     """The replica server's processes (its postmaster's children: startup, walreceiver, ...)."""
-    with psycopg.connect(f"{REPLICA}/postgres", autocommit=True) as conn:
+    with psycopg.connect(REPLICA, autocommit=True) as conn:
         postmaster = int(Path(conn.execute("SHOW data_directory").fetchone()[0], "postmaster.pid")
                          .read_text().split()[0])
     children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
@@ -63,13 +57,13 @@ def renice(pids: list[int], priority: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = environment.argument_parser(__doc__)
     parser.add_argument("--calls", type=int, default=49_000, help="49,000: about 1.2M messages")
     parser.add_argument("--max-lag", type=float, default=2.0, help="BACKFILL_MAX_REPLICA_LAG, seconds")
     parser.add_argument("--slow-replica", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
 
-    admin = scratch.admin_engine(f"{PRIMARY.replace('postgresql://', 'postgresql+psycopg://')}/postgres")
+    admin = environment.admin_engine(PRIMARY)
     url = scratch.create_database(admin, scratch.unique_name("bench_replica_lag"))
     sampled: list[float] = []
     stop = threading.Event()
@@ -94,7 +88,8 @@ def main() -> None:
             renice(pids, 19)
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, str(ROOT / "manage.py"), "backfill_context", "--only", "messages"],
+        done = subprocess.run([sys.executable, str(environment.ROOT / "manage.py"), "backfill_context",
+                               "--only", "messages"],
                               env=dict(os.environ, DATABASE_URL=dsn, BACKFILL_MAX_REPLICA_LAG=str(args.max_lag)),
                               capture_output=True, text=True)
         seconds = time.perf_counter() - started
@@ -105,7 +100,6 @@ def main() -> None:
         if pids:
             renice(pids, 0)
         scratch.drop_database(admin, url)
-        admin.dispose()
     if done.returncode:
         raise SystemExit(f"backfill_context failed: {done.stderr.strip()}")
     lines = [line for line in done.stdout.splitlines() if "rows scanned" not in line]

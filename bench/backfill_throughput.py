@@ -21,34 +21,24 @@ The database alone, the naive loop and each backfill run on a fresh copy of the 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only")
-# Every measurement names its own database; Django's default one is the server's, for the settings' sake.
-os.environ.setdefault("DATABASE_URL", os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-                      .replace("+psycopg", ""))
+import environment
 
-import django  # noqa: E402
+environment.set_up()
 
-django.setup()
+import sqlalchemy as sa
 
-import sqlalchemy as sa  # noqa: E402
-
-from bench.seeding import seed_before_backfill  # noqa: E402
-from calls import backfill, tokens  # noqa: E402
-from calls.context_policy import importance_of  # noqa: E402
-from schema_engine import database, scratch  # noqa: E402
+from bench.seeding import seed_before_backfill
+from calls import backfill, tokens
+from calls.context_policy import importance_of
+from schema_engine import database, scratch
 
 
 @contextlib.contextmanager
@@ -174,11 +164,10 @@ def backfill_rates(admin: sa.Engine, template: str, options: dict[str, int]) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = environment.argument_parser(__doc__)
     parser.add_argument("--calls", type=int, default=24_000)
     parser.add_argument("--naive-sample", type=int, default=20_000)
-    parser.add_argument("--server-url", default=os.environ.get(
-        "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    environment.add_server_url_argument(parser)
     parser.add_argument("--repeat", type=int, default=1, help="runs of each setting (the median ratio is printed)")
     parser.add_argument("--workers", type=int, help="also measure this many workers (with --batch-size if given)")
     parser.add_argument("--batch-size", type=int, help="also measure this batch size")

@@ -27,41 +27,23 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only")
-SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres").replace("+psycopg", "")
-os.environ.setdefault("DATABASE_URL", SERVER)
+import environment
+
+environment.set_up()
+
+import psycopg
+
+from bench.seeding import reported_rate, seed_before_backfill
+from bench.writer_stall import Writer
+
 TEMPLATE = "bench_backfill_load_template"
 TARGET = "bench_backfill_load"
-
-import django  # noqa: E402
-
-django.setup()
-
-import psycopg  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-from writer_stall import Writer  # noqa: E402
-
-from bench.seeding import reported_rate, seed_before_backfill  # noqa: E402
-from schema_engine import scratch  # noqa: E402
-
-ADMIN = scratch.admin_engine(SERVER.replace("postgresql://", "postgresql+psycopg://"))
 P99_FACTOR, LONGEST_MS, RATE_SHARE = 2.0, 200.0, 0.5
 
 
-def url_for(name: str) -> str:
-    return SERVER.rsplit("/", 1)[0] + f"/{name}"
-
-
 def seed(calls: int) -> None:
-    scratch.drop_database(ADMIN, TEMPLATE)
-    scratch.create_database(ADMIN, TEMPLATE)
-    url = sa.make_url(url_for(TEMPLATE).replace("postgresql://", "postgresql+psycopg://"))
+    url = environment.sqlalchemy_url(environment.fresh_database(TEMPLATE))
     started = time.perf_counter()
     counts = seed_before_backfill(url, calls)
     print(f"seeded {counts.calls:,} calls and {counts.messages:,} messages in {time.perf_counter() - started:.0f} s",
@@ -69,15 +51,13 @@ def seed(calls: int) -> None:
 
 
 def fresh_copy() -> str:
-    scratch.drop_database(ADMIN, TARGET)
-    scratch.create_database(ADMIN, TARGET, template=TEMPLATE)
-    return url_for(TARGET)
+    return environment.fresh_database(TARGET, template=TEMPLATE)
 
 
 def backfill(dsn: str) -> tuple[float, float, list[str]]:
     """``manage.py backfill_context --only messages`` as an operator runs it: (seconds, rows/s, its lines)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(ROOT / "manage.py"), "backfill_context", "--only", "messages"],
+    done = subprocess.run([sys.executable, str(environment.ROOT / "manage.py"), "backfill_context", "--only", "messages"],
                           env=dict(os.environ, DATABASE_URL=dsn), capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode:
@@ -107,13 +87,12 @@ def latencies(writers: list[Writer], start: float, end: float) -> tuple[int, flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = environment.argument_parser(__doc__)
     parser.add_argument("--calls", type=int, default=49_000, help="49,000: about 1.2M messages")
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--interval-ms", type=float, default=5.0, help="pause between a writer's rounds")
     parser.add_argument("--warm-up", type=float, default=2.0, help="seconds of writing before the backfill starts")
-    parser.add_argument("--reuse", action="store_true", help="reuse the seeded database a --keep-template run kept")
-    parser.add_argument("--keep-template", action="store_true")
+    environment.add_template_arguments(parser)
     args = parser.parse_args()
     if not args.reuse:
         seed(args.calls)
@@ -141,9 +120,9 @@ def main() -> None:
         for writer in writers:
             writer.join()
     finally:
-        scratch.drop_database(ADMIN, TARGET)
+        environment.drop_database(TARGET)
         if not args.keep_template:
-            scratch.drop_database(ADMIN, TEMPLATE)
+            environment.drop_database(TEMPLATE)
 
     print(f"\n{'writers':<26} {'statements':>10} {'p50':>8} {'p99':>8} {'longest':>9} failed")
     for label, (n, p50, p99, longest, failed) in (("baseline (no backfill)", baseline),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time each revision on a seeded PostgreSQL database (run by hand; figures go in the README).
+"""Time each revision on a seeded PostgreSQL database (run by hand; figures go in docs/benchmarks.md).
 
     .venv/bin/python bench/migration_timing.py --calls 30000     # about 1M messages
 
@@ -10,26 +10,15 @@ Nothing is asserted: the numbers are the result. The scratch database is dropped
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only")
-# Every measurement names its own database; Django's default one is the server's, for the settings' sake.
-os.environ.setdefault("DATABASE_URL", os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-                      .replace("+psycopg", ""))
+import environment
 
-import django  # noqa: E402
+environment.set_up()
 
-django.setup()
+import sqlalchemy as sa
 
-import sqlalchemy as sa  # noqa: E402
-
-from calls.sample_data import generate_sample_data  # noqa: E402
+from calls.sample_data import generate_sample_data
 from schema_engine import commands, database, scratch
 
 
@@ -58,10 +47,9 @@ def time_revisions(*, server_url: str, calls: int) -> list[tuple[str, str, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = environment.argument_parser(__doc__)
     parser.add_argument("--calls", type=int, default=30_000)
-    parser.add_argument("--server-url", default=os.environ.get(
-        "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"))
+    environment.add_server_url_argument(parser)
     args = parser.parse_args()
     for step, revision, seconds in time_revisions(server_url=args.server_url, calls=args.calls):
         print(f"{step:<10} {revision:<40} {seconds:8.2f}s")

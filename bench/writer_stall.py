@@ -32,60 +32,30 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "reautomation.settings")
-os.environ.setdefault("SECRET_KEY", "benchmark-only")
-# Every measurement names its own database; Django's default one is the server's, for the settings' sake.
-os.environ.setdefault("DATABASE_URL", os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-                      .replace("+psycopg", ""))
-SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres").replace("+psycopg", "")
-TEMPLATE = "bench_writer_stall_template"
-TARGET = "bench_writer_stall"
+import environment
 
-import django  # noqa: E402
+environment.set_up()
 
-django.setup()
+import psycopg
+import sqlalchemy as sa
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql
 
-import psycopg  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-from alembic.script import ScriptDirectory  # noqa: E402
-from sqlalchemy.dialects import postgresql  # noqa: E402
-
-from calls.sample_data import generate_sample_data  # noqa: E402
-from schema_engine import commands, config, database, scratch, state
+from bench.seeding import seed_before_backfill
+from schema_engine import config, database, state
 from schema_engine.errors import first_line
 
+TEMPLATE = "bench_writer_stall_template"
+TARGET = "bench_writer_stall"
 TARGET_MS = 500
 HEAD = ScriptDirectory.from_config(config.alembic_config()).get_current_head()
 
 
-def url_for(name: str) -> str:
-    """libpq URL of database ``name`` on the server (for psycopg and the manage.py subprocess)."""
-    return SERVER.rsplit("/", 1)[0] + f"/{name}"
-
-
-def sqlalchemy_url_for(name: str) -> sa.URL:
-    return sa.make_url(url_for(name).replace("postgresql://", "postgresql+psycopg://"))
-
-
-ADMIN = scratch.admin_engine(SERVER.replace("postgresql://", "postgresql+psycopg://"))
-
-
 def seed(calls: int, max_turns: int) -> None:
-    scratch.drop_database(ADMIN, TEMPLATE)
-    scratch.create_database(ADMIN, TEMPLATE)
-    url = sqlalchemy_url_for(TEMPLATE)
+    url = environment.sqlalchemy_url(environment.fresh_database(TEMPLATE))
     started = time.perf_counter()
-    commands.upgrade(revision="003_context_management", url=url)
-    with database.connect(url) as conn:
-        counts = generate_sample_data(connection=conn, calls=calls, max_turns=max_turns)
-    engine = database.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text("VACUUM ANALYZE"))
-    engine.dispose()
+    counts = seed_before_backfill(url, calls, revision="003_context_management", max_turns=max_turns)
     print(f"seeded {counts.calls:,} calls and {counts.messages:,} messages at 003 "
           f"in {time.perf_counter() - started:.0f} s")
 
@@ -154,11 +124,9 @@ class Writer(threading.Thread):
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict[str, object]:
-    scratch.drop_database(ADMIN, TARGET)
     started = time.perf_counter()
-    scratch.create_database(ADMIN, TARGET, template=TEMPLATE)
+    dsn = environment.fresh_database(TARGET, template=TEMPLATE)
     print(f"[{variant}] copied the 003 database in {time.perf_counter() - started:.0f} s", flush=True)
-    dsn = url_for(TARGET)
     with psycopg.connect(dsn, autocommit=True) as conn:
         max_call_id = conn.execute("SELECT max(id) FROM calls").fetchone()[0]
         max_message_id = conn.execute("SELECT max(id) FROM conversation_history").fetchone()[0]
@@ -174,7 +142,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, object]:
             for statement in plain_index_builds():
                 conn.execute(statement)
     upgrade = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "migrate_schema", "-v0", "upgrade", "head"],
+        [sys.executable, str(environment.ROOT / "manage.py"), "migrate_schema", "-v0", "upgrade", "head"],
         env=env, capture_output=True, text=True,
     )
     window_end = time.perf_counter()
@@ -186,7 +154,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, object]:
         raise SystemExit(f"[{variant}] migrate_schema upgrade failed: {upgrade.stderr.strip() or upgrade.stdout}")
     stalls = sorted(s for w in writers for at, s in w.samples if window_start <= at <= window_end + 0.001)
     before = sorted(s for w in writers for at, s in w.samples if at < window_start)
-    engine = database.create_engine(sqlalchemy_url_for(TARGET))
+    engine = database.create_engine(environment.sqlalchemy_url(dsn))
     with engine.connect() as conn:
         invalid = state.invalid_indexes(conn)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
@@ -207,15 +175,14 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = environment.argument_parser(__doc__)
     parser.add_argument("--calls", type=int, default=400_000)
     parser.add_argument("--max-turns", type=int, default=13, help="13: about 8 messages a call")
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--interval-ms", type=float, default=5.0, help="pause between a writer's rounds")
     parser.add_argument("--warm-up", type=float, default=2.0, help="seconds of writing before and after")
     parser.add_argument("--variants", default="concurrent,blocking")
-    parser.add_argument("--reuse", action="store_true", help="reuse the seeded database a --keep-template run kept")
-    parser.add_argument("--keep-template", action="store_true")
+    environment.add_template_arguments(parser)
     args = parser.parse_args()
 
     if not args.reuse:
@@ -225,9 +192,9 @@ def main() -> None:
         for variant in args.variants.split(","):
             results.append(run_variant(variant, args))
     finally:
-        scratch.drop_database(ADMIN, TARGET)
+        environment.drop_database(TARGET)
         if not args.keep_template:
-            scratch.drop_database(ADMIN, TEMPLATE)
+            environment.drop_database(TEMPLATE)
 
     print(f"\n{'variant':<11} {'upgrade':>8} {'writes':>7} {'p50':>8} {'p99':>9} {'longest':>9} "
           f"{'(before)':>9}  INVALID  errors")

@@ -31,6 +31,23 @@ def test_the_same_seed_on_an_empty_database_gives_the_same_data(make_database) -
     assert sids[0] == sids[1]
 
 
+class Stop(Exception):
+    """Raised from the progress callback: the run stops as a killed or failing one would."""
+
+
+def test_a_run_stopped_partway_adds_nothing(make_database) -> None:
+    url = make_database("sqlite")
+    commands.upgrade(revision="head", url=url)
+
+    def stop_at_first_report(done: int, total: int) -> None:
+        raise Stop  # by now thousands of messages have been written in the run's transaction
+
+    with pytest.raises(Stop), database.connect(url) as conn:
+        generate_sample_data(connection=conn, calls=1500, seed=3, on_progress=stop_at_first_report)
+    assert run_sql(url, "SELECT (SELECT count(*) FROM contacts), (SELECT count(*) FROM calls), "
+                        "(SELECT count(*) FROM conversation_history)")[0] == (0, 0, 0)
+
+
 def test_the_command_run_twice_adds_more(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/db.sqlite3"
     assert manage(url, "migrate_schema").returncode == 0

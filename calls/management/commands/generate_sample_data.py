@@ -15,7 +15,7 @@ MAX_DAYS = 3650
 
 
 class Command(BaseCommand):
-    help = "Generate realistic sample data (about 33 messages a call) for demos, tests and benchmarks."
+    help = "Generate realistic sample data (about 25 messages a call) for demos, tests and benchmarks."
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
