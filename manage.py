@@ -17,6 +17,13 @@ def main() -> None:
             raise
         sys.stderr.write(f"manage.py: configuration error: {exc}\n")
         sys.exit(2)
+    except KeyboardInterrupt:
+        # Ctrl-C (or SIGTERM, in commands that take it as Ctrl-C) outside a command's own handling,
+        # e.g. while Django starts: one line and the shell's code, not a traceback.
+        if "--traceback" in sys.argv:
+            raise
+        sys.stderr.write("manage.py: interrupted\n")
+        sys.exit(130)
     except BrokenPipeError:
         # The reader went away (`migrate_schema history | head`): what was running rolled back its
         # transaction; say nothing more to a closed pipe (Python's documented idiom).

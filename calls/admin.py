@@ -5,7 +5,7 @@ import re
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Max, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -182,15 +182,21 @@ class BackfillRunAdmin(ReadOnlyAdmin):
         if run is None:
             raise Http404(f"no backfill run {run_id}")
         page = reverse("admin:calls_backfillrun_change", args=[run.pk])
+        if request.method != "POST" and action not in control.actions_for(run.status):
+            # an old run's URL (a bookmark, the browser's history): the brake would act on another run
+            current = BackfillRun.objects.filter(backfill=run.backfill).aggregate(current=Max("id"))["current"]
+            self.message_user(request, control.refusal(run_id=run.pk, backfill=run.backfill, status=run.status,
+                                                       current=current, action=action), messages.ERROR)
+            return HttpResponseRedirect(page)
         if request.method != "POST":
             return TemplateResponse(request, "admin/calls/backfillrun/brake_confirmation.html", {
                 **self.admin_site.each_context(request), "title": f"{control.ACTIONS[action]} run {run.pk}?",
                 "run": run, "action": action, "verb": control.ACTIONS[action], "opts": self.model._meta})
         try:
             if action == "resume":
-                control.resume(only=[run.backfill])
+                control.resume(only=[run.backfill], run_id=run.pk)
             else:
-                getattr(control, action)(only=[run.backfill], by=request.user.get_username())
+                getattr(control, action)(only=[run.backfill], run_id=run.pk, by=request.user.get_username())
         except BackfillError as exc:
             self.message_user(request, str(exc), messages.ERROR)
             return HttpResponseRedirect(page)

@@ -3,7 +3,7 @@
 One function, ``replay``, serves live code (``calls/services.py``) and the backfill, so
 backfilled values equal what a live call would have recorded.
 
-Definitions (settings in brackets, defaults in README "Token counting and the context policy"):
+Definitions (settings in brackets, defaults in docs/backfills.md, "Token counting and the context policy"):
 
 - ``total_context_tokens``: the whole conversation as the chat format counts it: the sum over
   its messages of ``token_count + per_message`` [CONTEXT_TOKENS_PER_MESSAGE = 3], plus
@@ -72,7 +72,7 @@ class ContextState:
 
 _FACT = re.compile(r"[\d$@?]")
 # In ASCII text the same characters are 0-9, $, @ and ?: deleting every other byte is faster
-# than the regex, and the backfill asks this of millions of messages (README, "Backfill throughput").
+# than the regex, and the backfill asks this of millions of messages (docs/benchmarks.md, "Backfill throughput").
 _NOT_FACT_BYTES = bytes(b for b in range(128) if not _FACT.match(chr(b))) + bytes(range(128, 256))
 
 

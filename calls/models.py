@@ -1,6 +1,6 @@
 """Contacts, calls and what happens on a call. The schema's shape is written here, once.
 
-The tables belong to Alembic (``managed = False``): ``reautomation.metadata`` derives Alembic's
+The tables belong to Alembic (``managed = False``): ``schema_engine.metadata`` derives Alembic's
 ``target_metadata`` from these models, and a test fails when they and the revisions drift.
 Every NOT NULL column that callers may omit has a database default (``db_default``), so rows
 written by other systems with plain SQL are valid.

@@ -43,7 +43,7 @@ def count_tokens_batch(texts: Sequence[str], *, encoding_name: str | None = None
     """Return ``count_tokens`` of each text.
 
     A plain loop: for chat-sized texts it is faster than ``encode_ordinary_batch``, whose
-    thread pool costs more than the encoding (README, "Backfill throughput"). tiktoken's core
+    thread pool costs more than the encoding (docs/benchmarks.md, "Backfill throughput"). tiktoken's core
     releases the GIL only inside each call; the Python around the calls holds it, which is why
     the backfill's workers are processes, not threads (``calls/backfill/workers.py``).
     """

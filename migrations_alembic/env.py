@@ -2,10 +2,14 @@
 
 What to do comes as one ``EnvOptions`` (``schema_engine/config.py``): the caller's connection and
 command from ``migrate_schema`` and the tests, the defaults of its command for the plain CLI, which
-connects to the configured database (``schema_engine.database``). Both spellings get the same
-checks, in this order: what ``alembic_version`` records, the backfill gate (upgrades), then on
-PostgreSQL the migration lock and the timeouts (writing commands). ``target_metadata`` is derived
-from the Django models (``schema_engine.metadata``), for ``check`` and ``revision --autogenerate``.
+connects to the configured database (``schema_engine.database``); a connection or engine passed in
+(pytest-alembic's) is the only database used then. Both spellings get the same checks, in this
+order: what ``alembic_version`` records; for an upgrade, the backfill gate, the applied revisions'
+checksums and the pending revisions' data checks (``commands.refuse_unsafe_upgrade``); for a
+downgrade, the checksums (a changed downgrade must not run); then on PostgreSQL the migration lock
+and the timeouts (writing commands). Each revision applied records its checksums, in its own
+transaction. ``target_metadata`` is derived from the Django models (``schema_engine.metadata``),
+for ``check`` and ``revision --autogenerate``.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import contextlib
 import logging
 import os
 from logging.config import fileConfig
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import django
 import sqlalchemy as sa
@@ -31,7 +35,8 @@ try:
 except Exception as exc:  # settings errors reach the alembic CLI as one line, not a traceback
     raise CommandError(f"Django settings could not be loaded: {exc}") from exc
 
-from schema_engine import database, gate, guard, metadata, permissions  # noqa: E402  (after django.setup())
+from schema_engine import checksums, database, gate, guard, metadata, permissions, prechecks  # noqa: E402  (after django.setup())
+from schema_engine.commands import refuse_unsafe_upgrade  # noqa: E402
 from schema_engine.config import EnvOptions, include_object, process_revision_directives  # noqa: E402
 from schema_engine.errors import SchemaError, UnsupportedModelField  # noqa: E402
 from schema_engine.state import pending_scripts, recorded_revisions  # noqa: E402
@@ -66,7 +71,7 @@ def configure_options(dialect_name: str) -> dict:
         "transaction_per_migration": True,
         # SQLite DDL is transactional with database.create_engine(); Alembic assumes not.
         "transactional_ddl": True,
-        "on_version_apply": options.on_version_apply,
+        "on_version_apply": [options.on_version_apply] if options.on_version_apply else [],
         "process_revision_directives": process_revision_directives,
         # Read by migrations_alembic.helpers: where a downgrade reports the rows it archived.
         "on_archive": options.on_archive or report_archive,
@@ -76,8 +81,10 @@ def configure_options(dialect_name: str) -> dict:
 def run_migrations_offline() -> None:
     with one_line_for_the_cli():
         url = database.resolve_url(options.url)
+    # A merge revision's range starts at all its parents (a FROM:TO range names one): Alembic's starting_rev.
+    starting = {"starting_rev": options.starting_revisions} if options.starting_revisions else {}
     context.configure(url=url, literal_binds=True, dialect_opts={"paramstyle": "named"},
-                      **configure_options(url.get_backend_name()))
+                      **configure_options(url.get_backend_name()), **starting)
     if url.get_backend_name() == "postgresql" and options.render_guards:
         # Whoever runs this script by hand gets the same guards as migrate_schema. The values were
         # checked to be durations (reautomation/setting_values.py) and are quoted as SQL literals.
@@ -94,9 +101,11 @@ def run_migrations_online() -> None:
     if isinstance(connectable, sa.Connection):
         _run_reporting(connectable)
         return
-    # An Engine passed in (pytest-alembic does), or none: the configured database.
+    # An Engine passed in (pytest-alembic's), or its open connection wrapped to look like one (its
+    # downgrade test connect()s it): that database and no other. None: the configured database.
+    given = connectable is not None
     with one_line_for_the_cli():
-        engine = connectable if isinstance(connectable, sa.Engine) else database.create_engine(database.resolve_url())
+        engine = connectable if given else database.create_engine(database.resolve_url())
     if config.cmd_opts is not None:  # the alembic CLI names the database it acts on, before it acts
         log.info("Database: %s", database.display_url(engine.url))
     try:
@@ -122,18 +131,63 @@ def _run_reporting(connection: sa.Connection) -> None:
         _run(connection)
 
 
+def record_checksums(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+    """In the revision's own transaction: its checksums are recorded if and only if it applied."""
+    if step.is_upgrade:
+        checksums.record(ctx.connection, step.up_revision)  # rendered before the run (refuse_unsafe_upgrade)
+    else:
+        checksums.forget(ctx.connection, step.up_revision_id)
+
+
+def checks_before(steps: Callable[..., Iterable[Any]], deferred: frozenset[str],
+                  connection: sa.Connection) -> Callable[..., Iterator[Any]]:
+    """Wrap the command's steps: a revision whose data checks had to wait gets them run just before it.
+
+    Alembic asks for each step after committing the one before, so these checks read what it added.
+    """
+    def checked(heads: Any, migration_context: Any) -> Iterator[Any]:
+        for step in steps(heads, migration_context):
+            if step.is_upgrade and step.revision.revision in deferred:
+                prechecks.refuse_unfit_now(connection, step.revision)
+            yield step
+
+    return checked
+
+
 def _run(connection: sa.Connection) -> None:
-    current = () if options.skip_recorded_check else recorded_revisions(connection)
+    # A connection lent inside its caller's transaction (pytest-alembic's downgrade test rolls each
+    # step back) is never committed here, as reading the recorded revisions would: Alembic reads them.
+    lent = options.lent and connection.in_transaction()
+    current = () if options.skip_recorded_check or lent else recorded_revisions(connection)
+    deferred: frozenset[str] = frozenset()
     if options.command == "upgrade":
-        # The backfill gate, before any lock: a revision that needs an unfinished backfill waits.
-        target = context.get_revision_argument()
-        gate.refuse_blocked(pending_scripts(context.script, current, target), url=connection.engine.url)
-    context.configure(connection=connection, **configure_options(connection.dialect.name))
+        pending = pending_scripts(context.script, current, context.get_revision_argument())
+        # Before any lock: a revision that needs an unfinished backfill, a changed applied revision,
+        # or a revision whose data is not fit is refused, not started.
+        gate.refuse_blocked(pending, url=connection.engine.url)
+        if not options.guarded:  # migrate_schema, one revision at a time, ran these for all of them
+            deferred = refuse_unsafe_upgrade(connection, pending)
+    elif options.command == "downgrade":
+        checksums.refuse_changed(connection)  # a changed downgrade() is not what was reviewed with its upgrade
+    configured = {"connection": connection, **configure_options(connection.dialect.name)}
+    if options.command in ("upgrade", "downgrade"):
+        configured["on_version_apply"] = [record_checksums, *configured["on_version_apply"]]
+    if lent:
+        configured["in_callers_transaction"] = True  # read by helpers.build_index/drop_index: no CONCURRENTLY
+    context.configure(**configured)
+    if deferred:
+        # The command's own steps (alembic.command's work function), each checked before it runs.
+        context.configure(**configured, fn=checks_before(context.get_context().opts["fn"], deferred, connection))
+    if lent:
+        # That transaction cannot be left (CONCURRENTLY cannot run in it, and its caller rolls it
+        # back): an autocommit block runs inside it. Never so for migrate_schema or the alembic CLI.
+        context.get_context().autocommit_block = contextlib.nullcontext  # type: ignore[method-assign]
 
     def run_once() -> None:
         with context.begin_transaction():
             context.run_migrations()
         if options.command == "upgrade":
+            checksums.record_missing(connection)  # applied before checksums existed (committed)
             # Django's post-migrate step never runs here: content types and permissions follow the models.
             permissions.sync(connection)
             connection.commit()

@@ -104,17 +104,28 @@ def build_index(name: str, table: str, columns: list[str], **dialect_options: ob
     state = index_state(name)
     if state is True:
         return
-    op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+    concurrently = _concurrently()
+    op.execute(f"DROP INDEX {'CONCURRENTLY ' if concurrently else ''}IF EXISTS {name}")
     options = {k: v for k, v in dialect_options.items() if not k.startswith("sqlite_")}
-    op.create_index(name, table, columns, postgresql_concurrently=True, **options)
+    op.create_index(name, table, columns, postgresql_concurrently=concurrently, **options)
 
 
 def drop_index(name: str, table: str) -> None:
     """Drop an index; on PostgreSQL without blocking writes (call inside ``autocommit_block``)."""
     if op.get_context().dialect.name == "postgresql":
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
+        op.execute(f"DROP INDEX {'CONCURRENTLY ' if _concurrently() else ''}IF EXISTS {name}")
     else:
         op.drop_index(name, table_name=table)
+
+
+def _concurrently() -> bool:
+    """CONCURRENTLY, unless the revision runs inside its caller's own transaction, which it cannot leave.
+
+    Only a connection lent the cookbook way inside a transaction (pytest-alembic's, rolled back
+    after each step) is; env.py says so in ``in_callers_transaction``. migrate_schema and the
+    alembic CLI never run in one.
+    """
+    return not op.get_context().opts.get("in_callers_transaction", False)
 
 
 def set_not_null(table: str, column: str, existing_type: sa.types.TypeEngine) -> None:
@@ -147,6 +158,34 @@ def drop_not_null(table: str, column: str, existing_type: sa.types.TypeEngine) -
         op.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS ck_{table}_{column}_not_null')
     with op.batch_alter_table(table) as batch:
         batch.alter_column(column, existing_type=existing_type, nullable=True)
+
+
+def add_check_constraint(name: str, table: str, condition: str) -> None:
+    """Add ``CHECK (condition)`` to ``table`` without scanning it under an exclusive lock (PostgreSQL).
+
+    Added ``NOT VALID`` (instant; new rows are checked from then on), committed, then ``VALIDATE``d,
+    which scans under SHARE UPDATE EXCLUSIVE: writes go on. A row that breaks it fails the
+    validation and leaves the constraint NOT VALID; a rerun after the data is corrected skips the add.
+    Elsewhere (SQLite): the constraint in a batch-mode table rebuild.
+    """
+    if op.get_context().dialect.name != "postgresql":
+        with op.batch_alter_table(table) as batch:
+            batch.create_check_constraint(name, sa.text(condition))
+        return
+    if _constraint_exists(table, name) is not True:
+        op.create_check_constraint(name, table, sa.text(condition), postgresql_not_valid=True)
+    with op.get_context().autocommit_block():
+        op.execute(f'ALTER TABLE "{table}" VALIDATE CONSTRAINT {name}')
+
+
+def drop_check_constraint(name: str, table: str) -> None:
+    """Drop the CHECK constraint ``name`` of ``table`` (instant on PostgreSQL; SQLite: a batch-mode table rebuild)."""
+    if op.get_context().dialect.name == "postgresql":
+        # IF EXISTS: dropping a column drops the checks on it, maybe earlier in the same revision.
+        op.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS {name}')
+        return
+    with op.batch_alter_table(table) as batch:
+        batch.drop_constraint(name, type_="check")
 
 
 def _constraint_exists(table: str, name: str) -> bool | None:

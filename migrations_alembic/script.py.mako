@@ -1,4 +1,8 @@
-"""${message}
+<%doc>
+    The message goes inside the docstring: its backslashes and quotes are escaped, so that no
+    message (-m 'say """hi"""', a Windows path) can end the string or make an escape.
+</%doc>\
+"""${str(message).replace("\\", "\\\\").replace('"', '\\"')}
 
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}

@@ -28,7 +28,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if 
 # migrate or inspect an embedded file that nobody deploys.
 DATABASES = {"default": database_config(env.str("DATABASE_URL", default=""), sqlite_path=BASE_DIR / "db.sqlite3",
                                         embedded_allowed=DEBUG)}
-# Production topology (README "Production topology"): DATABASE_URL may reach PostgreSQL through
+# Production topology (docs/topology.md): DATABASE_URL may reach PostgreSQL through
 # PgBouncer in transaction pooling mode (DATABASE_POOL_MODE=transaction). A transaction then gets
 # any server connection: no server-side cursors, no prepared statements (PgBouncer before 1.21
 # cannot carry them), no connection kept by Django. What needs a session of its own (the migration
@@ -42,7 +42,7 @@ if DATABASE_POOL_MODE == "transaction":
 MIGRATION_DATABASE = (database_config(env.str("MIGRATION_DATABASE_URL"), sqlite_path=BASE_DIR / "db.sqlite3",
                                       setting="MIGRATION_DATABASE_URL")
                       if env.str("MIGRATION_DATABASE_URL", default="") else None)
-# A streaming replica (README "Production topology"): the admin's read-only pages read from it
+# A streaming replica (docs/topology.md): the admin's read-only pages read from it
 # through reautomation/replica_reads.py while it answers and lags at most DATABASE_REPLICA_MAX_LAG
 # seconds; otherwise from the primary, and the page says so. Direct, not through the pooler.
 if env.str("DATABASE_REPLICA_URL", default=""):
@@ -74,14 +74,14 @@ INSTALLED_APPS = [
 ]
 # Alembic owns every table, Django's own included: Django's migrations are switched off, for
 # every app by its label (the admin's label is "admin", whatever its config class is called;
-# tests/admin/test_production.py checks that every installed app is listed).
+# tests/reautomation/test_settings.py checks that every installed app is listed).
 MIGRATION_MODULES = {label: None for label in (
     "reautomation", "calls", "monitoring", "admin", "auth", "contenttypes", "sessions", "messages", "staticfiles")}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files in production: served by the app server itself, compressed, cached for ever
-    # under hashed names (``manage.py collectstatic`` first). See README "Production".
+    # under hashed names (``manage.py collectstatic`` first). See docs/admin.md, "Production".
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -145,7 +145,7 @@ if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
-# migrate_schema on PostgreSQL (reautomation/guard.py): how long a second migrator waits
+# migrate_schema on PostgreSQL (schema_engine/guard.py): how long a second migrator waits
 # for the first; how long DDL may wait for a table lock before it gives up and retries.
 # Each is checked for its shape (reautomation/setting_values.py): a bad value stops start-up in one line.
 MIGRATION_LOCK_WAIT_SECONDS = setting_values.seconds(env, "MIGRATION_LOCK_WAIT_SECONDS", default=900)

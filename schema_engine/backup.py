@@ -6,9 +6,10 @@ PostgreSQL's tools get the password through the environment (``PGPASSWORD``), ne
 line, and the restore command printed for the operator carries none.
 
 ``restore`` takes only a backup of this schema: a file whose ``alembic_version`` records revisions
-this code knows. It replaces the whole database in one transaction, so a failed restore leaves
-the database as it was. It also takes a plain ``pg_dump`` SQL file, as the guide's backup step
-makes one.
+this code knows. It replaces everything in the schema ``public`` in one transaction, so a failed
+restore leaves the database as it was; the schema itself stays, with its owner, its grants and the
+default privileges, and the backup's grants come back with its tables, so every other role keeps
+its access. It also takes a plain ``pg_dump`` SQL file, as the guide's backup step makes one.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import shlex
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,8 +34,63 @@ PRIVATE_FILES = 0o077  # umask: files 0600, folders 0700
 SQLITE_MAGIC = b"SQLite format 3\x00"
 CUSTOM_DUMP_MAGIC = b"PGDMP"
 # What a restore runs first, in the same transaction as the backup's own SQL: the backup alone
-# says what the database holds afterwards (tables added since, archives, leftovers: all gone).
-CLEAN_SCHEMA = "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;"
+# says what the schema holds afterwards (tables added since, archives, leftovers: all gone). It
+# empties ``public`` rather than dropping it: a new schema would have a new owner and none of the
+# grants other roles reach the tables through (PUBLIC's USAGE included), dropping it would take
+# the default privileges set in it, and a migration role that owns the tables but not the schema
+# (a managed service's) may not drop it. Extensions' objects stay: the dump re-creates an
+# extension only IF NOT EXISTS. Relations go first (CASCADE takes their indexes, constraints,
+# triggers, owned sequences and dependent views), sequences last (an identity column's goes with
+# its table and cannot be dropped alone); each is looked up again as an earlier CASCADE may have
+# taken it.
+CLEAN_SCHEMA = r"""
+DO $clean$
+DECLARE
+    item record;
+BEGIN
+    FOR item IN
+        SELECT c.oid, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                      WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind
+        FROM pg_catalog.pg_class c
+        WHERE c.relnamespace = 'public'::pg_catalog.regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                          AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY c.relkind = 'S', c.oid
+    LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_class WHERE oid = item.oid) THEN
+            EXECUTE pg_catalog.format('DROP %s %s CASCADE', item.kind, item.oid::pg_catalog.regclass);
+        END IF;
+    END LOOP;
+    FOR item IN
+        SELECT p.oid, CASE p.prokind WHEN 'a' THEN 'AGGREGATE' WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END AS kind
+        FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = 'public'::pg_catalog.regnamespace
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                          AND d.objid = p.oid AND d.deptype = 'e')
+    LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_proc WHERE oid = item.oid) THEN
+            EXECUTE pg_catalog.format('DROP %s %s CASCADE', item.kind, item.oid::pg_catalog.regprocedure);
+        END IF;
+    END LOOP;
+    FOR item IN
+        SELECT t.oid, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END AS kind
+        FROM pg_catalog.pg_type t
+        WHERE t.typnamespace = 'public'::pg_catalog.regnamespace
+          AND (t.typtype IN ('e', 'r', 'd')
+               OR t.typtype = 'c' AND (SELECT relkind FROM pg_catalog.pg_class WHERE oid = t.typrelid) = 'c')
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+                          AND d.objid = t.oid AND d.deptype = 'e')
+    LOOP
+        IF EXISTS (SELECT FROM pg_catalog.pg_type WHERE oid = item.oid) THEN
+            EXECUTE pg_catalog.format('DROP %s %s CASCADE', item.kind, item.oid::pg_catalog.regtype);
+        END IF;
+    END LOOP;
+END
+$clean$;
+"""
+# A default-privileges entry in ``pg_restore --list``: the last field is the role it is for.
+_DEFAULT_ACL_ENTRY = re.compile(r"^\d+; \d+ \d+ DEFAULT ACL \S+ DEFAULT PRIVILEGES FOR \S+ (?P<role>.+)$")
+_ERROR_LINE = re.compile(r"\b(?:ERROR|FATAL|PANIC|error):")
 # alembic_version's rows in a dump: COPY (pg_dump's default) or INSERT (pg_dump --inserts).
 _COPY_VERSIONS = re.compile(r"^COPY (?:public\.)?alembic_version \(version_num\) FROM stdin;\n(?P<rows>.*?)^\\\.$",
                             re.M | re.S)
@@ -78,9 +135,10 @@ def client_tool(name: str) -> str:
 
 
 def tool_error(result: subprocess.CompletedProcess[str], url: sa.URL) -> str:
-    """Return the first line of a client tool's complaint, passwords masked."""
+    """Return the first error line of a client tool's complaint (else its first line), passwords masked."""
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    return database.redact(lines[0] if lines else f"exit status {result.returncode}", url.password)
+    errors = [line for line in lines if _ERROR_LINE.search(line)]  # not the NOTICEs and WARNINGs before it
+    return database.redact((errors or lines or [f"exit status {result.returncode}"])[0], url.password)
 
 
 def _back_up_postgresql(url: sa.URL, path: Path) -> Backup:
@@ -207,16 +265,79 @@ def _restore_sqlite(path: Path, url: sa.URL) -> None:
 def _restore_postgresql(path: Path, url: sa.URL, *, custom: bool) -> None:
     """Clean the schema and load the backup with ``psql``, all in one transaction."""
     target, env = database.libpq_connection(url)
-    psql = [client_tool("psql"), "--no-psqlrc", "--quiet", "--single-transaction", "--set", "ON_ERROR_STOP=1",
-            "--dbname", target, "--command", CLEAN_SCHEMA, "--file", "-" if custom else str(path)]
-    if custom:
-        dump = subprocess.Popen([client_tool("pg_restore"), "--no-owner", "--file", "-", str(path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        result = subprocess.run(psql, stdin=dump.stdout, env=env, capture_output=True, text=True)
-        dump.stdout.close()  # type: ignore[union-attr]
-        dump.wait()
+    psql = [client_tool("psql"), "--no-psqlrc", "--quiet", "--set", "ON_ERROR_STOP=1", "--dbname", target]
+    if not custom:
+        result = subprocess.run([*psql, "--single-transaction", "--command", CLEAN_SCHEMA, "--file", str(path)],
+                                env=env, capture_output=True, text=True)
     else:
-        result = subprocess.run(psql, env=env, capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as folder:
+            pg_restore = [client_tool("pg_restore"), "--no-owner", "--file", "-"]
+            listing = _restore_list(path, url)
+            if listing is not None:
+                list_file = Path(folder) / "restore.list"
+                list_file.write_text(listing)
+                pg_restore += ["--use-list", str(list_file)]
+            result = _load_whole([*psql, "--command", "BEGIN", "--command", CLEAN_SCHEMA, "--file", "-"],
+                                 [*pg_restore, str(path)], env=env, folder=Path(folder), url=url)
     if result.returncode != 0:
         raise BackupFailed(f"the restore failed and was rolled back, the database is unchanged: "
                            f"{tool_error(result, url)}")
+
+
+def _load_whole(psql: list[str], pg_restore: list[str], *, env: dict[str, str], folder: Path,
+                url: sa.URL) -> subprocess.CompletedProcess[str]:
+    """Pipe ``pg_restore``'s SQL into ``psql`` (in a transaction it began), committing only a backup read whole.
+
+    ``psql --single-transaction`` commits at the end of its input: a backup ``pg_restore`` stops
+    reading halfway (a truncated file) would leave the half it read. Here COMMIT follows only once
+    ``pg_restore`` has exited cleanly; otherwise psql's input ends inside the transaction and
+    PostgreSQL rolls it back. Their complaints go to files, so that neither blocks on a full pipe.
+    """
+    with (folder / "psql.err").open("w+") as psql_err, (folder / "pg_restore.err").open("w+") as dump_err:
+        dump = subprocess.Popen(pg_restore, stdout=subprocess.PIPE, stderr=dump_err)
+        load = subprocess.Popen(psql, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_err, env=env,
+                                bufsize=0)
+        assert dump.stdout is not None and load.stdin is not None
+        try:
+            shutil.copyfileobj(dump.stdout, load.stdin)
+            if dump.wait() == 0:
+                load.stdin.write(b"COMMIT;\n")
+        except BrokenPipeError:
+            pass  # psql stopped at an error (ON_ERROR_STOP): its own complaint says which
+        finally:
+            load.stdin.close()
+            dump.stdout.close()  # a pg_restore still writing stops (SIGPIPE)
+            load.wait()
+            dump.wait()
+        psql_err.seek(0)
+        dump_err.seek(0)
+        if load.returncode == 0 and dump.returncode != 0:
+            complaint = tool_error(subprocess.CompletedProcess(pg_restore, dump.returncode, "", dump_err.read()), url)
+            return subprocess.CompletedProcess(pg_restore, dump.returncode, "",
+                                               f"pg_restore cannot read the backup whole: {complaint}")
+        return subprocess.CompletedProcess(psql, load.returncode, "", psql_err.read())
+
+
+def _restore_list(path: Path, url: sa.URL) -> str | None:
+    """Return the dump's contents less the default privileges the restoring role may not set; None if it may set all.
+
+    PostgreSQL lets only a role and its members set that role's default privileges (a superuser
+    sets any): a plain migration role restoring the operator's would fail the whole restore. The
+    database keeps the ones it has, as the restore leaves default privileges in place.
+    """
+    listing = subprocess.run([client_tool("pg_restore"), "--list", str(path)], capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise NotABackup(f"{path} cannot be read by pg_restore ({tool_error(listing, url)}); nothing was restored")
+    entries = {line: match.group("role") for line in listing.stdout.splitlines()
+               if (match := _DEFAULT_ACL_ENTRY.match(line))}
+    if not entries:
+        return None
+    with database.connect(url) as conn:
+        allowed = set(conn.execute(sa.text(
+            "SELECT rolname FROM pg_catalog.pg_roles "
+            "WHERE rolname = ANY(:roles) AND pg_catalog.pg_has_role(rolname, 'MEMBER')"),
+            {"roles": sorted(set(entries.values()))}).scalars())
+    skipped = {line for line, role in entries.items() if role not in allowed}
+    if not skipped:
+        return None
+    return "".join(f";{line}\n" if line in skipped else f"{line}\n" for line in listing.stdout.splitlines())

@@ -81,6 +81,19 @@ def _offline_range(revision: str, url: sa.URL | str | None) -> str:
     return f"{current[0] if current else 'base'}:{revision}"
 
 
+def refuse_unsafe_upgrade(connection: sa.Connection, pending: list[Script]) -> frozenset[str]:
+    """Refuse an upgrade through ``pending`` before it takes any lock; return the revisions whose checks wait.
+
+    Refused: an applied revision changed since it ran (``checksums.py``), a pending one whose data
+    pre-checks find rows (``prechecks.py``). Both spellings (``migrate_schema`` and the plain
+    ``alembic``) run this in ``env.py``, after the backfill gate. The pending revisions' checksums
+    are rendered here: recording them as they apply must not render.
+    """
+    checksums.refuse_changed(connection)
+    checksums.render_ahead(pending)
+    return prechecks.refuse_unfit(connection, pending)
+
+
 def _migrate(
     direction: str,
     *,
@@ -104,45 +117,29 @@ def _migrate(
     with alembic_errors():
         try:
             with database.connect(url) as connection:
-                deferred: set[str] = set()
-                if direction == "upgrade":
-                    checksums.refuse_changed(connection)
-                    ahead = pending_scripts(script_directory(), recorded_revisions(connection), revision)
-                    for script in ahead:
-                        checksums.checksum(script)  # rendered now: rendering inside the run would nest Alembic
-                    # Before any lock: a revision whose data is not fit is refused, not started.
-                    outcomes = prechecks.run_pending(connection, ahead)
-                    prechecks.refuse_failed(outcomes, left="nothing was changed")
-                    deferred = {outcome.check.revision for outcome in outcomes if outcome.deferred}
-                progress = _progress_hook(record)
-
-                def on_version_apply(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
-                    # In the revision's own transaction: its checksum is recorded if and only if it applied.
-                    if step.is_upgrade:
-                        checksums.record(ctx.connection, step.up_revision)
-                    else:
-                        checksums.forget(ctx.connection, step.up_revision_id)
-                    progress(ctx=ctx, step=step, heads=heads, run_args=run_args)
+                # env.py guards both spellings (refuse_unsafe_upgrade, the checksums of a downgrade),
+                # records the checksums, the migration lock and the timeouts. One revision at a
+                # time (for the replicas), it is guarded here once, for all of them, first.
+                step_by_step = direction == "upgrade" and bool(replicas.replicas(connection))
+                deferred: frozenset[str] = frozenset()
+                if step_by_step:
+                    deferred = refuse_unsafe_upgrade(connection, pending_scripts(
+                        script_directory(), recorded_revisions(connection), revision))
 
                 def migrate_to(target: str) -> None:
-                    # env.py does the rest: the recorded revisions' check, the backfill gate, the
-                    # migration lock and the timeouts, in both spellings (this and the alembic CLI).
                     options = EnvOptions(command=direction, connection=connection, needs_metadata=False,
-                                         on_version_apply=on_version_apply, on_lock_retry=on_lock_retry,
-                                         on_archive=on_archive)
+                                         on_version_apply=_progress_hook(record), on_lock_retry=on_lock_retry,
+                                         on_archive=on_archive, guarded=step_by_step)
                     run(alembic_config(stdout=stdout, options=options), target)
 
                 def before_step(step: Script) -> None:
                     if step.revision in deferred:
-                        outcomes = [prechecks.run_check(connection, check) for check in prechecks.declared(step)]
-                        prechecks.refuse_failed(outcomes, left="the revisions before it stay applied")
+                        prechecks.refuse_unfit_now(connection, step)
 
-                if direction == "upgrade" and (deferred or replicas.replicas(connection)):
+                if step_by_step:
                     _upgrade_step_by_step(connection, revision, migrate_to, before_step, on_replica_wait)
                 else:
                     migrate_to(revision)
-                if direction == "upgrade":
-                    checksums.record_missing(connection)  # applied before checksums existed, or by the alembic CLI
         except KeyboardInterrupt as exc:
             raise _interrupted(direction, revision, url) from exc
     where = status(url=url)
@@ -157,8 +154,11 @@ def _upgrade_step_by_step(connection: sa.Connection, target: str, migrate_to: Ca
 
     A revision that reaches a replica late leaves the application there reading a schema older
     than the code expects; waiting keeps every replica within one revision of the primary.
-    Bounded by ``MIGRATION_REPLICA_WAIT_SECONDS`` (``ReplicasBehind`` past it).
+    Bounded by ``MIGRATION_REPLICA_WAIT_SECONDS`` (``ReplicasBehind`` past it). A role that cannot
+    tell what the replicas replayed is refused before the first revision (``ReplicasUnreadable``).
     """
+    if pending_scripts(script_directory(), recorded_revisions(connection), target):
+        replicas.refuse_unreadable(connection, left="nothing was changed")
     while True:
         ahead = pending_scripts(script_directory(), recorded_revisions(connection), target)
         connection.commit()
@@ -234,32 +234,40 @@ def downgrade(
                     on_lock_retry=on_lock_retry, on_archive=on_archive)
 
 
-def write_sql(direction: str, *, revision: str, url: sa.URL | str | None = None, stdout: TextIO | None = None) -> None:
-    """Write the SQL an ``upgrade`` or ``downgrade`` to ``revision`` would run, from the database's revision."""
+def write_sql(direction: str, *, revision: str, url: sa.URL | str | None = None, stdout: TextIO | None = None,
+              starting_revisions: tuple[str, ...] = ()) -> None:
+    """Write the SQL an ``upgrade`` or ``downgrade`` to ``revision`` would run, from the database's revision.
+
+    ``starting_revisions``: start from these instead of the range's FROM (a merge revision's parents).
+    """
     revision = given(revision)
     with alembic_errors():
         target = _offline_range(revision, url)
         url = database.resolve_url(url)
-        options = EnvOptions(command=direction, url=url, needs_metadata=False)
+        options = EnvOptions(command=direction, url=url, needs_metadata=False, starting_revisions=starting_revisions)
         getattr(command, direction)(alembic_config(stdout=stdout, options=options), target, sql=True)
 
 
-def revision_sql(revision: str, previous: str, *, url: sa.URL | str | None = None) -> str:
-    """Return the offline SQL that upgrades from ``previous`` to ``revision``, for ``url``'s dialect."""
+def revision_sql(revision: str, previous: str | tuple[str, ...], *, url: sa.URL | str | None = None) -> str:
+    """Return the offline SQL that upgrades from ``previous`` (a merge's: its parents) to ``revision``."""
     out = io.StringIO()
-    write_sql("upgrade", revision=f"{previous}:{revision}", url=url, stdout=out)
+    parents = tuple(previous) if isinstance(previous, (tuple, list)) else ()
+    write_sql("upgrade", revision=f"{parents[0] if parents else previous}:{revision}", url=url, stdout=out,
+              starting_revisions=parents)
     return out.getvalue()
 
 
 def downgrade_target(revision: str, *, url: sa.URL | str | None = None) -> str:
     """Return the revision a ``downgrade`` to ``revision`` would leave the database at; raise if it cannot.
 
-    Changes nothing: ``scripts/rollback`` asks before it stops the application.
+    Changes nothing: ``scripts/rollback`` asks before it stops the application. An applied revision
+    changed since it ran is refused here as the downgrade itself refuses it (``AppliedRevisionChanged``).
     """
     revision = given(revision)
     with alembic_errors():
         with database.connect(url) as connection:
             current = recorded_revisions(connection)
+            checksums.refuse_changed(connection)
         script = script_directory()
         if not current:
             raise InvalidRevisionRange("the database is at base: there is nothing to downgrade")

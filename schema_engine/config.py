@@ -32,12 +32,18 @@ class EnvOptions:
     """What ``env.py`` needs to know of the run: where, which command, and whom to tell what happened."""
 
     command: str = ""  # upgrade, downgrade, stamp, current, check, revision...
-    connection: sa.Connection | sa.Engine | None = None  # online: the caller's; else the configured database
+    # online: the caller's (an Engine, or pytest-alembic's connection wrapped to look like one); else the configured database
+    connection: sa.Connection | sa.Engine | Any | None = None
+    lent: bool = False  # it came the cookbook way (config.attributes["connection"]): a transaction open on it is the caller's
     url: sa.URL | None = None  # offline (--sql): the dialect to render for
     needs_metadata: bool = True  # only comparisons (check, autogenerate) need the models' metadata
     render_guards: bool = True  # offline: begin with the guard's SET lock_timeout/statement_timeout lines
+    starting_revisions: tuple[str, ...] = ()  # offline: start here, not at the range's FROM (a merge's parents)
     skip_recorded_check: bool = False  # stamp --purge: alembic_version may hold anything
     skip_empty_autogenerate: bool = False  # revision --autogenerate: no file when nothing changed
+    # upgrade: the caller ran commands.refuse_unsafe_upgrade for the whole upgrade and runs the deferred
+    # data checks itself (migrate_schema, one revision at a time for the replicas): env.py runs the gate only
+    guarded: bool = False
     on_version_apply: Callable[..., None] | None = None
     on_lock_retry: Callable[[int, float, str], None] | None = None
     on_archive: Callable[[str], None] | None = None
@@ -57,6 +63,7 @@ class EnvOptions:
         return cls(command=getattr(command_function, "__name__", ""),
                    # pytest-alembic passes its connection (or engine) this way.
                    connection=config.attributes.get("connection"),
+                   lent=config.attributes.get("connection") is not None,
                    skip_recorded_check=bool(getattr(config.cmd_opts, "purge", False)),
                    skip_empty_autogenerate=bool(getattr(config.cmd_opts, "autogenerate", False)))
 

@@ -31,6 +31,12 @@ _PASSWORD_IN_URL = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@\s]*:)(?P<password>
 _PASSWORD_PARAMETER = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&\s'\"]*)", re.I)
 MASK = "***"
 PSYCOPG_ONLY_OPTIONS = frozenset({"prepare_threshold", "server_side_binding", "isolation_level", "assume_role", "pool"})
+# Two connections used in turn, this many statements each: through a pooler that gives a server
+# connection per transaction, both are handed the same backend (PgBouncer reuses the last freed).
+SESSION_PROBES = 3
+_proven_sessions: set[str] = set()  # URLs (with password: never shown) whose connections are sessions
+# In a pooled connection's ``info``: the settings ``set_session`` made, reset as it is given back.
+_SESSION_SETTINGS = "schema_engine.session_settings"
 
 
 def redact(text: str, *secrets: str | None) -> str:
@@ -112,6 +118,73 @@ def session_url() -> sa.URL:
             "migration's lock and timeouts and a backfill's coordination do not hold: set MIGRATION_DATABASE_URL "
             "to the primary itself")
     return sqlalchemy_url()
+
+
+def require_session(url: sa.URL | str) -> None:
+    """Raise ``SessionRequired`` unless each connection to ``url`` is a server session of its own.
+
+    A transaction or statement pooler (PgBouncer) hands each transaction whichever server
+    connection is free, whatever ``DATABASE_POOL_MODE`` says: two connections used in turn are
+    then handed the same backend, or one connection another backend from one statement to the
+    next. An advisory lock or a session setting taken there stays on a server connection that the
+    application gets next. Proven once per URL per process; PostgreSQL only.
+    """
+    url = sa.make_url(url)
+    key = url.render_as_string(hide_password=False)
+    if url.get_backend_name() != "postgresql" or key in _proven_sessions:
+        return
+    # Autocommit: a transaction would keep its server connection, and hide the pooler.
+    engine = create_engine(url, isolation_level="AUTOCOMMIT", connect_args={"prepare_threshold": None})
+    pids: tuple[set[int], set[int]] = (set(), set())
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            for _ in range(SESSION_PROBES):
+                for seen, conn in zip(pids, (first, second)):
+                    seen.add(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+    except sa.exc.DBAPIError as exc:
+        raise DatabaseUnreachable(unreachable_message(url, exc)) from exc
+    finally:
+        engine.dispose()
+    if len(pids[0]) > 1 or len(pids[1]) > 1 or pids[0] & pids[1]:
+        raise SessionRequired(
+            f"{display_url(url)} hands one server session to several connections: it goes through a transaction "
+            "pooler (PgBouncer), whatever DATABASE_POOL_MODE says, where a migration's lock and timeouts and a "
+            "backfill's coordination do not hold: set MIGRATION_DATABASE_URL to the primary itself")
+    _proven_sessions.add(key)
+
+
+def set_session(connection: sa.Connection, values: Mapping[str, str]) -> None:
+    """Set PostgreSQL settings for ``connection``'s session (not committed), reset as it is given back.
+
+    A setting left on a connection returned to a pool, or on a pooler's server connection, would
+    pass to whoever is handed it next (a migration's timeouts, a backfill's ``synchronous_commit``).
+    Refused where connections are not sessions (``require_session``).
+    """
+    require_session(connection.engine.url)
+    made = connection.connection.info.setdefault(_SESSION_SETTINGS, set())
+    for name, value in values.items():
+        connection.execute(sa.text("SELECT set_config(:name, :value, false)"), {"name": name, "value": value})
+        made.add(name)
+    if not sa.event.contains(connection.engine.pool, "reset", _reset_session):
+        sa.event.listen(connection.engine.pool, "reset", _reset_session)
+
+
+def _reset_session(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+    """Put back what ``set_session`` set (a NULL value is the session's own default), as the pool takes it back.
+
+    An error here makes the pool discard the connection, and its session with it.
+    """
+    made = record.info.pop(_SESSION_SETTINGS, None) if record is not None else None
+    if not made:
+        return
+    dbapi_connection.rollback()  # an aborted transaction would refuse the reset; the pool rolls back anyway
+    cursor = dbapi_connection.cursor()
+    try:
+        for name in sorted(made):
+            cursor.execute("SELECT set_config(%s, NULL, false)", (name,))
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
 
 
 def display_url(url: sa.URL) -> str:

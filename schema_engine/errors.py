@@ -7,6 +7,8 @@ notice on the page. Each message is one line that says what to do.
 from __future__ import annotations
 
 import contextlib
+import traceback
+from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg
@@ -18,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 # SQLSTATEs the guard tells apart.
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout
 QUERY_CANCELED = "57014"  # statement_timeout (or a cancel)
+INSUFFICIENT_PRIVILEGE = "42501"  # e.g. pg_terminate_backend without pg_signal_backend
 
 
 class SchemaError(Exception):
@@ -203,6 +206,11 @@ def alembic_errors() -> Iterator[None]:
         if _is_connect_error(exc):
             raise DatabaseUnreachable(f"lost the database connection: {first_line(exc)}") from exc
         raise RevisionFailed(f"a revision failed and was rolled back: {first_line(exc)}") from exc
+    except Exception as exc:  # a revision file that cannot be imported; anything else goes on as it was
+        broken = broken_revision_file(exc)
+        if broken is None:
+            raise
+        raise broken from exc
 
 
 def _from_revision_error(cause: alembic_revision.RevisionError, message: str) -> SchemaError:
@@ -225,3 +233,60 @@ def _from_command_error(exc: CommandError) -> SchemaError:
         return SchemaError("--sql cannot render this step on SQLite (it rebuilds the table, which needs the live "
                            "database); preview against PostgreSQL, or run it without --sql")
     return SchemaError(message)
+
+
+class ReplicasUnreadable(SchemaError):
+    """Replicas stream from the primary, and this role can read neither their replay nor a replica itself.
+
+    Without ``pg_monitor`` (``pg_read_all_stats``) every column of ``pg_stat_replication`` past the
+    walsender's pid reads NULL; the fix is the grant, or ``DATABASE_REPLICA_URL``.
+    """
+
+
+class BrokenRevisionFile(SchemaError):
+    """A revision file cannot be imported (a syntax error, a failing import): no command can read the history.
+
+    Carries the file and line, and the Python error's own words; the message is ``file:line: error``.
+    """
+
+    def __init__(self, message: str, *, path: str, line: int | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.line = line
+
+
+def broken_revision_file(exc: BaseException) -> BrokenRevisionFile | None:
+    """Return ``exc`` as ``BrokenRevisionFile`` if it was raised while Alembic imported a revision file, else None.
+
+    Told by the traceback: the frames below Alembic's ``load_module_py`` called for a revision
+    (``Script._from_path``; env.py is loaded the same way, and a whole migration runs inside it)
+    are the file's import. The revision file is the first of them with a file; the error's
+    place is the innermost (for a syntax error, where the compiler stopped).
+    """
+    frames = list(traceback.extract_tb(exc.__traceback__))
+    loaders = [i for i, frame in enumerate(frames)
+               if frame.name == "load_module_py" and "_from_path" in (f.name for f in frames[max(i - 2, 0):i])]
+    if not loaders:
+        return None
+    loader = loaders[-1]
+    files = [frame for frame in frames[loader + 1:] if not frame.filename.startswith("<")]
+    if isinstance(exc, SyntaxError) and exc.filename:
+        place, line, detail = exc.filename, exc.lineno, exc.msg
+    elif files:
+        place, line, detail = files[-1].filename, files[-1].lineno, first_line(exc)
+    else:
+        return None
+    revision_file = files[0].filename if files else place
+    where = f"{_shown_path(place)}:{line}: {type(exc).__name__}: {detail}"
+    if revision_file != place:
+        where = f"{_shown_path(revision_file)}:{files[0].lineno}: imports {where}"
+    return BrokenRevisionFile(f"a revision file cannot be imported: {where}; fix the file (or move it out of the "
+                              "versions folder) and run the command again", path=revision_file, line=line)
+
+
+def _shown_path(path: str) -> str:
+    """Return ``path`` relative to the working directory when it lies under it (as the operator types it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path

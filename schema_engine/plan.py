@@ -45,6 +45,7 @@ class Plan:
     invalid_indexes: tuple[tuple[str, str], ...]
     replicas: tuple[replicas.Replica, ...] = ()
     replica_wait: float = 0.0  # seconds the upgrade waits for each revision to be replayed
+    replicas_unreadable: str = ""  # why this role cannot tell what the replicas replayed (the grant to make)
     changed_revisions: tuple[str, ...] = ()  # applied revisions whose file has changed since (checksums.py)
     drift: str = ""  # at head only: how the database differs from the models (a stamp without the revision?)
     rehearsal: rehearsal.Rehearsal | None = None  # --rehearse: the pending revisions applied to a schema copy
@@ -72,7 +73,9 @@ class Plan:
         found += self.rehearsal.problems if self.rehearsal else []
         found += [f"replica {replica.name} is {replica.replay_lag:.1f}s behind, longer than the upgrade waits for it "
                   f"(MIGRATION_REPLICA_WAIT_SECONDS {self.replica_wait:g}s): let it catch up first"
-                  for replica in self.replicas if self.pending and replica.replay_lag > self.replica_wait]
+                  for replica in self.replicas
+                  if self.pending and replica.replay_lag is not None and replica.replay_lag > self.replica_wait]
+        found += [self.replicas_unreadable] if self.pending and self.replicas_unreadable else []
         return found
 
     @property
@@ -102,7 +105,7 @@ class Plan:
             "backfill_blockers": list(self.backfill_blockers),
             "invalid_indexes": [{"index": i, "table": t} for i, t in self.invalid_indexes],
             "replicas": [{"name": r.name, "state": r.state, "replay_lag_seconds": r.replay_lag,
-                          "wal_bytes_not_replayed": r.bytes_behind} for r in self.replicas],
+                          "wal_bytes_not_replayed": r.bytes_behind, "readable": r.readable} for r in self.replicas],
         }
 
 
@@ -136,6 +139,7 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False,
                                            tuple(o for o in outcomes if o.check.revision == rev.revision)))
         blockers = tuple(why for _rev, _names, why in gate.blockers(scripts, url=url))
         streaming = tuple(replicas.replicas(conn))
+        unreadable = replicas.unreadable_problem(conn) or ""
         changed = tuple(c.revision for c in checksums.compare(conn) if c.changed)
         touched = {table for table in sa.inspect(conn).get_table_names()
                    if any(re.search(rf"\b{re.escape(table)}\b", sql) for sql in pending_sql)}
@@ -149,7 +153,7 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False,
             drift = exc.detail
     rehearsed = rehearsal.rehearse(url=url, on_revision=on_rehearsed) if rehearse else None
     return Plan(current=state.current, heads=state.heads, pending=tuple(pending), backfill_blockers=blockers,
-                invalid_indexes=state.invalid_indexes, replicas=streaming,
+                invalid_indexes=state.invalid_indexes, replicas=streaming, replicas_unreadable=unreadable,
                 replica_wait=settings.MIGRATION_REPLICA_WAIT_SECONDS, changed_revisions=changed, drift=drift,
                 rehearsal=rehearsed, long_transactions=held,
                 long_transaction_seconds=settings.MIGRATION_LONG_TRANSACTION_SECONDS)

@@ -7,9 +7,10 @@ A revision declares them beside its code, each a name and a query that must retu
     }
 
 (the unique index it builds would fail on those rows, after minutes of building). ``plan`` runs
-them and lists them; ``migrate_schema upgrade`` runs them before the migration lock and refuses
-with the check's name and a sample of the rows it found. A check of a revision whose tables or
-columns an earlier pending revision adds cannot run yet: it runs just before its own revision.
+them and lists them; an upgrade (``migrate_schema upgrade`` and the plain ``alembic upgrade``, both
+through ``env.py``) runs them before the migration lock and refuses with the check's name and a
+sample of the rows it found. A check of a revision whose tables or columns an earlier pending
+revision adds cannot run yet: it runs just before its own revision (``refuse_unfit_now``).
 Each runs in a transaction of its own that is rolled back, under ``MIGRATION_STATEMENT_TIMEOUT``.
 """
 from __future__ import annotations
@@ -107,6 +108,22 @@ def run_pending(connection: sa.Connection, pending: list[Script]) -> list[CheckO
                 outcomes.append(CheckOutcome(check, deferred=f"runs before {check.revision} is applied: "
                                                              f"{first_line(exc)}"))
     return outcomes
+
+
+def refuse_unfit(connection: sa.Connection, pending: list[Script]) -> frozenset[str]:
+    """Refuse an upgrade through ``pending`` whose data a check forbids; return the revisions whose checks wait.
+
+    Those run just before their own revision (``refuse_unfit_now``), once an earlier one has added what they read.
+    """
+    outcomes = run_pending(connection, pending)
+    refuse_failed(outcomes, left="nothing was changed")
+    return frozenset(outcome.check.revision for outcome in outcomes if outcome.deferred)
+
+
+def refuse_unfit_now(connection: sa.Connection, script: Script) -> None:
+    """Run the checks of ``script``, the next revision to apply; raise ``DataCheckFailed`` if one finds rows."""
+    refuse_failed([run_check(connection, check) for check in declared(script)],
+                  left="the revisions before it stay applied")
 
 
 def refuse_failed(outcomes: list[CheckOutcome], *, left: str) -> None:

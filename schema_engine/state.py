@@ -37,8 +37,15 @@ class SchemaStatus:
 
 
 def script_directory() -> ScriptDirectory:
-    """Return the revisions of this code (``migrations_alembic/versions``, or ``ALEMBIC_SCRIPT_LOCATION``)."""
-    return ScriptDirectory.from_config(alembic_config())
+    """Return the revisions of this code (``migrations_alembic/versions``, or ``ALEMBIC_SCRIPT_LOCATION``).
+
+    Every revision file is imported here, so that one that cannot be raises ``BrokenRevisionFile``
+    (naming it) wherever the history is read, not a traceback from deep inside Alembic.
+    """
+    script = ScriptDirectory.from_config(alembic_config())
+    with alembic_errors():
+        script.revision_map.heads  # noqa: B018 - reading it imports the files
+    return script
 
 
 def known_revisions(script: ScriptDirectory | None = None) -> set[str]:

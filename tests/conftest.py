@@ -205,6 +205,13 @@ def alembic_cli(database_url: sa.URL | str, *args: str, **env: str) -> subproces
     return run_cli(str(Path(sys.executable).parent / "alembic"), *args, database_url=database_url, **env)
 
 
+def scratch_alembic_cli(migrations: Path, database_url: sa.URL | str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the plain ``alembic`` CLI on a copy of the revisions (``scratch_migrations``): its own alembic.ini."""
+    ini = migrations.parent / "alembic.ini"
+    ini.write_text((ROOT / "alembic.ini").read_text().replace("%(here)s/migrations_alembic", str(migrations)))
+    return alembic_cli(database_url, "-c", str(ini), *args, ALEMBIC_SCRIPT_LOCATION=str(migrations))
+
+
 def error_lines(stderr: str) -> list[str]:
     """Return what a command wrote to stderr, less the line naming the database (there with --sql and --json)."""
     return [line for line in stderr.strip().splitlines() if not line.startswith("Database: ")]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import sqlalchemy as sa
+from django.conf import settings
 
 from calls import tokens
 from calls.backfill import health
@@ -94,6 +95,12 @@ def backfill_context(
     ensure_schema(url=url)
     tokens.encoding()  # fail before any run is recorded if the encoding cannot load
     url = database.resolve_url(url)
+    if url.get_backend_name() == "postgresql":
+        # Before a run is recorded: its coordination and session settings need sessions of their own,
+        # and its replica brake replicas it can read.
+        database.require_session(url)
+        with database.connect(url) as conn:
+            health.refuse_blind_replica_brake(conn, settings.BACKFILL_MAX_REPLICA_LAG)
     # Every session of the backfill says so: the health signals tell its sessions from live traffic.
     engine = database.create_engine(url, **({"connect_args": {"application_name": health.APPLICATION_NAME}}
                                             if url.get_backend_name() == "postgresql" else {}))

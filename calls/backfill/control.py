@@ -55,8 +55,16 @@ class ControlOutcome:
     at: datetime
 
 
+def refusal(*, run_id: int, backfill: str, status: str, current: int, action: str) -> str:
+    """Return why the brake's ``action`` leaves run ``run_id`` alone: not the current run, or not in a state it acts on."""
+    if run_id != current:
+        return (f"run {run_id} of {backfill} is not its current run (run {current} is): the brake acts on the "
+                f"current run only; nothing was {DONE[action]}")
+    return f"nothing to {action}: run {run_id} of {backfill} is {status}; nothing was {DONE[action]}"
+
+
 def _change(only: Sequence[str], *, from_statuses: tuple[str, ...], url: sa.URL | str | None,
-            what: str, **values: object) -> list[ControlOutcome]:
+            what: str, run_id: int | None = None, **values: object) -> list[ControlOutcome]:
     engine = database.create_engine(database.resolve_url(url))
     runs, batches = run_tables(engine.dialect.name)
     try:
@@ -64,6 +72,8 @@ def _change(only: Sequence[str], *, from_statuses: tuple[str, ...], url: sa.URL 
             # now() is the transaction's start: the same moment the UPDATE's now() records.
             now = conn.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one()
             targets = sa.select(runs.c.id).where(runs.c.backfill.in_(list(only)), runs.c.status.in_(from_statuses))
+            if run_id is not None:  # the admin's page of one run: that run, never whichever is current
+                targets = targets.where(runs.c.id == run_id)
             if values.get("status") == CANCELLED:
                 # Batches handed out and not yet taken: nobody is to take them now. Deleted before the
                 # run's row is locked, the order a worker's batch transaction locks them in (no deadlock).
@@ -72,6 +82,13 @@ def _change(only: Sequence[str], *, from_statuses: tuple[str, ...], url: sa.URL 
                 sa.update(runs).where(runs.c.id.in_(targets))
                 .values(**values)
                 .returning(runs.c.backfill, runs.c.id, runs.c.status)).all()
+            if not changed and run_id is not None:
+                run = conn.execute(sa.select(runs.c.backfill, runs.c.status).where(runs.c.id == run_id)).first()
+                if run is not None:
+                    current = conn.execute(sa.select(sa.func.max(runs.c.id))
+                                           .where(runs.c.backfill == run.backfill)).scalar_one()
+                    raise NoRunToControl(refusal(run_id=run_id, backfill=run.backfill, status=run.status,
+                                                 current=current, action=what))
     finally:
         engine.dispose()
     if not changed:
@@ -80,19 +97,25 @@ def _change(only: Sequence[str], *, from_statuses: tuple[str, ...], url: sa.URL 
     return [ControlOutcome(row.backfill, row.id, row.status, now) for row in sorted(changed)]
 
 
-def pause(*, by: str, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
-    """running -> paused: the run's workers finish their batch and wait; ``resume`` lets them go on."""
-    return _change(only, from_statuses=(RUNNING,), url=url, what="pause", status=PAUSED, paused_by=by[:150],
-                   paused_at=sa.func.now())
+def pause(*, by: str, only: Sequence[str] = BACKFILLS, run_id: int | None = None,
+          url: sa.URL | str | None = None) -> list[ControlOutcome]:
+    """running -> paused: the run's workers finish their batch and wait; ``resume`` lets them go on.
+
+    ``run_id``: act on that run only, refused (``NoRunToControl``) unless it is the one running.
+    """
+    return _change(only, from_statuses=(RUNNING,), url=url, what="pause", run_id=run_id, status=PAUSED,
+                   paused_by=by[:150], paused_at=sa.func.now())
 
 
-def resume(*, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
+def resume(*, only: Sequence[str] = BACKFILLS, run_id: int | None = None,
+           url: sa.URL | str | None = None) -> list[ControlOutcome]:
     """paused -> running: waiting workers go on from the cursor (a new invocation may join them)."""
-    return _change(only, from_statuses=(PAUSED,), url=url, what="resume", status=RUNNING,
+    return _change(only, from_statuses=(PAUSED,), url=url, what="resume", run_id=run_id, status=RUNNING,
                    heartbeat_at=sa.func.now())
 
 
-def cancel(*, by: str, only: Sequence[str] = BACKFILLS, url: sa.URL | str | None = None) -> list[ControlOutcome]:
+def cancel(*, by: str, only: Sequence[str] = BACKFILLS, run_id: int | None = None,
+           url: sa.URL | str | None = None) -> list[ControlOutcome]:
     """running or paused -> cancelled: workers stop at their next batch; a later run starts afresh."""
-    return _change(only, from_statuses=(RUNNING, PAUSED), url=url, what="cancel", status=CANCELLED,
+    return _change(only, from_statuses=(RUNNING, PAUSED), url=url, what="cancel", run_id=run_id, status=CANCELLED,
                    cancelled_by=by[:150], finished_at=sa.func.now())

@@ -7,7 +7,8 @@ shares its verdict with its workers (threads or forked processes) through ``Sign
   halves its batch (shorter locks) and waits as long as its batch took;
 - vacuum running on the table the backfill writes (``pg_stat_progress_vacuum``): every worker
   waits as long as its batch took (half speed), so vacuum keeps up with the dead rows;
-- replica replay lag above ``BACKFILL_MAX_REPLICA_LAG`` (``pg_stat_replication``): every worker
+- replica replay lag above ``BACKFILL_MAX_REPLICA_LAG`` (``schema_engine.replicas``: from
+  ``pg_stat_replication``, or the replica itself for a role that may not read it): every worker
   holds before its next batch until the lag is back under half the limit;
 - live traffic, other sessions at work on the database (``pg_stat_activity``): half the workers
   hold while there are any.
@@ -26,11 +27,14 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from calls.backfill.sql import driver_sql
+from schema_engine import replicas
+from schema_engine.guard import BACKFILL_APPLICATION_NAME
 
 POLL_SECONDS = 0.2
 
-# Every backfill session's application_name: how the lock signal tells the backfill's sessions apart.
-APPLICATION_NAME = "backfill_context"
+# Every backfill session's application_name: how the lock signal tells the backfill's sessions apart,
+# and how the migration guard knows never to terminate one (defined there, beside the engine's own).
+APPLICATION_NAME = BACKFILL_APPLICATION_NAME
 # A note stays on the progress line this long after its signal ended, so that it can be read.
 NOTE_SECONDS = 5.0
 
@@ -55,17 +59,17 @@ WHERE datname = current_database() AND backend_type = 'client backend' AND pid <
 """
 VACUUM_SQL = ("SELECT count(*) FROM pg_stat_progress_vacuum "
               "WHERE datname = current_database() AND relid = to_regclass({p})")
-# Each replica's replayed position (NULL until it reports one) and the lag it last reported, and the
-# primary's current position.
-REPLICAS_SQL = ("SELECT application_name, replay_lsn::text, pg_current_wal_lsn()::text, "
-                "COALESCE(EXTRACT(epoch FROM replay_lag), 0)::float8 FROM pg_stat_replication "
-                "UNION ALL SELECT NULL, NULL, pg_current_wal_lsn()::text, 0 WHERE NOT pg_is_in_recovery()")
+lsn_number = replicas.lsn_number
 
 
-def lsn_number(lsn: str) -> int:
-    """PostgreSQL's text form of a WAL position (``16/B374D848``) as a number."""
-    high, low = lsn.split("/")
-    return int(high, 16) << 32 | int(low, 16)
+def refuse_blind_replica_brake(conn: sa.Connection, max_replica_lag: float) -> None:
+    """Refuse, before a run is recorded, a replica brake that could not read the replicas' replay.
+
+    It would hold the workers for ever: a replica whose replay it cannot read never catches up.
+    """
+    if max_replica_lag and conn.dialect.name == "postgresql":
+        replicas.refuse_unreadable(conn, left="nothing was changed (BACKFILL_MAX_REPLICA_LAG=0 runs without the "
+                                              "replica brake)")
 
 
 @dataclass
@@ -122,6 +126,7 @@ class HealthWatch:
     def __init__(self, table: str, signals: Signals, max_replica_lag: float, workers: int = 1) -> None:
         self.table, self.signals, self.max_replica_lag, self.workers = table, signals, max_replica_lag, workers
         self.clock = ReplayClock()
+        self.replays = replicas.ReplayReader()
         self.worst_replica_lag = 0.0
         self.held_seconds = 0.0
         self.judged: float | None = None
@@ -131,21 +136,25 @@ class HealthWatch:
         (waiters,), = driver_sql(conn, LOCK_WAITERS_SQL, ())
         (vacuums,), = driver_sql(conn, VACUUM_SQL, (self.table,))
         (live,), = driver_sql(conn, LIVE_SESSIONS_SQL, ())
-        replicas = driver_sql(conn, REPLICAS_SQL, ())
+        current, replays = self.replays.read(conn)
         conn.rollback()
         now = time.monotonic()
-        current = lsn_number(replicas[-1][2]) if replicas else 0
         # A replica's reported lag keeps its last value for a while after it has caught up: it
-        # counts only while the replica has something left to replay.
+        # counts only while the replica has something left to replay. One not yet reported (or no
+        # longer readable) counts as having replayed nothing.
         standbys = [(name, position, reported if position < current else 0.0)
-                    for name, position, reported in ((name, lsn_number(replayed) if replayed else -1, reported)
-                                                     for name, replayed, _, reported in replicas if name)]
+                    for name, position, reported in ((r.name, -1 if r.replayed is None else r.replayed, r.reported_lag)
+                                                     for r in replays)]
         # The replicas' own reports (which grow for a stalled replica only when WAL or a status
         # message flows), and the clock's reading of what they have not replayed: the greater.
         lag = max([self.clock.lag(now, current, [position for _, position, _ in standbys]),
                    *(reported for _, _, reported in standbys)])
         slowest = max(standbys, key=lambda s: (s[2], -s[1]))[0] if standbys else None
         return Reading(waiters, vacuums, lag, slowest, live)
+
+    def close(self) -> None:
+        """End the connection kept to a replica standing in for one hidden from this role (``ReplayReader``)."""
+        self.replays.close()
 
     def judge(self, reading: Reading) -> None:
         """Set the workers' signals from a reading, and the notes for the progress line."""
@@ -177,7 +186,7 @@ class HealthWatch:
     def _yield_to_traffic(self, reading: Reading, now: float) -> None:
         """Half the workers hold while other sessions are at work: a steady share of the cores is theirs.
 
-        Measured beside live writers (README, "Backfill under live load"): holding half the workers
+        Measured beside live writers (docs/benchmarks.md, "Backfill under live load"): holding half the workers
         kept the writers' p99 within twice their baseline, where waits after every batch of all the
         workers (the same CPU on average, in bursts) did not.
         """

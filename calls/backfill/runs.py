@@ -215,7 +215,7 @@ class Run:
         Returns what it did and the run's status as the batch committed, or None when no batch was
         waiting: a worker sees an operator's pause or cancel within one batch.
         """
-        # SQL on the driver's cursor: these two statements run once a batch (README, "Backfill throughput").
+        # SQL on the driver's cursor: these two statements run once a batch (docs/benchmarks.md, "Backfill throughput").
         take = ("DELETE FROM backfill_batches WHERE id = (SELECT id FROM backfill_batches WHERE backfill = {p}"
                 + (" AND id = {p}" if batch_id else " ORDER BY id LIMIT 1")
                 + (" FOR UPDATE SKIP LOCKED" if conn.dialect.name == "postgresql" else "") + ") RETURNING id, lo, hi")

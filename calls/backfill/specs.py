@@ -2,7 +2,7 @@
 
 Two backfills, run in this order: ``messages`` (``conversation_history.token_count`` and missing
 ``importance``), then ``calls`` (``total_context_tokens``, ``context_pruned``, ``pruning_count``,
-from ``calls/context_policy.replay``, the function live code uses). Both answer the ``Backfill``
+from ``calls.context_policy.replay``, the function live code uses). Both answer the ``Backfill``
 protocol, which the batching, the runs and the workers use.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 For the hot path: no statement object to build, no result object per query, plain tuples. On
 PostgreSQL a batch is written by one ``UPDATE`` over its id range, each row's values picked by
-position out of arrays (README "Backfill throughput" has the measurements behind these choices).
+position out of arrays (docs/benchmarks.md, "Backfill throughput" has the measurements behind these choices).
 """
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def bulk_update(
             # A batch's ids are (nearly) a range: read it by the primary key, each row's values
             # at its position (id - base) in arrays with a slot per id of the range; a slot
             # whose id is 0 has no row to write. PostgreSQL spends less on it than on joining
-            # unnest(ids, ...), which probes the primary key once per row (README, "Backfill throughput").
+            # unnest(ids, ...), which probes the primary key once per row (docs/benchmarks.md, "Backfill throughput").
             base, size = first - 1, last - first + 1
             slots, id_check = given, ""
             if size > len(rows):  # gaps: spread the values to their positions
@@ -90,6 +90,6 @@ def array_literal(values: Sequence[int | float | bool | None]) -> str:
     """Return PostgreSQL's text form of an array of numbers or booleans.
 
     psycopg adapts a list element by element (checking each one's type), which for a batch's
-    arrays costs several times what joining their text does (README, "Backfill throughput").
+    arrays costs several times what joining their text does (docs/benchmarks.md, "Backfill throughput").
     """
     return "{" + ",".join(["NULL" if value is None else str(value) for value in values]) + "}"

@@ -34,7 +34,7 @@ from calls.backfill.options import (
 from calls.backfill.pacing import INITIAL_BATCH_SIZE, SLOW_BATCH_FACTOR, Pace, WorkerChoice, choose_workers
 from calls.backfill.runs import CANCELLED, PAUSED, RUNNING, SUCCEEDED, BatchFailed, Run, RunStopped
 from calls.backfill.specs import Backfill, count_needing
-from calls.backfill.sql import driver_sql
+from schema_engine import database
 from schema_engine.errors import LOCK_NOT_AVAILABLE, QUERY_CANCELED, first_line, sqlstate
 
 _FORK = multiprocessing.get_context("fork")
@@ -106,12 +106,12 @@ class Workers:
                 if conn.dialect.name == "postgresql":
                     # Not waiting for the WAL flush is safe here: a crash can lose only the last
                     # commits, the WAL's tail; a batch whose commit is lost keeps its row in
-                    # backfill_batches and is redone. The settings end with this connection (no pool).
+                    # backfill_batches and is redone. Reset as the connection is given back, and
+                    # refused through a pooler, where the application's writes would inherit them.
                     with conn.begin():
-                        driver_sql(conn, "SET synchronous_commit TO OFF", ())
-                        for name, value in (("lock_timeout", settings.BACKFILL_LOCK_TIMEOUT),
-                                            ("statement_timeout", settings.BACKFILL_STATEMENT_TIMEOUT)):
-                            driver_sql(conn, "SELECT set_config({p}, {p}, false)", (name, value))
+                        database.set_session(conn, {"synchronous_commit": "off",
+                                                    "lock_timeout": str(settings.BACKFILL_LOCK_TIMEOUT),
+                                                    "statement_timeout": str(settings.BACKFILL_STATEMENT_TIMEOUT)})
                 self.drain(conn)
                 while not self.stop.is_set():
                     try:
@@ -294,6 +294,7 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
             workers.watch_health(conn)  # a first reading: a replica already too far behind holds the first batch
+        workers.watch.close()  # no forked worker may inherit its connection to a replica
     reports = _FORK.SimpleQueue()
     threads_or_processes: list[threading.Thread | multiprocessing.process.BaseProcess] = (
         [threading.Thread(target=workers.work, name=f"backfill-{spec.name}", daemon=True)] if choice.workers == 1 else
@@ -340,6 +341,7 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, on
             f"backfill {spec.name!r} stopped after {workers.scanned} rows (run {run.run_id}); "
             "run the same command again to resume") from None
     finally:
+        workers.watch.close()
         if watching is not None:
             watching.close()
     if workers.errors:

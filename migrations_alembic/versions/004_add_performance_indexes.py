@@ -5,7 +5,7 @@ Revises: 003_context_management
 Create Date: 2026-11-24
 
 Each index and the queries it serves (the admin's list pages are the dashboard);
-tests/migrations/test_index_effectiveness.py runs EXPLAIN on each query quoted here:
+tests/migrations_alembic/test_index_effectiveness.py runs EXPLAIN on each query quoted here:
 
 - ix_calls_created_at_covering (created_at) INCLUDE (status, tier, total_cost) [covering]:
   the dashboard's totals over a recent window, answered from the index alone,

@@ -169,6 +169,29 @@ def test_the_admin_brake_asks_acts_and_logs(brake_user: Client, running_run: Bac
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_the_admin_brake_of_an_old_run_refuses_and_changes_nothing(brake_user: Client, method: str, action: str,
+                                                                    django_db_setup: None) -> None:
+    """An old run's brake URL (a bookmark, the browser's history) acts on no run, least of all the current one."""
+    url = database.sqlalchemy_url()
+    run_sql(url, "INSERT INTO backfill_runs (backfill, status) VALUES ('messages', 'completed')")
+    run_sql(url, "INSERT INTO backfill_runs (backfill, status) VALUES ('messages', 'running')")
+    old, current = BackfillRun.objects.order_by("id")
+    try:
+        brake = reverse("admin:calls_backfillrun_brake", args=[old.pk, action])
+        response = getattr(brake_user, method)(brake, follow=True)
+        shown = [str(message) for message in response.context["messages"]]
+        assert shown == [f"run {old.pk} of messages is not its current run (run {current.pk} is): the brake acts on "
+                         f"the current run only; nothing was {control.DONE[action]}"]
+        assert [(run.pk, run.status) for run in BackfillRun.objects.order_by("id")] == [
+            (old.pk, "completed"), (current.pk, "running")]
+        assert not LogEntry.objects.filter(object_id__in=[str(old.pk), str(current.pk)]).exists()
+    finally:
+        run_sql(url, "TRUNCATE backfill_runs CASCADE")
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_admin_brake_needs_its_permission(admin_client: Client, running_run: BackfillRun,
                                               django_db_setup: None) -> None:
     viewer = User.objects.create_user("viewer", password="a-long-passphrase", is_staff=True)

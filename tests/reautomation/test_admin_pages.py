@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -130,6 +131,17 @@ def test_operations_page_shows_schema_state_and_each_backfills_latest_run(admin_
     assert 'id="pending-rows"' not in page  # counting reads whole tables: only when asked
     counted = admin_client.get(reverse("admin:operations"), {"count": "1"}).content.decode()
     assert re.search(r"<th scope=\"row\">messages</th><td>0</td>", counted)
+
+
+def test_operations_page_names_a_revision_file_that_cannot_be_imported(admin_client: Client, operator_data: None,
+                                                                        scratch_migrations: Path) -> None:
+    (scratch_migrations / "versions" / "007_broken.py").write_text('"""say """hi"""\n')
+    response = admin_client.get(reverse("admin:operations"))
+    assert response.status_code == 200
+    schema = response.content.decode()
+    schema = schema[schema.index('id="schema-status"'):schema.index('id="replica-status"')]
+    assert re.search(r'<p class="errornote">a revision file cannot be imported: \S*/versions/007_broken.py:1: '
+                     r"SyntaxError: [^<]+</p>", schema)
 
 
 def test_operations_page_lists_pending_and_changed_revisions_and_invalid_indexes(admin_client: Client, operator_data: None) -> None:

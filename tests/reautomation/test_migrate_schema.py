@@ -263,8 +263,13 @@ def test_empty_revisions_and_pointless_merges_are_refused(tmp_path: Path, args: 
                                                 database_url=url).stdout
 
 
-def test_ctrl_c_during_an_upgrade_is_one_line_and_exit_130(make_database) -> None:
-    """The revision in flight is rolled back; the operator reads which, not 126 lines of traceback."""
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGTERM, signal.SIGTERM]],
+                         ids=["ctrl-c", "sigterm", "sigterm-twice"])
+def test_ctrl_c_during_an_upgrade_is_one_line_and_exit_130(make_database, signals: list[signal.Signals]) -> None:
+    """The revision in flight is rolled back; the operator reads which, not 126 lines of traceback.
+
+    SIGTERM (timeout, a CI runner's cancel) the same; twice, as when the whole process group is signalled too.
+    """
     url = make_database("postgresql")
     commands.upgrade(revision="002_voice_agent_integration", url=url)
     blocker = database.create_engine(url).connect()
@@ -275,7 +280,8 @@ def test_ctrl_c_during_an_upgrade_is_one_line_and_exit_130(make_database) -> Non
     try:
         wait_for(lambda: run_sql(url, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
                                       "WHERE c.relname = 'calls' AND NOT l.granted")[0][0] > 0)
-        upgrade.send_signal(signal.SIGINT)
+        for signum in signals:
+            upgrade.send_signal(signum)
         out, err = upgrade.communicate(timeout=120)
     finally:
         blocker.rollback()

@@ -1,4 +1,4 @@
-"""Production settings as the README documents them: DEBUG off, a secret required, HTTPS, static files."""
+"""Production settings as docs/admin.md ("Production") documents them: DEBUG off, a secret required, HTTPS, static files."""
 from __future__ import annotations
 
 import os

@@ -5,13 +5,16 @@ import os
 import sqlite3
 import stat
 import subprocess
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from calls.sample_data import generate_sample_data
-from schema_engine import backup, commands, database, errors, state
+from schema_engine import backup, commands, database, errors, scratch, state
 from tests.conftest import REVISIONS, manage, run_sql
 
 SECRET = "s3cret-pw@with-an-at"
@@ -158,9 +161,32 @@ def test_a_failed_restore_leaves_the_database_as_it_was(pg_with_calls: sa.URL, t
     broken = tmp_path / "broken.sql"
     broken.write_text("CREATE TABLE alembic_version (version_num varchar(32));\n"
                       f"INSERT INTO alembic_version VALUES ('{REVISIONS[-1]}');\nTHIS IS NOT SQL;\n")
-    with pytest.raises(backup.BackupFailed, match="rolled back, the database is unchanged"):
-        backup.restore(broken, url=pg_with_calls)
+    with pytest.raises(backup.BackupFailed, match="rolled back, the database is unchanged: .*ERROR: +syntax error"):
+        backup.restore(broken, url=pg_with_calls)  # the error, not the NOTICEs of the cleaning before it
     assert run_sql(pg_with_calls, "SELECT count(*) FROM calls")[0][0] == 5
+
+
+def test_a_backup_pg_restore_cannot_read_whole_restores_nothing(pg_with_calls: sa.URL, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """pg_restore stopping halfway (a truncated file, a read error) leaves the database as it was, not half a backup."""
+    saved = backup.back_up(tmp_path, label="test", url=pg_with_calls)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    real = subprocess.run(["bash", "-c", "command -v pg_restore"], capture_output=True, text=True).stdout.strip()
+    # the SQL up to one table's rows, then the error a truncated file gives
+    (bin_dir / "pg_restore").write_text(
+        f'#!/bin/sh\ncase "$*" in *--no-owner*) ;; *) exec "{real}" "$@";; esac\n'
+        f'"{real}" "$@" | sed "/^COPY public.conversation_history /q"\n'
+        'echo "pg_restore: error: could not read from input file: end of file" >&2\nexit 1\n')
+    (bin_dir / "pg_restore").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    run_sql(pg_with_calls, "CREATE TABLE made_since (id int)")
+    messages = run_sql(pg_with_calls, "SELECT count(*) FROM conversation_history")[0][0]
+
+    with pytest.raises(backup.BackupFailed, match="rolled back.*cannot read the backup whole: .*end of file"):
+        backup.restore(saved.path, url=pg_with_calls)
+    assert run_sql(pg_with_calls, "SELECT count(*) FROM conversation_history")[0][0] == messages > 0
+    assert run_sql(pg_with_calls, "SELECT to_regclass('made_since') IS NOT NULL")[0][0]
 
 
 def test_restore_through_the_command_is_one_line_for_a_bad_file(make_database, tmp_path: Path) -> None:
@@ -170,3 +196,105 @@ def test_restore_through_the_command_is_one_line_for_a_bad_file(make_database, t
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "CommandError: /etc/passwd is not a SQLite backup of this schema; nothing was restored"]
+
+
+@dataclass(frozen=True)
+class GrantedDatabase:
+    """A database at head whose tables an application role and a read-only role use, as an operator grants them."""
+
+    migrator: sa.URL  # the role that migrates, backs up and restores
+    app: sa.URL
+    readonly: sa.URL
+
+
+def _schema_access(url: sa.URL) -> list[sa.Row]:
+    """The schema's owner and grants and every default privilege: what a restore must leave as it was."""
+    return run_sql(url, "SELECT nspowner::regrole::text, nspacl::text FROM pg_namespace WHERE nspname = 'public' "
+                        "UNION ALL SELECT defaclrole::regrole::text || ' ' || defaclnamespace::regnamespace::text, "
+                        "defaclobjtype::text || ' ' || defaclacl::text FROM pg_default_acl ORDER BY 1, 2")
+
+
+@pytest.fixture(params=["superuser", "database-owner", "granted-create"])
+def granted_db(request: pytest.FixtureRequest, postgres_admin: sa.Engine) -> Iterator[GrantedDatabase]:
+    """The database and its roles, made as a managed service and an operator would; dropped with the roles after.
+
+    ``superuser``: the migration role is the server's superuser. ``database-owner``: a plain role that owns
+    the database (a managed service's). ``granted-create``: a plain role that owns the tables but neither
+    the database nor ``public`` (granted CREATE on it).
+    """
+    suffix = uuid.uuid4().hex[:10]
+    app, readonly = f"test_app_{suffix}", f"test_ro_{suffix}"
+    migrator = postgres_admin.url.username if request.param == "superuser" else f"test_mig_{suffix}"
+    roles = [app, readonly] + ([] if request.param == "superuser" else [migrator])
+    quote = postgres_admin.dialect.identifier_preparer.quote
+    with postgres_admin.connect() as conn:
+        for role in roles:
+            conn.execute(sa.text(f"CREATE ROLE {quote(role)} LOGIN"))
+    admin_url = scratch.create_database(postgres_admin, scratch.unique_name("test_reautomation"))
+    try:
+        if request.param == "database-owner":
+            run_sql(admin_url, f"ALTER DATABASE {quote(admin_url.database)} OWNER TO {quote(migrator)}")
+        elif request.param == "granted-create":
+            run_sql(admin_url, f"GRANT CREATE ON SCHEMA public TO {quote(migrator)}")
+        migrator_url = admin_url.set(username=migrator)
+        commands.upgrade(revision="head", url=migrator_url)
+        with database.connect(migrator_url) as conn:
+            generate_sample_data(connection=conn, calls=5, seed=1)
+        # The operator's grants: today's tables, and the ones the migration role creates later. The
+        # schema's USAGE comes from PostgreSQL's default grant to PUBLIC, as on a new database.
+        m, a, r = quote(migrator), quote(app), quote(readonly)
+        for statement in (f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {a}",
+                          f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {a}",
+                          f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r}",
+                          f"ALTER DEFAULT PRIVILEGES FOR ROLE {m} IN SCHEMA public "
+                          f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {a}",
+                          f"ALTER DEFAULT PRIVILEGES FOR ROLE {m} GRANT USAGE ON SEQUENCES TO {a}",
+                          f"ALTER DEFAULT PRIVILEGES FOR ROLE {m} IN SCHEMA public GRANT SELECT ON TABLES TO {r}",
+                          # the operator's own defaults: a plain migration role may not set these
+                          f"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r}"):
+            run_sql(admin_url, statement)
+        yield GrantedDatabase(migrator=migrator_url, app=admin_url.set(username=app),
+                              readonly=admin_url.set(username=readonly))
+    finally:
+        scratch.drop_database(postgres_admin, admin_url)
+        with postgres_admin.connect() as conn:
+            for role in roles:
+                conn.execute(sa.text(f"DROP ROLE IF EXISTS {quote(role)}"))
+
+
+def _uses_as_before(db: GrantedDatabase, phone: str) -> None:
+    """The application reads and writes, the read-only role reads and cannot write."""
+    run_sql(db.app, "INSERT INTO calls (phone_number) VALUES (:phone)", {"phone": phone})
+    run_sql(db.app, "UPDATE calls SET status = 'completed' WHERE phone_number = :phone", {"phone": phone})
+    assert run_sql(db.readonly, "SELECT count(*) FROM calls WHERE phone_number = :phone", {"phone": phone})[0][0] == 1
+    with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+        run_sql(db.readonly, "DELETE FROM calls")
+
+
+def test_a_restore_gives_every_role_its_access_back(granted_db: GrantedDatabase, tmp_path: Path) -> None:
+    """The schema's grants, the tables' grants and the default privileges are as they were before the restore."""
+    db = granted_db
+    _uses_as_before(db, "+15555550002")
+    access = _schema_access(db.migrator)
+    saved = backup.back_up(tmp_path, label="test", url=db.migrator)
+    run_sql(db.migrator, "DELETE FROM call_notes")
+    run_sql(db.migrator, "CREATE TABLE made_since (id int)")
+
+    assert backup.restore(saved.path, url=db.migrator) == (REVISIONS[-1],)
+    _uses_as_before(db, "+15555550003")
+    assert _schema_access(db.migrator) == access
+    assert run_sql(db.migrator, "SELECT to_regclass('made_since') IS NULL")[0][0]
+    # the default privileges still reach what the migration role creates next
+    run_sql(db.migrator, "CREATE TABLE made_after (id int)")
+    run_sql(db.app, "INSERT INTO made_after VALUES (1)")
+    assert run_sql(db.readonly, "SELECT count(*) FROM made_after")[0][0] == 1
+
+
+@pytest.mark.parametrize("granted_db", ["superuser"], indirect=True)  # the guide's restore runs as the superuser
+def test_the_guides_plain_sql_backup_keeps_every_roles_access(granted_db: GrantedDatabase, tmp_path: Path) -> None:
+    db = granted_db
+    access = _schema_access(db.migrator)
+    dump = _plain_dump(db.migrator, tmp_path / "backup.sql")
+    backup.restore(dump, url=db.migrator)
+    assert _schema_access(db.migrator) == access
+    _uses_as_before(db, "+15555550003")

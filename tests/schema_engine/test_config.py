@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic.config import Config
 
 from schema_engine import config
@@ -30,6 +31,16 @@ def test_the_plain_cli_gets_the_options_of_its_command() -> None:
     cli = Config(str(config.ALEMBIC_INI), cmd_opts=CliOptions())
     options = config.EnvOptions.of(cli)
     assert (options.command, options.skip_recorded_check, options.writes) == ("stamp", True, True)
+
+
+def test_a_connection_passed_the_cookbook_way_is_lent(tmp_path: Path) -> None:
+    """pytest-alembic puts its engine (or wrapped connection) in config.attributes: env.py uses it, never commits for it."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'lent.sqlite3'}")
+    given = Config(str(config.ALEMBIC_INI), attributes={"connection": engine})
+    options = config.EnvOptions.of(given)
+    assert (options.connection, options.lent) == (engine, True)
+    assert not config.EnvOptions.of(Config(str(config.ALEMBIC_INI))).lent
+    assert not config.EnvOptions(command="upgrade").lent  # migrate_schema's own connection
 
 
 def test_archive_tables_are_left_out_of_comparisons() -> None:

@@ -5,6 +5,7 @@ other connections of the test hold locks on.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Iterator
@@ -12,8 +13,9 @@ from typing import Iterator
 import pytest
 import sqlalchemy as sa
 
+from calls.backfill import health
 from calls.sample_data import generate_sample_data
-from schema_engine import commands, database, guard, state
+from schema_engine import commands, database, guard, scratch, state
 from tests.conftest import HEAD, REVISIONS, manage, run_sql, start_manage, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -214,6 +216,93 @@ def test_a_blocker_running_a_query_is_never_terminated(pg_db: sa.URL, other_sess
     runner.dispose()
     assert result.returncode == 1
     assert "terminated" not in result.stderr and f"blocked by pid {blocker_pid} " in result.stderr
+    assert current(pg_db) == ["002_voice_agent_integration"]
+
+
+@contextlib.contextmanager
+def idle_in_transaction_on_calls(url: sa.URL, *, application_name: str) -> Iterator[int]:
+    """A session (pid yielded) named ``application_name``, idle in a transaction holding a lock on calls."""
+    engine = database.create_engine(url, connect_args={"application_name": application_name})
+    with engine.connect() as blocker:
+        blocker.execute(sa.text("SELECT count(*) FROM calls"))
+        yield blocker.connection.driver_connection.info.backend_pid
+        blocker.invalidate()
+    engine.dispose()
+
+
+def session_state(url: sa.URL, pid: int) -> str | None:
+    found = run_sql(url, "SELECT state FROM pg_stat_activity WHERE pid = :p", {"p": pid})
+    return found[0][0] if found else None
+
+
+@pytest.mark.parametrize("application", [health.APPLICATION_NAME, f"{guard.MIGRATION_APPLICATION_PREFIX}other-host"],
+                         ids=["backfill", "another-migrator"])
+def test_the_projects_own_sessions_are_never_terminated(pg_db: sa.URL, application: str) -> None:
+    """A backfill worker idle in its transaction while it counts tokens is the project's own: ending it fails its run."""
+    commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
+    with idle_in_transaction_on_calls(pg_db, application_name=application) as blocker_pid:
+        result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms",
+                        MIGRATION_LOCK_RETRIES="2", MIGRATION_RETRY_PAUSE_SECONDS="0.05",
+                        MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER="0.01")
+        assert session_state(pg_db, blocker_pid) == "idle in transaction", result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "terminated" not in result.stderr
+    retries = [line for line in result.stderr.splitlines() if " retry " in line]
+    assert len(retries) == 2 and all(f"left pid {blocker_pid} alone ({application}: the project's own session)"
+                                     in line for line in retries), retries
+    refusal = next(line for line in result.stderr.splitlines() if line.startswith("CommandError"))
+    assert "could not lock a table within lock_timeout=300ms, 3 tries" in refusal
+    assert "MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER ends sessions" not in refusal  # it is on already
+    assert current(pg_db) == ["002_voice_agent_integration"]
+
+
+@pytest.fixture
+def unprivileged_roles(pg_db: sa.URL, postgres_admin: sa.Engine) -> Iterator[tuple[sa.URL, sa.URL]]:
+    """URLs for two new roles, neither a superuser: the migrator owns the database; the application's only reads.
+
+    Roles belong to the whole server: each is named uniquely and dropped afterwards.
+    """
+    migrator, application = scratch.unique_name("test_migrator"), scratch.unique_name("test_application")
+    quote = postgres_admin.dialect.identifier_preparer.quote
+    with postgres_admin.connect() as admin:
+        for role in (migrator, application):
+            admin.execute(sa.text(f"CREATE ROLE {quote(role)} LOGIN"))
+        admin.execute(sa.text(f"ALTER DATABASE {quote(pg_db.database)} OWNER TO {quote(migrator)}"))
+    try:
+        yield pg_db.set(username=migrator), pg_db.set(username=application)
+    finally:
+        roles = f"{quote(migrator)}, {quote(application)}"
+        run_sql(pg_db, f"REASSIGN OWNED BY {roles} TO CURRENT_USER")
+        run_sql(pg_db, f"DROP OWNED BY {roles}")
+        with postgres_admin.connect() as admin:
+            admin.execute(sa.text(f"DROP ROLE {roles}"))
+
+
+@pytest.mark.parametrize("granted", [[], ["pg_read_all_stats"]], ids=["no-grants", "read-all-stats-only"])
+def test_a_role_that_may_not_see_or_end_the_blocker_says_what_it_lacks_and_goes_on_retrying(
+        pg_db: sa.URL, postgres_admin: sa.Engine, unprivileged_roles: tuple[sa.URL, sa.URL],
+        granted: list[str]) -> None:
+    migrator, application = unprivileged_roles
+    quote = postgres_admin.dialect.identifier_preparer.quote
+    with postgres_admin.connect() as admin:
+        for role in granted:
+            admin.execute(sa.text(f"GRANT {role} TO {quote(migrator.username)}"))
+    commands.upgrade(revision="002_voice_agent_integration", url=migrator)  # the migrator owns the tables
+    run_sql(migrator, f"GRANT SELECT ON calls TO {quote(application.username)}")
+    with idle_in_transaction_on_calls(application, application_name="voice-agent") as blocker_pid:
+        result = manage(migrator, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms",
+                        MIGRATION_LOCK_RETRIES="2", MIGRATION_RETRY_PAUSE_SECONDS="0.05",
+                        MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER="0.01")
+        assert session_state(pg_db, blocker_pid) == "idle in transaction", result.stderr
+    assert result.returncode == 1, result.stderr
+    lacking = (f"cannot see who blocks (GRANT pg_read_all_stats TO {migrator.username})" if not granted
+               else f"could not end pid {blocker_pid} (GRANT pg_signal_backend TO {migrator.username})")
+    retries = [line for line in result.stderr.splitlines() if " retry " in line]
+    assert len(retries) == 2 and all(lacking in line for line in retries), result.stderr
+    refusal = next(line for line in result.stderr.splitlines() if line.startswith("CommandError"))
+    assert "could not lock a table within lock_timeout=300ms, 3 tries" in refusal and lacking in refusal, refusal
+    assert "MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER ends sessions" not in refusal  # it is on already
+    assert "terminated" not in result.stderr
     assert current(pg_db) == ["002_voice_agent_integration"]
 
 

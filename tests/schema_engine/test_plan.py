@@ -80,3 +80,41 @@ def test_the_released_revisions_show_their_accepted_findings(pg_db: sa.URL) -> N
     assert set(accepted["002_voice_agent_integration"]) == {
         "disallowed-unique-constraint", "constraint-missing-not-valid", "require-concurrent-index-creation"}
     assert "columns this revision adds" in accepted["003_context_management"]["require-concurrent-index-creation"]
+
+
+BRANCH = '''"""Add calls.{column} (nullable), on a branch of its own."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "{revision}"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("calls", sa.Column("{column}", sa.String(8), nullable=True))
+
+
+def downgrade() -> None:
+    op.drop_column("calls", "{column}")
+'''
+
+
+def test_a_pending_merge_revision_is_planned_and_applied(at_head: sa.URL, scratch_migrations: Path) -> None:
+    """Two revisions written off the same head, joined by ``migrate_schema merge heads``: plan, then upgrade."""
+    for revision, column in (("007_add_region", "region"), ("007_add_channel", "channel")):
+        (scratch_migrations / "versions" / f"{revision}.py").write_text(
+            BRANCH.format(revision=revision, column=column, head=HEAD))
+    merge = commands.merge(revisions=["heads"], message="merge region and channel")
+
+    planned = plan.plan(url=at_head)
+    assert [rev.revision for rev in planned.pending][-1] == merge
+    assert {rev.revision for rev in planned.pending} == {"007_add_region", "007_add_channel", merge}
+    assert planned.safe, planned.problems
+    shown = manage(at_head, "migrate_schema", "plan", ALEMBIC_SCRIPT_LOCATION=str(scratch_migrations))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"  pending {merge:<30} merge region and channel" in shown.stdout.splitlines()
+
+    assert commands.upgrade(revision="head", url=at_head).current == (merge,)
+    assert not plan.plan(url=at_head).pending

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from schema_engine import commands, errors, plan
-from tests.conftest import HEAD, error_lines, manage, run_sql
+from tests.conftest import HEAD, error_lines, manage, run_sql, scratch_alembic_cli
 
 UNIQUE_PHONE = '''"""Make calls.phone_number unique: one call row per number (the dialler's dedup).
 
@@ -161,3 +161,34 @@ def test_a_check_cannot_write(pg_head_db: sa.URL, scratch_migrations: Path) -> N
     with pytest.raises(errors.InvalidDataChecks, match="read-only transaction"):
         plan.plan(url=pg_head_db)
     assert run_sql(pg_head_db, "SELECT count(*) FROM calls") == [(1,)]
+
+
+def test_the_plain_alembic_upgrade_runs_the_same_checks(head_db: sa.URL, scratch_migrations: Path) -> None:
+    """``alembic upgrade head`` passes env.py as ``migrate_schema upgrade`` does: a failing check refuses it."""
+    add(scratch_migrations, "007_unique_phone", UNIQUE_PHONE)
+    insert_calls(head_db, "+15550000001", "+15550000001")
+    refused = scratch_alembic_cli(scratch_migrations, head_db, "upgrade", "head")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stdout.strip() == (
+        'FAILED: revision 007_unique_phone: data check "no duplicate phone_number" found rows it forbids, e.g. '
+        "('+15550000001', 2): correct the data (or the check) before applying it; nothing was changed")
+    assert recorded(head_db) == [HEAD]
+
+
+def test_the_plain_alembic_upgrade_runs_a_deferred_check_just_before_its_revision(
+        pg_head_db: sa.URL, scratch_migrations: Path) -> None:
+    add(scratch_migrations, "007_add_region", ADD_REGION)
+    add(scratch_migrations, "008_region_checked", REGION_CHECKED)
+    insert_calls(pg_head_db, "+15550000001")
+
+    refused = scratch_alembic_cli(scratch_migrations, pg_head_db, "upgrade", "head")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stdout.strip().startswith('FAILED: revision 008_region_checked: data check "every call has a '
+                                             'region" found rows it forbids')
+    assert refused.stdout.strip().endswith("; the revisions before it stay applied")
+    assert recorded(pg_head_db) == ["007_add_region"]
+
+    run_sql(pg_head_db, "UPDATE calls SET region = 'us-east'")
+    applied = scratch_alembic_cli(scratch_migrations, pg_head_db, "upgrade", "head")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert recorded(pg_head_db) == ["008_region_checked"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from schema_engine import commands, state
+from schema_engine import commands, database, guard, state
 from tests.conftest import HEAD, alembic_cli, django_url, manage
 
 POOLER = {"DATABASE_POOL_MODE": "transaction"}
@@ -48,3 +48,28 @@ def test_a_bad_pool_mode_is_one_line(pg_head_db: sa.URL) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "manage.py: configuration error: DATABASE_POOL_MODE='statement' is not one of session, transaction"]
+
+
+def test_a_direct_connection_is_a_session_of_its_own(pg_db: sa.URL) -> None:
+    database.require_session(pg_db)  # no pooler between: nothing to refuse
+
+
+def test_the_settings_the_engine_sets_are_reset_as_the_connection_goes_back_to_its_pool(pg_db: sa.URL) -> None:
+    # A pool of one: the next checkout is the same server session, as a pooler's next client would get it.
+    engine = database.create_engine(pg_db, poolclass=sa.pool.QueuePool, pool_size=1, max_overflow=0)
+    guard_settings = guard.GuardSettings(lock_wait_seconds=1, lock_timeout="2s", statement_timeout="3min",
+                                         lock_retries=0, retry_pause_seconds=0)
+    shown = ("SELECT pg_backend_pid(), current_setting('lock_timeout'), current_setting('statement_timeout'), "
+             "current_setting('synchronous_commit'), current_setting('application_name')")
+    try:
+        with engine.connect() as conn:
+            guard.set_timeouts(conn, guard_settings)
+            with conn.begin():
+                database.set_session(conn, {"synchronous_commit": "off"})
+            pid, *during = conn.exec_driver_sql(shown).one()
+            assert during[:3] == ["2s", "3min", "off"] and during[3].startswith("migrate_schema@")
+        with engine.connect() as conn:
+            again, *after = conn.exec_driver_sql(shown).one()
+        assert again == pid and after == ["0", "0", "on", ""]
+    finally:
+        engine.dispose()

@@ -1,17 +1,21 @@
 """``scripts/deploy`` and ``scripts/rollback`` end to end against PostgreSQL, as an operator runs them."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from calls.sample_data import generate_sample_data
-from schema_engine import commands, database, state
-from tests.conftest import REVISIONS, ROOT, cli_environment, run_sql
+from schema_engine import commands, database, guard, state
+from tests.conftest import REVISIONS, ROOT, cli_environment, run_sql, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -175,3 +179,100 @@ def test_backups_and_previews_are_private_and_no_password_is_shown(make_database
     files = list(backups.iterdir())
     assert {f.suffix for f in files} == {".dump", ".sql"}
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files), [oct(f.stat().st_mode) for f in files]
+
+
+# --- interrupted: SIGTERM from timeout or a CI runner's cancel ------------------------------------
+
+def children_of(pid: int) -> list[int]:
+    """Return the pids of ``pid``'s child processes, read from /proc."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parent = int(stat_file.read_text().rsplit(")", 1)[1].split()[1])  # the name may hold ")"
+            if parent == pid:
+                found.append(int(stat_file.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def migrator_waits_for_a_lock(url: sa.URL, table: str) -> bool:
+    """Whether a migrate_schema session waits for a lock on ``table`` (its DDL queued behind a transaction)."""
+    return run_sql(url, "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                        "WHERE NOT l.granted AND l.relation = to_regclass(:table) AND starts_with(a.application_name, "
+                        ":engine) AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                   {"table": table, "engine": guard.MIGRATION_APPLICATION_PREFIX})[0][0] > 0
+
+
+@contextlib.contextmanager
+def running_script(name: str, url: sa.URL, *args: str, blocked_table: str, backups: Path,
+                   **env: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """Start ``scripts/NAME`` while a transaction holds a lock on ``blocked_table``; yield it and its children
+    once its migrate_schema step waits for that lock. Whatever is left is ended and released afterwards."""
+    holder = database.create_engine(url).connect()
+    holder.execute(sa.text(f"SELECT count(*) FROM {blocked_table}"))  # ACCESS SHARE: the step's DDL waits on it
+    env = cli_environment(url, ENV_FILE="/dev/null", BACKUP_DIR=str(backups), PYTHON=sys.executable,
+                          MIGRATION_LOCK_TIMEOUT="10min", **env)
+    process = subprocess.Popen(["bash", str(ROOT / "scripts" / name), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    children: list[int] = []
+    try:
+        wait_for(lambda: migrator_waits_for_a_lock(url, blocked_table) or process.poll() is not None)
+        assert process.poll() is None, process.communicate()
+        children.extend(children_of(process.pid))
+        yield process, children
+    finally:
+        holder.rollback()
+        holder.close()
+        for pid in children:  # an orphan the script left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def test_sigterm_to_deploy_is_passed_on_to_the_running_step_which_rolls_back(make_database, tmp_path: Path) -> None:
+    url = make_database("postgresql")
+    commands.upgrade(revision="002_voice_agent_integration", url=url)
+    with running_script("deploy", url, blocked_table="calls", backups=tmp_path) as (deploy, children):
+        assert len(children) == 1, children  # the step's command itself, no shell in between
+        deploy.send_signal(signal.SIGTERM)  # the script only, as a CI runner's cancel reaches it
+        out, err = deploy.communicate(timeout=120)
+        orphans = [pid for pid in children if alive(pid)]
+    assert deploy.returncode == 130, out + err
+    assert orphans == []
+    assert "==> step 5: back up, then apply" in out and "==> step 6" not in out
+    assert err.strip().splitlines()[-2:] == [
+        "CommandError: interrupted; revision 003_context_management rolled back; "
+        "the database is at 002_voice_agent_integration",
+        "deploy: interrupted (SIGTERM) during step 5 (back up, then apply); the step was stopped (its last line "
+        "says what it left); nothing after it ran"]
+    assert state.status(url=url).current == ("002_voice_agent_integration",)
+
+
+def test_sigterm_to_rollback_stops_the_downgrade_and_says_the_application_is_stopped(
+        make_database, tmp_path: Path, app_hooks: dict[str, str]) -> None:
+    url = make_database("postgresql")
+    commands.upgrade(revision="head", url=url)
+    with running_script("rollback", url, "-1", blocked_table="backfill_runs", backups=tmp_path,
+                        **hooks(app_hooks)) as (rollback, children):
+        rollback.send_signal(signal.SIGTERM)
+        out, err = rollback.communicate(timeout=120)
+        orphans = [pid for pid in children if alive(pid)]
+    assert rollback.returncode == 130, out + err
+    assert orphans == []
+    assert "==> step 2: downgrade to -1" in out and "==> step 4" not in out
+    assert err.strip().splitlines()[-3:] == [
+        f"CommandError: interrupted; revision {REVISIONS[-1]} rolled back; the database is at {REVISIONS[-1]}",
+        "rollback: interrupted (SIGTERM) during step 2 (downgrade to -1); the step was stopped (its last line "
+        "says what it left); nothing after it ran",
+        f"rollback: the application is STOPPED; once the database is right, start it: {app_hooks['APP_START_COMMAND']}"]
+    assert state.status(url=url).current == (REVISIONS[-1],)
+    assert {p.name for p in Path(app_hooks["marks"]).iterdir()} == {"stopped"}

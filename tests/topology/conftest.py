@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from schema_engine import scratch
-from tests.conftest import ROOT, cli_environment, django_url
+from tests.conftest import ROOT, cli_environment, django_url, wait_for
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,14 @@ def topology_db(topology: Topology) -> Iterator[Topology]:
         admin.dispose()
 
 
+def _answers(url: sa.URL) -> bool:
+    try:
+        psycopg.connect(django_url(url), connect_timeout=10).close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
 class Replay:
     """The replica's replay: paused, it still receives WAL, and its lag grows until resumed."""
 
@@ -99,3 +107,28 @@ def replay(topology: Topology) -> Iterator[Replay]:
             yield control
         finally:
             control.resume()
+
+
+@pytest.fixture
+def unprivileged_db(topology: Topology) -> Iterator[Topology]:
+    """A new database owned by a login role that is no superuser and not in ``pg_monitor``, as managed services give.
+
+    Its URLs log in as that role; DATABASE_URL is the primary too (the topology's PgBouncer knows
+    only ``postgres``). The role and the database reach the replica through the WAL.
+    """
+    admin = scratch.admin_engine(topology.primary.set(database="postgres"))
+    role, name = scratch.unique_name("migrator"), scratch.unique_name("test_topology")
+    quote = admin.dialect.identifier_preparer.quote
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {quote(role)} LOGIN"))
+        conn.execute(sa.text(f"CREATE DATABASE {quote(name)} OWNER {quote(role)}"))
+    unprivileged = Topology(*(url.set(database=name, username=role)
+                              for url in (topology.primary, topology.primary, topology.replica)))
+    try:
+        wait_for(lambda: _answers(unprivileged.replica))  # the role and the database have reached the replica
+        yield unprivileged
+    finally:
+        scratch.drop_database(admin, name)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP ROLE IF EXISTS {quote(role)}"))
+        admin.dispose()

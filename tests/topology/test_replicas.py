@@ -9,7 +9,7 @@ import psycopg
 import sqlalchemy as sa
 
 from calls.sample_data import generate_sample_data
-from schema_engine import commands, database, state
+from schema_engine import commands, database, replicas, state
 from tests.conftest import HEAD, REVISIONS, ROOT, django_url, wait_for
 from tests.topology.conftest import Replay, Topology, host_env, manage
 
@@ -141,3 +141,56 @@ def test_a_deploy_stops_at_the_plan_while_the_replica_lags(topology_db: Topology
     assert "deploy: step 2 (plan: " in deployed.stderr and "==> step 3" not in deployed.stdout
     assert "replica walreceiver (127.0.0.1) is " in deployed.stderr and "let it catch up first" in deployed.stderr
     assert state.status(url=topology_db.primary).current == ("003_context_management",)
+
+
+def test_a_role_without_pg_monitor_waits_on_the_replicas_own_replay(unprivileged_db: Topology, replay: Replay) -> None:
+    replay.pause()
+    upgrade = subprocess.Popen([sys.executable, "manage.py", "migrate_schema", "upgrade", "head"], cwd=ROOT,
+                               env=host_env(unprivileged_db, PYTHONUNBUFFERED="1", MIGRATION_REPLICA_WAIT_SECONDS="60"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in upgrade.stdout:
+        lines.append(line)
+        if "waiting for the replicas to replay" in line:
+            break
+    assert f"waiting for the replicas to replay {REVISIONS[0]}: 127.0.0.1:" in lines[-1], lines
+    assert state.status(url=unprivileged_db.primary).current == (REVISIONS[0],)  # it waits for the paused replica
+    replay.resume()
+    out, err = upgrade.communicate(timeout=600)
+    assert upgrade.returncode == 0, "".join(lines) + out + err
+    assert replayed(unprivileged_db.replica) == (HEAD,)
+
+
+def test_without_pg_monitor_nor_a_replica_url_the_upgrade_refuses_at_once_naming_the_grant(
+        unprivileged_db: Topology) -> None:
+    result = manage(unprivileged_db, "migrate_schema", "upgrade", "head", DATABASE_REPLICA_URL="",
+                    MIGRATION_REPLICA_WAIT_SECONDS="30")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    role = unprivileged_db.primary.username
+    assert len(lines) == 1 and f"run 'GRANT pg_monitor TO {role}' as a superuser" in lines[0], result.stderr
+    assert "DATABASE_REPLICA_URL" in lines[0] and lines[0].endswith("nothing was changed"), lines
+    assert state.status(url=unprivileged_db.primary).current == ()
+
+
+def test_plan_never_reports_a_replica_it_cannot_read_as_caught_up(unprivileged_db: Topology, replay: Replay) -> None:
+    assert manage(unprivileged_db, "migrate_schema", "upgrade", REVISIONS[-2]).returncode == 0
+    blind = manage(unprivileged_db, "migrate_schema", "plan", DATABASE_REPLICA_URL="")
+    assert blind.returncode == 3, blind.stdout + blind.stderr
+    assert "s behind" not in blind.stdout and "its replay is hidden from this role" in blind.stdout, blind.stdout
+    assert f"GRANT pg_monitor TO {unprivileged_db.primary.username}" in blind.stderr
+    # With DATABASE_REPLICA_URL the replica tells its own replay: caught up, then, paused, behind.
+    assert manage(unprivileged_db, "migrate_schema", "plan").returncode == 0
+    replay.pause()
+    with psycopg.connect(django_url(unprivileged_db.primary), autocommit=True) as primary:
+        # A transaction at each look: WAL that the replica receives and does not replay.
+        wait_for(lambda: primary.execute("SELECT txid_current()") and _own_lag(unprivileged_db.replica) > 1.0)
+    paused = manage(unprivileged_db, "migrate_schema", "plan", MIGRATION_REPLICA_WAIT_SECONDS="1")
+    assert paused.returncode == 3
+    assert "  replica 127.0.0.1:" in paused.stdout and "(DATABASE_REPLICA_URL): replay paused, " in paused.stdout
+    assert "longer than the upgrade waits for it (MIGRATION_REPLICA_WAIT_SECONDS 1s)" in paused.stderr
+
+
+def _own_lag(replica: sa.URL) -> float:
+    with psycopg.connect(django_url(replica), autocommit=True) as conn:
+        return conn.execute(replicas.OWN_LAG_SQL).fetchone()[1]

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import psycopg
 import pytest
 
+from calls.sample_data import generate_sample_data
+from schema_engine import commands, database, errors, state
 from tests.conftest import HEAD, REVISIONS, ROOT, django_url, start_manage
 from tests.topology.conftest import Topology, host_env, manage
 
@@ -57,3 +61,60 @@ def test_a_backfill_joined_from_two_hosts_through_the_topology_finishes_once(top
     outputs = [host.communicate(timeout=600) for host in hosts]
     assert [host.returncode for host in hosts] == [0, 0], outputs
     assert sum("joining run 1" in out for out, _ in outputs) <= 1
+
+
+def _pool_mode_unset(topology: Topology) -> dict[str, str]:
+    """An application host whose DATABASE_URL goes through PgBouncer, with neither DATABASE_POOL_MODE nor MIGRATION_DATABASE_URL."""
+    env = host_env(topology)
+    for name in ("DATABASE_POOL_MODE", "MIGRATION_DATABASE_URL"):
+        env.pop(name, None)
+    return env
+
+
+def _left_on_the_pooler(topology: Topology) -> tuple[tuple[str, ...], int]:
+    """What a pooled connection's session settings read, and the advisory locks held in the database (on the primary)."""
+    with psycopg.connect(django_url(topology.pooler), autocommit=True, prepare_threshold=None) as pooled:
+        shown = tuple(pooled.execute(f"SHOW {name}").fetchone()[0]
+                      for name in ("lock_timeout", "statement_timeout", "synchronous_commit"))
+    with psycopg.connect(django_url(topology.primary), autocommit=True) as primary:
+        locks = primary.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                                "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()[0]
+    return shown, locks
+
+
+@pytest.mark.parametrize("command", [["manage.py", "migrate_schema", "upgrade", "head"],
+                                     ["manage.py", "backfill_context"], ["alembic", "upgrade", "head"]],
+                         ids=lambda c: "-".join(c[:2]))
+def test_through_pgbouncer_with_the_pool_mode_unset_the_engine_refuses_and_leaves_nothing(
+        topology_db: Topology, command: list[str]) -> None:
+    if command[1] == "backfill_context":
+        commands.upgrade(revision="head", url=topology_db.primary)
+        with database.connect(topology_db.primary) as conn:
+            generate_sample_data(connection=conn, calls=5, seed=6)
+    before = state.status(url=topology_db.primary).current
+    program = [sys.executable, *command] if command[0] == "manage.py" else [str(Path(sys.executable).parent / "alembic"),
+                                                                           *command[1:]]
+    result = subprocess.run(program, cwd=ROOT, capture_output=True, text=True, env=_pool_mode_unset(topology_db),
+                            timeout=600)
+    # manage.py: one line on stderr; the alembic CLI: its one FAILED line on stdout (and its log's copy).
+    said = (result.stderr if command[0] == "manage.py" else result.stdout).strip().splitlines()
+    assert result.returncode != 0 and len(said) == 1, result.stdout + result.stderr
+    assert "hands one server session to several connections" in said[0] and "MIGRATION_DATABASE_URL" in said[0]
+    assert "Traceback" not in result.stderr
+    assert state.status(url=topology_db.primary).current == before  # nothing applied
+    if command[1] == "backfill_context":
+        with database.connect(topology_db.primary) as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM backfill_runs").scalar_one() == 0
+    assert _left_on_the_pooler(topology_db) == (("0", "0", "on"), 0)
+
+
+def test_the_pooler_is_told_from_a_direct_connection(topology_db: Topology) -> None:
+    database.require_session(topology_db.primary)  # MIGRATION_DATABASE_URL: a session of its own
+    with pytest.raises(errors.SessionRequired, match="set MIGRATION_DATABASE_URL to the primary itself"):
+        database.require_session(topology_db.pooler)
+    upgraded = subprocess.run([sys.executable, "manage.py", "migrate_schema", "upgrade", "head"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600,
+                              env={**_pool_mode_unset(topology_db),
+                                   "MIGRATION_DATABASE_URL": django_url(topology_db.primary)})
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert _left_on_the_pooler(topology_db) == (("0", "0", "on"), 0)

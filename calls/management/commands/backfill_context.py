@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import getpass
-import signal
 import socket
 import time
 from typing import Any
@@ -14,6 +13,7 @@ from calls import backfill
 from calls.backfill import control, health
 from calls.tokens import TokenEncodingUnavailable
 from operator_kit.output import RawOutput
+from operator_kit.signals import sigterm_as_ctrl_c
 from schema_engine import errors
 
 # Exit codes besides 0 and 1 (an error): interrupted by Ctrl-C or SIGTERM; cancelled by an operator.
@@ -69,16 +69,15 @@ class Command(BaseCommand):
         self.bar = None
         self.last_line = 0.0
         self.last_note: str | None = None
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill = Ctrl-C: record, then stop
         try:
-            backfill.backfill_context(
-                only=[options["only"]] if options["only"] else backfill.BACKFILLS,
-                options=settings, on_progress=self._progress, on_start=self._started, on_finish=self._report,
-            )
+            with sigterm_as_ctrl_c():  # kill = Ctrl-C: record the run as interrupted, then stop
+                backfill.backfill_context(
+                    only=[options["only"]] if options["only"] else backfill.BACKFILLS,
+                    options=settings, on_progress=self._progress, on_start=self._started, on_finish=self._report,
+                )
         except (backfill.BackfillError, errors.SchemaError, TokenEncodingUnavailable) as exc:
             raise CommandError(str(exc), returncode=EXIT_CODES.get(type(exc), 1)) from exc
         finally:
-            signal.signal(signal.SIGTERM, previous)
             self._close_bar()
 
     def _apply_brake(self, action: str, only: list[str]) -> None:

@@ -1,7 +1,8 @@
 """``manage.py migrate_schema``: the Alembic revisions, for operators and deploy scripts.
 
 Exit codes: 0 done; 1 an error (one line on stderr saying what to do); 2 ``check`` found drift;
-3 ``plan`` found it unsafe to apply now; 130 interrupted (Ctrl-C or SIGTERM).
+3 ``plan`` found it unsafe to apply now; 130 interrupted (Ctrl-C or SIGTERM: the revision in flight
+is rolled back and one line says where the database is).
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from typing import Any, TextIO
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from operator_kit.output import RawOutput
+from operator_kit.signals import sigterm_as_ctrl_c
 from schema_engine import backup, checksums, commands, database, errors, rehearsal, replicas, state
 from schema_engine import plan as deploy_plan
 
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
-INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
+INTERRUPTED = 130  # the shell's code for a command ended by SIGINT; SIGTERM too (it takes the same path)
 # Subcommands that act on the database name it (password hidden) before they act.
 ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore", "verify"}
 
@@ -80,9 +82,10 @@ class Command(BaseCommand):
         self.verbosity = options["verbosity"]
         action = action or "upgrade"
         try:
-            if action in ACTS_ON_DATABASE:
-                self._name_database(quiet_stdout=options.get("sql") or options.get("as_json"))
-            getattr(self, f"_{action}")(**options)
+            with sigterm_as_ctrl_c():  # timeout, a CI cancel: roll back and say so, as for Ctrl-C
+                if action in ACTS_ON_DATABASE:
+                    self._name_database(quiet_stdout=options.get("sql") or options.get("as_json"))
+                getattr(self, f"_{action}")(**options)
         except errors.Interrupted as exc:
             raise CommandError(str(exc), returncode=INTERRUPTED) from exc
         except KeyboardInterrupt as exc:
@@ -191,15 +194,14 @@ class Command(BaseCommand):
     def _verify(self, *, accept: list[str] | None = None, **_: Any) -> None:
         if accept:
             for found in checksums.accept(accept):
-                was = "unchanged" if found.recorded == found.current else f"was {(found.recorded or 'none')[:12]}"
+                was = (f"was {(found.recorded or 'none')[:12]}; {' and '.join(found.changed_parts) or 'nothing'} "
+                       "changed" if found.changed or found.recorded is None else "unchanged")
                 self.stdout.write(self.style.SUCCESS(f"Accepted {found.revision}: checksum {found.current[:12]} "
                                                      f"recorded ({was})"))
             return
         found = checksums.verify()
         for rev in found:
-            state_ = ("CHANGED since it was applied" if rev.changed else
-                      "not recorded yet (recorded by the next upgrade)" if rev.recorded is None else "ok")
-            self.stdout.write(f"  {rev.revision:<30} {rev.current[:12]}  {state_}")
+            self.stdout.write(f"  {rev.revision:<30} {rev.current[:12]}  {rev.state}")
         changed = [rev for rev in found if rev.changed]
         if changed:
             raise CommandError(checksums.changed_message([rev.revision for rev in changed]))
@@ -229,8 +231,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"  rehearsal: {len(plan.rehearsal.revisions)} revision(s) applied to the copy in "
                                   f"{plan.rehearsal.seconds:.1f}s; then no drift from the models")
             for replica in plan.replicas:
-                self.stdout.write(f"  replica {replica.name}: {replica.state}, {replica.replay_lag:.1f}s behind "
-                                  f"({replica.bytes_behind:,} bytes of WAL not replayed)")
+                self.stdout.write(f"  replica {replica}")
             for warning in plan.warnings:
                 self.stdout.write(f"  warning: {warning}")
             for problem in plan.problems:
