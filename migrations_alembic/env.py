@@ -158,6 +158,9 @@ def _run(connection: sa.Connection) -> None:
     # A connection lent inside its caller's transaction (pytest-alembic's downgrade test rolls each
     # step back) is never committed here, as reading the recorded revisions would: Alembic reads them.
     lent = options.lent and connection.in_transaction()
+    if options.writes and connection.dialect.name == "postgresql":
+        # Before anything reads: through a transaction pooler, refused in one line (not a prepared-statement clash).
+        database.require_session(connection.engine.url)
     current = () if options.skip_recorded_check or lent else recorded_revisions(connection)
     deferred: frozenset[str] = frozenset()
     if options.command == "upgrade":

@@ -254,7 +254,14 @@ def unreachable_message(url: sa.URL, exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def connect(url: sa.URL | str | None = None) -> Iterator[sa.Connection]:
-    """Yield a connection to ``url`` (default: Django's ``default`` database); commit what is left open."""
+    """Yield a connection to ``url`` (default: the engine's own session, ``session_url()``); commit what is left open.
+
+    The engine's own is proven a session first (``require_session``): through a transaction pooler
+    its many statements would meet each other's prepared statements before its lock could refuse.
+    """
+    if url is None:
+        url = session_url()
+        require_session(url)
     url = resolve_url(url)
     engine = create_engine(url)
     try:

@@ -117,6 +117,7 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False,
     ``on_rehearsed`` hears of each as it is done.
     """
     url = database.resolve_url(url)
+    database.require_session(url)  # the upgrade it plans would be refused through a transaction pooler
     state = status(url=url)
     if len(state.heads) > 1:
         raise MultipleHeads("the revision history has multiple heads; merge them with "

@@ -83,14 +83,16 @@ def _left_on_the_pooler(topology: Topology) -> tuple[tuple[str, ...], int]:
 
 
 @pytest.mark.parametrize("command", [["manage.py", "migrate_schema", "upgrade", "head"],
+                                     ["manage.py", "migrate_schema", "plan"],
                                      ["manage.py", "backfill_context"], ["alembic", "upgrade", "head"]],
                          ids=lambda c: "-".join(c[:2]))
 def test_through_pgbouncer_with_the_pool_mode_unset_the_engine_refuses_and_leaves_nothing(
         topology_db: Topology, command: list[str]) -> None:
-    if command[1] == "backfill_context":
-        commands.upgrade(revision="head", url=topology_db.primary)
-        with database.connect(topology_db.primary) as conn:
-            generate_sample_data(connection=conn, calls=5, seed=6)
+    # Revisions pending (their checksums and data checks read before any lock), or none for the backfill.
+    commands.upgrade(revision="head" if command[1] == "backfill_context" else "003_context_management",
+                     url=topology_db.primary)
+    with database.connect(topology_db.primary) as conn:
+        generate_sample_data(connection=conn, calls=5, seed=6)
     before = state.status(url=topology_db.primary).current
     program = [sys.executable, *command] if command[0] == "manage.py" else [str(Path(sys.executable).parent / "alembic"),
                                                                            *command[1:]]
