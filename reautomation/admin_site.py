@@ -52,6 +52,8 @@ class OperatorAdminSite(admin.AdminSite):
             context["changed_revisions"] = [c.revision for c in checksums.verify() if c.changed]
             with database.connect() as conn:
                 context["replicas"] = replicas.replicas(conn)
+                if not all(replica.readable for replica in context["replicas"]):
+                    context["monitor_grant"] = replicas.monitor_grant(conn)
         except errors.SchemaError as exc:
             context["schema_error"] = str(exc)
         if replica_reads.REPLICA in settings.DATABASES:

@@ -236,14 +236,19 @@ def refuse_unreadable(conn: sa.Connection, *, left: str) -> None:
         raise ReplicasUnreadable(f"{problem}; {left}")
 
 
+def monitor_grant(conn: sa.Connection) -> str:
+    """Return the statement a superuser runs so that ``conn``'s role may read the replicas' replay."""
+    role = conn.exec_driver_sql("SELECT current_user").scalar_one()
+    return f"GRANT pg_monitor TO {conn.dialect.identifier_preparer.quote(role)}"
+
+
 def _unreadable(conn: sa.Connection, replays: list[Replay], reader: ReplayReader) -> str | None:
     hidden = sum(not replay.readable for replay in replays)
     if not hidden:
         return None
     role = conn.exec_driver_sql("SELECT current_user").scalar_one()
-    grantee = conn.dialect.identifier_preparer.quote(role)
     return (f"{hidden} replica(s) stream from this primary, and role {role} may not read their replay in "
-            f"pg_stat_replication: run 'GRANT pg_monitor TO {grantee}' as a superuser, or point "
+            f"pg_stat_replication: run '{monitor_grant(conn)}' as a superuser, or point "
             f"DATABASE_REPLICA_URL at the replica ({reader.unusable})")
 
 

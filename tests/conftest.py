@@ -241,13 +241,20 @@ def snapshot(url: sa.URL) -> dict[str, dict[str, object]]:
         engine.dispose()
 
 
-def archives(url: sa.URL) -> set[str]:
-    """Return the archive tables in the database: rows and values that downgrades kept."""
+@contextlib.contextmanager
+def inspected(url: sa.URL) -> Iterator[sa.Inspector]:
+    """Yield an inspector of the database at ``url``, on an engine disposed after."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
-        return {t for t in sa.inspect(engine).get_table_names() if t.startswith(config.ARCHIVE_TABLE_PREFIX)}
+        yield sa.inspect(engine)
     finally:
         engine.dispose()
+
+
+def archives(url: sa.URL) -> set[str]:
+    """Return the archive tables in the database: rows and values that downgrades kept."""
+    with inspected(url) as inspector:
+        return {t for t in inspector.get_table_names() if t.startswith(config.ARCHIVE_TABLE_PREFIX)}
 
 
 @pytest.fixture

@@ -165,6 +165,7 @@ def test_operations_page_lists_pending_and_changed_revisions_and_invalid_indexes
             cursor.execute("UPDATE alembic_revision_checksums SET sha256 = reverse(sha256) WHERE sha256 = %s",
                            [edited])
     changed = page[page.index('id="changed-revisions"'):]
+    assert "the SQL their upgrade or downgrade renders is not what was recorded when they ran" in changed
     assert re.findall(r"<tr><td><code>(\w+)</code></td></tr>", changed[:changed.index("</table>")]) == [
         "003_context_management"]
     pending = page[page.index('id="pending-revisions"'):]

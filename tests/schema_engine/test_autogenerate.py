@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 
 from calls.models import Call, ConversationMessage
 from schema_engine import autogenerate, checksums, commands, errors, plan
-from tests.conftest import HEAD, run_sql
+from tests.conftest import HEAD, inspected, run_sql
 
 
 def written(migrations: Path, revision: str) -> str:
@@ -22,27 +22,24 @@ def written(migrations: Path, revision: str) -> str:
 
 
 def columns(url: sa.URL) -> dict[str, bool]:
-    engine = sa.create_engine(url)
-    try:
-        return {c["name"]: c["nullable"] for c in sa.inspect(engine).get_columns("calls")}
-    finally:
-        engine.dispose()
+    with inspected(url) as inspector:
+        return {c["name"]: c["nullable"] for c in inspector.get_columns("calls")}
 
 
 def test_the_guides_new_indexed_field_is_generated_deployable(
         head_db: sa.URL, priority_field: models.Field, scratch_migrations: Path) -> None:
     """The guide's "Adding New Fields": change the model, autogenerate, and plan says safe as it is."""
-    (revision,) = commands.create_revision(message="add_priority_field_to_calls", autogenerate=True, url=head_db)
+    (revision,) = commands.create_revision(message="add_scratch_priority_to_calls", autogenerate=True, url=head_db)
     text = written(scratch_migrations, revision)
     # op.add_column('calls', ...) on PostgreSQL; batch_op.add_column(...) inside batch_alter_table on SQLite.
-    assert re.search(r"add_column\((?:'calls', )?sa\.Column\('priority', sa\.Integer\(\), "
+    assert re.search(r"add_column\((?:'calls', )?sa\.Column\('scratch_priority', sa\.Integer\(\), "
                      r"server_default=sa\.text\('0'\), nullable=False\)\)", text)
     assert ("    with op.get_context().autocommit_block():\n"
-            "        build_index('ix_calls_priority', 'calls', ['priority'])\n") in text
+            "        build_index('ix_calls_scratch_priority', 'calls', ['scratch_priority'])\n") in text
     assert ("    with op.get_context().autocommit_block():\n"
-            "        drop_index('ix_calls_priority', 'calls')\n") in text
+            "        drop_index('ix_calls_scratch_priority', 'calls')\n") in text
     assert "from migrations_alembic.helpers import build_index" in text
-    assert "- ix_calls_priority on calls: which query does it serve? Quote it here" in text.split('"""')[1]
+    assert "- ix_calls_scratch_priority on calls: which query does it serve? Quote it here" in text.split('"""')[1]
     assert "create_index(" not in text and "op.drop_index(" not in text
 
     planned = plan.plan(url=head_db)
@@ -51,18 +48,19 @@ def test_the_guides_new_indexed_field_is_generated_deployable(
     commands.upgrade(revision="head", url=head_db)
     commands.check(url=head_db)
     commands.downgrade(revision="-1", url=head_db)
-    assert "priority" not in columns(head_db)
+    assert "scratch_priority" not in columns(head_db)
 
 
 def test_a_required_column_on_an_existing_table_is_generated_as_expand_and_contract(
         pg_head_db: sa.URL, region_field: models.Field, scratch_migrations: Path) -> None:
-    expand, contract = commands.create_revision(message="add_region", autogenerate=True, url=pg_head_db)
-    assert "sa.Column('region', sa.String(length=8), nullable=True)" in written(scratch_migrations, expand)
+    expand, contract = commands.create_revision(message="add_scratch_region", autogenerate=True, url=pg_head_db)
+    assert "sa.Column('scratch_region', sa.String(length=8), nullable=True)" in written(scratch_migrations, expand)
     contract_text = written(scratch_migrations, contract)
     assert f"down_revision: str | Sequence[str] | None = '{expand}'" in contract_text
-    assert "    set_not_null('calls', 'region', sa.String(length=8))\n" in contract_text
-    assert "    drop_not_null('calls', 'region', sa.String(length=8))\n" in contract_text
-    assert ("DATA_CHECKS = {\n    'no NULL in calls.region': 'SELECT id FROM calls WHERE region IS NULL ORDER BY id',\n}"
+    assert "    set_not_null('calls', 'scratch_region', sa.String(length=8))\n" in contract_text
+    assert "    drop_not_null('calls', 'scratch_region', sa.String(length=8))\n" in contract_text
+    assert ("DATA_CHECKS = {\n    'no NULL in calls.scratch_region': "
+            "'SELECT id FROM calls WHERE scratch_region IS NULL ORDER BY id',\n}"
             in contract_text)
 
     run_sql(pg_head_db, "INSERT INTO calls (phone_number) VALUES ('+15550000001')")
@@ -70,17 +68,18 @@ def test_a_required_column_on_an_existing_table_is_generated_as_expand_and_contr
     assert planned.safe, planned.problems
     assert planned.pending[1].data_checks[0].status == "deferred"
 
-    with pytest.raises(errors.DataCheckFailed, match=r"no NULL in calls\.region\" found rows it forbids, e\.g\. \(1,\)"):
+    with pytest.raises(errors.DataCheckFailed,
+                       match=r"no NULL in calls\.scratch_region\" found rows it forbids, e\.g\. \(1,\)"):
         commands.upgrade(revision="head", url=pg_head_db)
     assert commands.upgrade(revision=expand, url=pg_head_db).current == (expand,)  # the expand step stayed applied
-    assert columns(pg_head_db)["region"] is True
+    assert columns(pg_head_db)["scratch_region"] is True
 
-    run_sql(pg_head_db, "UPDATE calls SET region = 'us-east'")  # the data step between
+    run_sql(pg_head_db, "UPDATE calls SET scratch_region = 'us-east'")  # the data step between
     assert commands.upgrade(revision="head", url=pg_head_db).current == (contract,)
-    assert columns(pg_head_db)["region"] is False
+    assert columns(pg_head_db)["scratch_region"] is False
     commands.check(url=pg_head_db)
     commands.downgrade(revision=HEAD, url=pg_head_db)
-    assert "region" not in columns(pg_head_db)
+    assert "scratch_region" not in columns(pg_head_db)
 
 
 def test_autogenerate_without_changes_writes_nothing(head_db: sa.URL, scratch_migrations: Path) -> None:
@@ -104,33 +103,31 @@ def without_role_check(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def tables(url: sa.URL) -> set[str]:
-    engine = sa.create_engine(url)
-    try:
-        return set(sa.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
+    with inspected(url) as inspector:
+        return set(inspector.get_table_names())
 
 
 def test_a_downgrade_keeps_the_values_of_the_columns_an_autogenerated_revision_added(
         head_db: sa.URL, priority_field: models.Field, scratch_migrations: Path) -> None:
     """The guide's ``priority`` example: set to 5, downgraded, upgraded again: 5, not the default 0."""
-    (revision,) = commands.create_revision(message="add_priority_field_to_calls", autogenerate=True, url=head_db)
+    (revision,) = commands.create_revision(message="add_scratch_priority_to_calls", autogenerate=True, url=head_db)
     text = written(scratch_migrations, revision)
-    column = "[sa.Column('priority', sa.Integer(), server_default=sa.text('0'), nullable=False)]"
+    column = "[sa.Column('scratch_priority', sa.Integer(), server_default=sa.text('0'), nullable=False)]"
     archive = f"archive_{revision}_calls"
-    assert f"    archive_columns('calls', {column}, archive='{archive}', where='priority <> 0')\n" in text
+    assert f"    archive_columns('calls', {column}, archive='{archive}', where='scratch_priority <> 0')\n" in text
     assert f"    restore_columns('calls', {column}, archive='{archive}')\n" in text
-    assert f"- Downgrade keeps the values of calls.priority in {archive}; the next upgrade restores them." in text
+    assert (f"- Downgrade keeps the values of calls.scratch_priority in {archive}; "
+            "the next upgrade restores them.") in text
 
     commands.upgrade(revision="head", url=head_db)
     run_sql(head_db, "INSERT INTO calls (phone_number) VALUES ('+15550000001'), ('+15550000002'), ('+15550000003')")
-    run_sql(head_db, "UPDATE calls SET priority = 5 WHERE phone_number <> '+15550000003'")
+    run_sql(head_db, "UPDATE calls SET scratch_priority = 5 WHERE phone_number <> '+15550000003'")
     commands.downgrade(revision="-1", url=head_db)
-    assert "priority" not in columns(head_db)
+    assert "scratch_priority" not in columns(head_db)
     assert archive in tables(head_db)
 
     commands.upgrade(revision="head", url=head_db)
-    assert run_sql(head_db, "SELECT phone_number, priority FROM calls ORDER BY id") == [
+    assert run_sql(head_db, "SELECT phone_number, scratch_priority FROM calls ORDER BY id") == [
         ("+15550000001", 5), ("+15550000002", 5), ("+15550000003", 0)]
     assert archive not in tables(head_db)
     commands.check(url=head_db)

@@ -1,4 +1,4 @@
-"""``reautomation.backup``: backups that leak nothing, and a restore that takes only a backup of this schema."""
+"""``schema_engine.backup``: backups that leak nothing, and a restore that takes only a backup of this schema."""
 from __future__ import annotations
 
 import os

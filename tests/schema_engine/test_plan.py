@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from schema_engine import commands, errors, plan
 from tests.conftest import HEAD, manage
+from tests.schema_engine.conftest import add_column_revision
 
 REVISION = '''"""Add an index on calls.summary, for the admin's search by summary."""
 from alembic import op
@@ -82,30 +83,10 @@ def test_the_released_revisions_show_their_accepted_findings(pg_db: sa.URL) -> N
     assert "columns this revision adds" in accepted["003_context_management"]["require-concurrent-index-creation"]
 
 
-BRANCH = '''"""Add calls.{column} (nullable), on a branch of its own."""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "{revision}"
-down_revision = "{head}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.add_column("calls", sa.Column("{column}", sa.String(8), nullable=True))
-
-
-def downgrade() -> None:
-    op.drop_column("calls", "{column}")
-'''
-
-
 def test_a_pending_merge_revision_is_planned_and_applied(at_head: sa.URL, scratch_migrations: Path) -> None:
     """Two revisions written off the same head, joined by ``migrate_schema merge heads``: plan, then upgrade."""
     for revision, column in (("007_add_region", "region"), ("007_add_channel", "channel")):
-        (scratch_migrations / "versions" / f"{revision}.py").write_text(
-            BRANCH.format(revision=revision, column=column, head=HEAD))
+        add_column_revision(scratch_migrations, revision=revision, column=column, why="on a branch of its own")
     merge = commands.merge(revisions=["heads"], message="merge region and channel")
 
     planned = plan.plan(url=at_head)

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from schema_engine import commands, errors, plan
 from tests.conftest import HEAD, error_lines, manage, run_sql, scratch_alembic_cli
+from tests.schema_engine.conftest import add_column_revision
 
 UNIQUE_PHONE = '''"""Make calls.phone_number unique: one call row per number (the dialler's dedup).
 
@@ -37,24 +38,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.get_context().autocommit_block():
         drop_index("ux_calls_phone_number", "calls")
-'''
-
-ADD_REGION = '''"""Add calls.region (nullable), filled by the dialler from now on."""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "007_add_region"
-down_revision = "{down}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.add_column("calls", sa.Column("region", sa.String(8), nullable=True))
-
-
-def downgrade() -> None:
-    op.drop_column("calls", "region")
 '''
 
 REGION_CHECKED = '''"""Say that every call has a region (the check only: the constraint comes later)."""
@@ -129,7 +112,8 @@ def test_a_failing_check_is_refused_by_plan_and_upgrade_with_its_rows(
 
 def test_a_check_on_what_an_earlier_pending_revision_adds_runs_just_before_its_own(
         pg_head_db: sa.URL, scratch_migrations: Path) -> None:
-    add(scratch_migrations, "007_add_region", ADD_REGION)
+    add_column_revision(scratch_migrations, revision="007_add_region", column="region",
+                        why="filled by the dialler from now on")
     add(scratch_migrations, "008_region_checked", REGION_CHECKED)
     insert_calls(pg_head_db, "+15550000001")
 
@@ -177,7 +161,8 @@ def test_the_plain_alembic_upgrade_runs_the_same_checks(head_db: sa.URL, scratch
 
 def test_the_plain_alembic_upgrade_runs_a_deferred_check_just_before_its_revision(
         pg_head_db: sa.URL, scratch_migrations: Path) -> None:
-    add(scratch_migrations, "007_add_region", ADD_REGION)
+    add_column_revision(scratch_migrations, revision="007_add_region", column="region",
+                        why="filled by the dialler from now on")
     add(scratch_migrations, "008_region_checked", REGION_CHECKED)
     insert_calls(pg_head_db, "+15550000001")
 

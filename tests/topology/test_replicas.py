@@ -29,16 +29,23 @@ def lag_over(primary: sa.URL, seconds: float) -> bool:
     return (lag or 0) > seconds
 
 
-def test_an_upgrade_waits_for_the_replica_to_replay_each_revision(topology_db: Topology, replay: Replay) -> None:
-    replay.pause()
+def upgrade_until_it_waits(topology: Topology, **env: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start ``migrate_schema upgrade head`` and read its output up to the line saying it waits for the replicas."""
     upgrade = subprocess.Popen([sys.executable, "manage.py", "migrate_schema", "upgrade", "head"], cwd=ROOT,
-                               env=host_env(topology_db, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                               env=host_env(topology, PYTHONUNBUFFERED="1", **env), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     lines = []
+    assert upgrade.stdout is not None
     for line in upgrade.stdout:
         lines.append(line)
         if "waiting for the replicas to replay" in line:
             break
+    return upgrade, lines
+
+
+def test_an_upgrade_waits_for_the_replica_to_replay_each_revision(topology_db: Topology, replay: Replay) -> None:
+    replay.pause()
+    upgrade, lines = upgrade_until_it_waits(topology_db)
     assert f"waiting for the replicas to replay {REVISIONS[0]}" in lines[-1], lines
     assert state.status(url=topology_db.primary).current == (REVISIONS[0],)  # the next one waits for the replica
     replay.resume()
@@ -145,14 +152,7 @@ def test_a_deploy_stops_at_the_plan_while_the_replica_lags(topology_db: Topology
 
 def test_a_role_without_pg_monitor_waits_on_the_replicas_own_replay(unprivileged_db: Topology, replay: Replay) -> None:
     replay.pause()
-    upgrade = subprocess.Popen([sys.executable, "manage.py", "migrate_schema", "upgrade", "head"], cwd=ROOT,
-                               env=host_env(unprivileged_db, PYTHONUNBUFFERED="1", MIGRATION_REPLICA_WAIT_SECONDS="60"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = []
-    for line in upgrade.stdout:
-        lines.append(line)
-        if "waiting for the replicas to replay" in line:
-            break
+    upgrade, lines = upgrade_until_it_waits(unprivileged_db, MIGRATION_REPLICA_WAIT_SECONDS="60")
     assert f"waiting for the replicas to replay {REVISIONS[0]}: 127.0.0.1:" in lines[-1], lines
     assert state.status(url=unprivileged_db.primary).current == (REVISIONS[0],)  # it waits for the paused replica
     replay.resume()
@@ -189,6 +189,38 @@ def test_plan_never_reports_a_replica_it_cannot_read_as_caught_up(unprivileged_d
     assert paused.returncode == 3
     assert "  replica 127.0.0.1:" in paused.stdout and "(DATABASE_REPLICA_URL): replay paused, " in paused.stdout
     assert "longer than the upgrade waits for it (MIGRATION_REPLICA_WAIT_SECONDS 1s)" in paused.stderr
+
+
+OPERATIONS_PROBE = """
+from django.contrib.auth import get_user_model
+from django.test import Client
+client = Client()
+client.force_login(get_user_model().objects.get(username="ops"))
+page = client.get("/admin/operations/", secure=True).content.decode()
+print(page[page.index('id="replica-status"'):page.index('id="backfill-status"')])
+"""
+
+
+def operations_replicas(topology: Topology, **env: str) -> str:
+    """The operations page's replica section, as user ``ops`` sees it on an application host."""
+    result = manage(topology, "shell", "-v", "0", "-c", OPERATIONS_PROBE, ALLOWED_HOSTS="testserver", **env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_operations_page_names_the_grant_for_a_replica_hidden_from_its_role(unprivileged_db: Topology) -> None:
+    assert manage(unprivileged_db, "migrate_schema").returncode == 0
+    created = manage(unprivileged_db, "createsuperuser", "--noinput", "--username", "ops", "--email", "o@example.com",
+                     DJANGO_SUPERUSER_PASSWORD="a-long-passphrase")
+    assert created.returncode == 0, created.stderr
+    blind = operations_replicas(unprivileged_db, DATABASE_REPLICA_URL="")
+    role = unprivileged_db.primary.username
+    hidden = f'<td colspan="3" class="replica-hidden">replay hidden from this role (<code>GRANT pg_monitor TO {role}</code>'
+    assert hidden in blind, blind
+    assert "None" not in blind and "bytes" not in blind and " s</td>" not in blind, blind
+    # With DATABASE_REPLICA_URL the replica tells its own replay.
+    told = operations_replicas(unprivileged_db)
+    assert "(DATABASE_REPLICA_URL)</td>" in told and "<td>replaying</td>" in told and "replay hidden" not in told, told
 
 
 def _own_lag(replica: sa.URL) -> float:
