@@ -148,16 +148,17 @@ class BackfillMeasure:
 
     messages_rate: float  # the messages backfill
     whole_rate: float  # the whole command (messages, then calls)
-    started: backfill.BackfillStart  # the workers and batches it chose
+    started: backfill.BackfillStarted  # the workers and batches it chose
 
 
 def backfill_rates(admin: sa.Engine, template: str, options: dict[str, int]) -> BackfillMeasure:
     """``backfill_context`` on a fresh copy, as the command runs it (``options`` as its flags)."""
-    starts: list[backfill.BackfillStart] = []
+    starts: list[backfill.BackfillStarted] = []
     with copy_of(admin, template) as copy:
         started = time.perf_counter()
         results = {r.backfill: r for r in backfill.backfill_context(
-            url=copy, options=backfill.BackfillOptions(**options), on_start=starts.append)}
+            url=copy, options=backfill.BackfillOptions(**options),
+            reporter=lambda event: isinstance(event, backfill.BackfillStarted) and starts.append(event))}
         total = time.perf_counter() - started
     n = results["messages"].scanned
     return BackfillMeasure(n / results["messages"].seconds, n / total, starts[0])

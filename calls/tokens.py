@@ -45,7 +45,7 @@ def count_tokens_batch(texts: Sequence[str], *, encoding_name: str | None = None
     A plain loop: for chat-sized texts it is faster than ``encode_ordinary_batch``, whose
     thread pool costs more than the encoding (docs/benchmarks.md, "Backfill throughput"). tiktoken's core
     releases the GIL only inside each call; the Python around the calls holds it, which is why
-    the backfill's workers are processes, not threads (``calls/backfill/workers.py``).
+    the backfill's workers are processes, not threads (``calls/backfill/supervisor.py``).
     """
     encode = encoding(encoding_name).encode_ordinary
     return [len(encode(text)) for text in texts]

@@ -36,3 +36,15 @@ class BackfillCancelled(BackfillError):
 
 class NoRunToControl(BackfillError):
     """``--pause``, ``--resume`` or ``--cancel`` found no run in the state it acts on."""
+
+
+class UnknownBackfill(BackfillError):
+    """A name no backfill answers to (``specs.backfill_named``); nothing ran."""
+
+
+class IllegalMove(BackfillError):
+    """A run's status may not move where asked (``runs.ALLOWED_MOVES``): it was not, or is no longer, where the move starts."""
+
+    def __init__(self, *, run_id: int | None, backfill: str, action: str, status: str | None) -> None:
+        super().__init__(f"cannot {action} run {run_id} of {backfill}: it is {status or 'gone'}")
+        self.run_id, self.backfill, self.action, self.status = run_id, backfill, action, status

@@ -1,7 +1,8 @@
 """The database's health as a backfill sees it, read while it runs, and what its workers do about it.
 
 The invoking process reads these signals every ``POLL_SECONDS`` on its own connection and
-shares its verdict with its workers (threads or forked processes) through ``Signals``:
+shares its verdict with its workers (threads or forked processes) through ``Signals``; each
+worker's ``throttle.Throttle`` turns it into waits and holds:
 
 - sessions waiting on locks that backfill sessions hold (``pg_blocking_pids``): every worker
   halves its batch (shorter locks) and waits as long as its batch took;

@@ -1,9 +1,8 @@
-"""How to run a backfill, and what it reports: the options (checked on creation), progress and result."""
+"""How to run a backfill, and what it returns: the options (checked on creation) and each backfill's result."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 from calls.backfill.errors import InvalidBackfillOption
 
@@ -48,34 +47,9 @@ class BackfillOptions:
         return self.max_rows_per_second / workers if self.max_rows_per_second else None
 
 
-@dataclass(frozen=True)
-class BackfillProgress:
-    """Where a backfill stands, reported after each batch."""
-
-    backfill: str
-    scanned: int
-    changed: int
-    total: int | None
-    note: str | None = None  # why it is slower or stopped, for the progress line ("paused by ...")
-
-
-@dataclass(frozen=True)
-class BackfillStart:
-    """How a backfill started in this invocation: its run, and the workers and batches chosen."""
-
-    backfill: str
-    run_id: int | None
-    joined: bool
-    resumed_from: int | None
-    workers: int
-    workers_why: str  # "given", or what the choice rests on ("2 cores")
-    batch_size: int | None  # None: sized to take target_seconds
-    target_seconds: float
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BackfillResult:
-    """What one backfill did in this invocation."""
+    """What one backfill did in this invocation (``events.BackfillFinished`` carries it as it ends)."""
 
     backfill: str
     run_id: int | None
@@ -90,6 +64,3 @@ class BackfillResult:
     held_seconds: float = 0.0  # how long the workers held for replica lag
     worst_replica_lag: float = 0.0  # seconds: the slowest replica's, the worst seen during the run
 
-
-ProgressCallback = Callable[[BackfillProgress], None]
-StartCallback = Callable[[BackfillStart], None]

@@ -35,7 +35,7 @@ class WorkerChoice:
 def choose_workers(conn: sa.Connection) -> WorkerChoice:
     """The workers for this host's cores and the database's free connections (on SQLite one: one writer at a time)."""
     if conn.dialect.name != "postgresql":
-        return WorkerChoice(1, "SQLite: one writer at a time")
+        return WorkerChoice(workers=1, why="SQLite: one writer at a time")
     (free,), = driver_sql(conn, "SELECT current_setting('max_connections')::int "
                                 "- current_setting('superuser_reserved_connections')::int "
                                 "- (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')", ())
@@ -54,7 +54,7 @@ def worker_choice(cores: int, free_connections: int) -> WorkerChoice:
     why = f"{cores} core{'s' if cores != 1 else ''}"
     if spare < min(cores, MAX_AUTO_WORKERS):
         why += f", {free_connections} free connection{'s' if free_connections != 1 else ''} on the database"
-    return WorkerChoice(workers, why)
+    return WorkerChoice(workers=workers, why=why)
 
 
 class Pace:

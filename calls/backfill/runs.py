@@ -1,5 +1,11 @@
 """A backfill's run: its ``backfill_runs`` row, the batches it hands out, and its state transitions.
 
+A run's status moves only as ``ALLOWED_MOVES`` says, and only through ``Run``'s methods (``start``,
+``join``, ``pause``, ``resume``, ``cancel``, ``succeed``, ``fail``, ``interrupt``): each is one
+UPDATE conditional on the statuses the table lets it leave, so concurrent workers, hosts and
+operators cannot make a move the table forbids; one that finds the run elsewhere raises
+``IllegalMove``.
+
 At most one run per backfill is ``running`` (a partial unique index): a second invocation, on
 this host or another, joins it as a cooperating worker; a run whose heartbeat stopped is marked
 ``interrupted`` and resumed from its cursor by a new run. Each id range handed out is recorded
@@ -20,17 +26,34 @@ from typing import Callable, Iterator, NamedTuple
 import sqlalchemy as sa
 
 from calls.backfill.batching import next_bounds
-from calls.backfill.errors import BackfillAlreadyRunning, BackfillFailed
+from calls.backfill.errors import BackfillAlreadyRunning, BackfillFailed, IllegalMove
 from calls.backfill.options import BackfillOptions
 from calls.backfill.pacing import INITIAL_BATCH_SIZE
-from calls.backfill.specs import Backfill, count_needing
+from calls.backfill.specs import Backfill, backfill_named, count_needing
 from calls.backfill.sql import driver_sql
 from calls.models import BackfillStatus
 from schema_engine import metadata
 
-RUNNING, PAUSED, SUCCEEDED, FAILED, INTERRUPTED, CANCELLED = (
-    BackfillStatus.RUNNING.value, BackfillStatus.PAUSED.value, BackfillStatus.SUCCEEDED.value,
-    BackfillStatus.FAILED.value, BackfillStatus.INTERRUPTED.value, BackfillStatus.CANCELLED.value)
+# The statuses in named groups (as Shopify's maintenance_tasks), each with what it means to the workers.
+# The backfill's current run: workers are on it or wait on it; a new invocation joins or resumes it.
+ACTIVE = frozenset({BackfillStatus.RUNNING, BackfillStatus.PAUSED})
+# The operator's brake: every worker stops within one batch (waits while paused, ends when cancelled).
+STOPPING = frozenset({BackfillStatus.PAUSED, BackfillStatus.CANCELLED})
+# Ended: no move leaves them. A later run resumes (failed, interrupted) or starts afresh (cancelled).
+COMPLETED = frozenset({BackfillStatus.SUCCEEDED, BackfillStatus.FAILED, BackfillStatus.INTERRUPTED,
+                       BackfillStatus.CANCELLED})
+# Every move a run's status may make, from -> to. A new run starts running (an INSERT, no move).
+ALLOWED_MOVES: dict[BackfillStatus, frozenset[BackfillStatus]] = {
+    BackfillStatus.RUNNING: frozenset({BackfillStatus.PAUSED, BackfillStatus.CANCELLED, BackfillStatus.SUCCEEDED,
+                                       BackfillStatus.FAILED, BackfillStatus.INTERRUPTED}),
+    BackfillStatus.PAUSED: frozenset({BackfillStatus.RUNNING, BackfillStatus.CANCELLED}),
+    **{ended: frozenset() for ended in COMPLETED},
+}
+
+
+def moves_to(target: BackfillStatus) -> list[BackfillStatus]:
+    """Return the statuses ``ALLOWED_MOVES`` lets a run leave for ``target``, in the table's order."""
+    return [status for status, targets in ALLOWED_MOVES.items() if target in targets]
 
 
 class BatchFailed(Exception):
@@ -101,13 +124,22 @@ class Run:
         self.rows_total: int | None = None  # of a joined run, as recorded
         self.count_after: int | None = None  # a new run's total is still to count, from this cursor
 
+    @classmethod
+    def recorded(cls, engine: sa.Engine, *, run_id: int, backfill: str) -> Run:
+        """Return run ``run_id`` of ``backfill`` as recorded, to move its status (the operator's brake)."""
+        run = cls(engine, backfill_named(backfill), BackfillOptions())
+        run.run_id = run_id
+        return run
+
     def start(self) -> None:
-        """Join the running run of this backfill, resume a dead one, or start a new one."""
+        """Join the running run of this backfill, resume a paused one, or start a new one (from a dead one's cursor)."""
         runs, name = self.runs, self.spec.name
+        self.resumed_from = None  # a start retried after a race decides afresh
         with self.engine.begin() as conn:
             now = _utc(conn.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one())
-            running = conn.execute(sa.select(runs).where(runs.c.backfill == name, runs.c.status == RUNNING)).first()
-            paused = conn.execute(sa.select(runs).where(runs.c.backfill == name, runs.c.status == PAUSED)
+            running = conn.execute(sa.select(runs).where(runs.c.backfill == name,
+                                                         runs.c.status == BackfillStatus.RUNNING)).first()
+            paused = conn.execute(sa.select(runs).where(runs.c.backfill == name, runs.c.status == BackfillStatus.PAUSED)
                                   .order_by(runs.c.id.desc())).first()
             cursor = 0
             if running is None and paused is not None:
@@ -115,13 +147,13 @@ class Run:
                 return
             # Batches a cancelled run handed out, and that nobody took before it was cancelled.
             conn.execute(sa.delete(self.batches).where(self.batches.c.run_id.in_(
-                sa.select(runs.c.id).where(runs.c.backfill == name, runs.c.status == CANCELLED))))
+                sa.select(runs.c.id).where(runs.c.backfill == name, runs.c.status == BackfillStatus.CANCELLED))))
             if running is not None:
                 age = (now - _utc(running.heartbeat_at)).total_seconds()
                 if age < self.options.stale_after:
-                    self._join(running)
+                    self.join(running)
                     return
-                self._interrupt_stale(conn, running.id, age)
+                self._interrupt_stale(conn, running, age)
                 if running.recompute == self.options.recompute:
                     cursor = running.cursor
             self.count_after = cursor
@@ -130,7 +162,10 @@ class Run:
                 cursor=cursor, resumed_from_id=self.resumed_from, host=socket.gethostname()[:255], pid=os.getpid(),
             ).returning(runs.c.id)).scalar_one()
 
-    def _join(self, running: sa.Row) -> None:
+    def join(self, running: sa.Row) -> None:
+        """Work on ``running``, the backfill's running run, beside its other workers (with the same options)."""
+        if running.status != BackfillStatus.RUNNING:
+            raise IllegalMove(run_id=running.id, backfill=self.spec.name, action="join", status=running.status)
         if running.recompute != self.options.recompute:
             raise BackfillAlreadyRunning(
                 f"backfill {self.spec.name!r} is already running (run {running.id} on {running.host or '?'}, "
@@ -144,16 +179,25 @@ class Run:
             raise BackfillAlreadyRunning(
                 f"backfill {self.spec.name!r} has a paused run ({paused.id}, recompute={paused.recompute}); resume it "
                 f"{'with' if paused.recompute else 'without'} --recompute, or cancel it with --cancel")
-        conn.execute(sa.update(self.runs).where(self.runs.c.id == paused.id, self.runs.c.status == PAUSED)
-                     .values(status=RUNNING, heartbeat_at=sa.func.now()))
-        self.run_id, self.joined, self.rows_total = paused.id, True, paused.rows_total
+        self.run_id = paused.id
+        try:
+            self._move(conn, "resume", BackfillStatus.RUNNING, heartbeat_at=sa.func.now())
+        except IllegalMove as moved:
+            if moved.status != BackfillStatus.RUNNING:
+                raise
+            # Another invocation resumed it first: join it all the same.
+        self.joined, self.rows_total = True, paused.rows_total
 
-    def _interrupt_stale(self, conn: sa.Connection, run_id: int, age: float) -> None:
+    def _interrupt_stale(self, conn: sa.Connection, running: sa.Row, age: float) -> None:
         """running -> interrupted: a run whose heartbeat stopped (its workers were killed); a new run resumes it."""
-        conn.execute(sa.update(self.runs).where(self.runs.c.id == run_id).values(
-            status=INTERRUPTED, finished_at=sa.func.now(),
-            error=f"no heartbeat for {age:.0f}s (worker killed?); resumed by a new run"))
-        self.resumed_from = run_id
+        try:
+            self._move(conn, "interrupt", BackfillStatus.INTERRUPTED, run_id=running.id, finished_at=sa.func.now(),
+                       error=f"no heartbeat for {age:.0f}s (worker killed?); resumed by a new run")
+        except IllegalMove:
+            # Another invocation took it over first: the new run's INSERT meets its new run (IntegrityError),
+            # and the start is retried, to join that one.
+            return
+        self.resumed_from = running.id
 
     def count_total(self, on_snapshot: Callable[[], None]) -> int | None:
         """Record a new run's total (``rows_total``): the rows it visits, as they were before any batch.
@@ -184,11 +228,11 @@ class Run:
         with conn.begin():
             (cursor, status), = driver_sql(conn, f"SELECT cursor, status FROM backfill_runs WHERE id = {{p}}{lock}",
                                            (self.run_id,))
-            if status == SUCCEEDED:
+            if status == BackfillStatus.SUCCEEDED:
                 return []  # a cooperating worker finished the last batch: nothing is left to hand out
-            if status in (PAUSED, CANCELLED):
+            if status in STOPPING:
                 raise RunStopped(status)  # the operator's brake
-            if status != RUNNING:
+            if status != BackfillStatus.RUNNING:
                 raise BackfillFailed(f"run {self.run_id} was marked {status} by another worker")
             bounds = next_bounds(conn, self.spec, self.options.recompute, cursor, batches_wanted, size)
             if not bounds:
@@ -236,7 +280,7 @@ class Run:
                 raise
             (taken_id, lo, hi), = taken
             raise BatchFailed(taken_id, lo, hi, exc) from exc
-        return BatchDone(scanned, changed, status, hi - lo)
+        return BatchDone(scanned=scanned, changed=changed, status=status, span=hi - lo)
 
     def split(self, conn: sa.Connection, failed: BatchFailed) -> None:
         """Halve a failed batch: ``(lo, hi]`` becomes ``(lo, mid]`` and ``(mid, hi]``, both waiting; count it on the run."""
@@ -253,7 +297,8 @@ class Run:
     def beat(self) -> None:
         """Show the run alive while its workers wait (held by a health signal) without a batch to record it."""
         with self.engine.begin() as conn:
-            conn.execute(sa.update(self.runs).where(self.runs.c.id == self.run_id, self.runs.c.status == RUNNING)
+            conn.execute(sa.update(self.runs).where(self.runs.c.id == self.run_id,
+                                                    self.runs.c.status == BackfillStatus.RUNNING)
                          .values(heartbeat_at=sa.func.now()))
 
     def status(self) -> str:
@@ -266,22 +311,63 @@ class Run:
             return conn.execute(sa.select(runs.c.status, runs.c.paused_by, runs.c.paused_at, runs.c.cancelled_by)
                                 .where(runs.c.id == self.run_id)).one()
 
-    def succeed(self) -> bool:
-        """running -> succeeded, once no batch is left waiting; return whether this call ended it."""
-        return self._end(SUCCEEDED, None, only_when_drained=True)
-
-    def fail(self, error: str) -> bool:
-        """running -> failed, with the error; a later run resumes from the cursor."""
-        return self._end(FAILED, error)
-
-    def interrupt(self, reason: str) -> bool:
-        """running -> interrupted (stopped by the operator); a later run resumes from the cursor."""
-        return self._end(INTERRUPTED, reason)
-
-    def _end(self, status: str, error: str | None, *, only_when_drained: bool = False) -> bool:
-        runs, batches = self.runs, self.batches
+    def pause(self, *, by: str) -> datetime:
+        """running -> paused (the operator's brake): the workers finish their batch and wait; return when."""
         with self.engine.begin() as conn:
-            query = sa.update(runs).where(runs.c.id == self.run_id, runs.c.status == RUNNING)
-            if only_when_drained:
-                query = query.where(~sa.exists().where(batches.c.backfill == self.spec.name))
-            return conn.execute(query.values(status=status, error=error, finished_at=sa.func.now())).rowcount == 1
+            return self._move(conn, "pause", BackfillStatus.PAUSED, paused_by=by[:150], paused_at=sa.func.now())
+
+    def resume(self) -> datetime:
+        """paused -> running: waiting workers go on from the cursor (a new invocation may join them); return when."""
+        with self.engine.begin() as conn:
+            return self._move(conn, "resume", BackfillStatus.RUNNING, heartbeat_at=sa.func.now())
+
+    def cancel(self, *, by: str) -> datetime:
+        """running or paused -> cancelled: workers stop at their next batch, its waiting batches go; return when."""
+        with self.engine.begin() as conn:
+            # Batches handed out and not yet taken: nobody is to take them now (kept if the move is refused:
+            # the transaction rolls back). Deleted before the run's row is locked, the order a worker's
+            # batch transaction locks them in (no deadlock).
+            conn.execute(sa.delete(self.batches).where(self.batches.c.run_id == self.run_id))
+            return self._move(conn, "cancel", BackfillStatus.CANCELLED, cancelled_by=by[:150],
+                              finished_at=sa.func.now())
+
+    def succeed(self) -> bool:
+        """running -> succeeded, once no batch is left waiting; return whether it did (False: batches wait)."""
+        with self.engine.begin() as conn:
+            drained = ~sa.exists().where(self.batches.c.backfill == self.spec.name)
+            try:
+                self._move(conn, "succeed", BackfillStatus.SUCCEEDED, where=drained, error=None,
+                           finished_at=sa.func.now())
+            except IllegalMove as moved:
+                if moved.status != BackfillStatus.RUNNING:
+                    raise
+                return False  # still running: batches wait for another invocation's workers
+        return True
+
+    def fail(self, error: str) -> None:
+        """running -> failed, with the error; a later run resumes from the cursor."""
+        with self.engine.begin() as conn:
+            self._move(conn, "fail", BackfillStatus.FAILED, error=error, finished_at=sa.func.now())
+
+    def interrupt(self, reason: str) -> None:
+        """running -> interrupted (stopped by the operator); a later run resumes from the cursor."""
+        with self.engine.begin() as conn:
+            self._move(conn, "interrupt", BackfillStatus.INTERRUPTED, error=reason, finished_at=sa.func.now())
+
+    def _move(self, conn: sa.Connection, action: str, target: BackfillStatus, *,
+              run_id: int | None = None, where: sa.ColumnElement[bool] | None = None, **values: object) -> datetime:
+        """Move the run (or ``run_id``, one it takes over) to ``target`` from a status ``ALLOWED_MOVES`` lets it leave.
+
+        Returns the moment of the move (the transaction's ``now()``, as the values record it);
+        raises ``IllegalMove`` when the run is elsewhere.
+        """
+        runs, run_id = self.runs, run_id or self.run_id
+        query = sa.update(runs).where(runs.c.id == run_id, runs.c.status.in_(moves_to(target)))
+        if where is not None:
+            query = query.where(where)
+        # now() is the transaction's start: the same moment the UPDATE's now() records.
+        now = conn.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one()
+        if conn.execute(query.values(status=target, **values)).rowcount != 1:
+            status = conn.execute(sa.select(runs.c.status).where(runs.c.id == run_id)).scalar_one_or_none()
+            raise IllegalMove(run_id=run_id, backfill=self.spec.name, action=action, status=status)
+        return now

@@ -7,11 +7,12 @@ protocol, which the batching, the runs and the workers use.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Iterable, Protocol
 
 import sqlalchemy as sa
 
 from calls import tokens
+from calls.backfill.errors import UnknownBackfill
 from calls.backfill.sql import bulk_update, driver_sql
 from calls.context_policy import (
     ContextPolicy,
@@ -22,8 +23,6 @@ from calls.context_policy import (
     replay,
     state_from_totals,
 )
-
-BACKFILLS = ("messages", "calls")
 
 
 class Backfill(Protocol):
@@ -141,8 +140,24 @@ class CallsBackfill:
         return {call_id: replay(conversation, self.policy) for call_id, conversation in by_call.items()}
 
 
+# Every backfill by name, in the order they run (a call's context sums its messages' counts): a new
+# backfill is a spec and a line here (migrations_alembic/data_migrations/README.md).
+_MAKERS: dict[str, Callable[[ContextPolicy], Backfill]] = {
+    "messages": lambda policy: MessagesBackfill(),
+    "calls": CallsBackfill,
+}
+BACKFILLS = tuple(_MAKERS)
+
+
 def backfill_named(name: str, policy: ContextPolicy | None = None) -> Backfill:
-    """Return the backfill called ``name`` (``messages`` or ``calls``)."""
-    if name == "messages":
-        return MessagesBackfill()
-    return CallsBackfill(policy or ContextPolicy.from_settings())
+    """Return the backfill called ``name``; refuse (``UnknownBackfill``) a name none answers to."""
+    return _MAKERS[in_run_order([name])[0]](policy or ContextPolicy.from_settings())
+
+
+def in_run_order(names: Iterable[str]) -> tuple[str, ...]:
+    """Return ``names`` in the order the backfills run; refuse (``UnknownBackfill``) a name none answers to."""
+    wanted = set(names)
+    if unknown := sorted(wanted - set(_MAKERS)):
+        raise UnknownBackfill(f"no backfill is named {', '.join(map(repr, unknown))}: "
+                              f"the backfills are {', '.join(BACKFILLS)}")
+    return tuple(name for name in BACKFILLS if name in wanted)

@@ -22,6 +22,7 @@ from calls.context_policy import ContextPolicy, policy_message, replay
 from calls.sample_data import generate_sample_data
 from calls.tokens import count_tokens
 from schema_engine import commands, database
+from schema_engine.progress import Event
 from tests.conftest import ROOT, django_url, run_sql, wait_for
 
 # Small enough that sample conversations get pruned, so the replay is exercised for real.
@@ -77,8 +78,13 @@ def stored_calls(url: sa.URL) -> dict[int, tuple]:
 
 def run(url: sa.URL, *, only: tuple[str, ...] = backfill.BACKFILLS, on_progress=None,
         **options: object) -> dict[str, backfill.BackfillResult]:
+    """Run the backfills; ``on_progress`` hears their progress events."""
+    def reporter(event: Event) -> None:
+        if on_progress and isinstance(event, backfill.BackfillProgress):
+            on_progress(event)
+
     results = backfill.backfill_context(url=url, only=only, options=backfill.BackfillOptions(**options), policy=POLICY,
-                                        on_progress=on_progress)
+                                        reporter=reporter)
     return {r.backfill: r for r in results}
 
 
@@ -379,6 +385,32 @@ def test_command_reports_each_backfill_as_it_ends(django_database, filled_db: sa
     done = next(i for i, line in enumerate(lines) if line.startswith("messages: ") and " rows changed in " in line)
     started = next(i for i, line in enumerate(lines) if line.startswith("calls: run 2, "))
     assert "run 1 complete" in lines[done] and started > done
+
+
+def test_the_reporter_hears_each_backfill_start_go_and_finish_in_turn(filled_db: sa.URL) -> None:
+    events: list[Event] = []
+    results = backfill.backfill_context(url=filled_db, options=backfill.BackfillOptions(batch_size=50, workers=1),
+                                        policy=POLICY, reporter=events.append)
+    for name, result in zip(backfill.BACKFILLS, results):
+        mine = [e for e in events if getattr(e, "backfill", None) == name
+                or isinstance(e, backfill.BackfillFinished) and e.result.backfill == name]
+        assert isinstance(mine[0], backfill.BackfillStarted) and mine[0].run_id == result.run_id
+        assert mine[-1] == backfill.BackfillFinished(result=result)
+        assert all(isinstance(e, backfill.BackfillProgress) for e in mine[1:-1]) and mine[-2].scanned == result.scanned
+    finished = [i for i, e in enumerate(events) if isinstance(e, backfill.BackfillFinished)]
+    started = [i for i, e in enumerate(events) if isinstance(e, backfill.BackfillStarted)]
+    assert started[0] < finished[0] < started[1] < finished[1] == len(events) - 1  # one backfill, then the next
+
+
+def test_an_unknown_backfill_is_refused_in_one_line_naming_the_known_ones(django_database, head_db: sa.URL) -> None:
+    refused = "no backfill is named 'nope': the backfills are messages, calls"
+    with pytest.raises(backfill.UnknownBackfill, match=f"^{refused}$"):
+        backfill.backfill_context(url=head_db, only=("messages", "nope"))
+    assert run_sql(head_db, "SELECT count(*) FROM backfill_runs")[0][0] == 0  # nothing ran
+    django_database(head_db)
+    for args in (["--only", "nope"], ["--pause", "--only", "nope"]):
+        with pytest.raises(CommandError, match=f"^{refused}$"):
+            command_output(*args)
 
 
 def test_command_refusal_is_one_line(django_database, empty_db: sa.URL) -> None:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from calls import backfill
 from calls.backfill import health
+from schema_engine.progress import Event
 from tests.conftest import django_url, run_sql, wait_for
 
 
@@ -29,9 +30,13 @@ class Backfill(threading.Thread):
     def run(self) -> None:
         try:
             self.result, = backfill.backfill_context(url=self.url, only=("messages",), options=self.options,
-                                                      on_progress=lambda p: p.note and self.notes.append(p.note))
+                                                      reporter=self.note)
         except BaseException as exc:  # noqa: BLE001 - the test re-raises it
             self.error = exc
+
+    def note(self, event: Event) -> None:
+        if isinstance(event, backfill.BackfillProgress) and event.note:
+            self.notes.append(event.note)
 
     def outcome(self) -> backfill.BackfillResult:
         self.join()
@@ -129,7 +134,9 @@ def test_beside_live_traffic_half_the_workers_hold_and_the_run_still_ends(seeded
         notes: list[str] = []
         result, = backfill.backfill_context(url=seeded, only=("messages",),
                                             options=backfill.BackfillOptions(workers=2, batch_size=30),
-                                            on_progress=lambda p: p.note and notes.append(p.note))
+                                            reporter=lambda event: notes.extend(
+                                                [event.note] if isinstance(event, backfill.BackfillProgress)
+                                                and event.note else []))
         holder.execute("SELECT pg_advisory_unlock(43)")
         waiting.join()
     assert result.complete and result.scanned == run_sql(seeded, "SELECT count(*) FROM conversation_history")[0][0]

@@ -34,7 +34,8 @@ def test_the_workers_hold_while_the_replica_lags_and_go_on_once_it_replays(
     results: list[backfill.BackfillResult] = []
     run = threading.Thread(target=lambda: results.extend(backfill.backfill_context(
         url=primary, only=("messages",), options=backfill.BackfillOptions(workers=1, batch_size=BATCH),
-        on_progress=progress.append)), daemon=True)
+        reporter=lambda event: progress.extend([event] if isinstance(event, backfill.BackfillProgress) else []))),
+        daemon=True)
     run.start()
     wait_for(lambda: any((p.note or "").startswith("waiting: replica ") for p in progress) or not run.is_alive())
     assert run.is_alive(), "the backfill ended without holding for the paused replica"
@@ -87,7 +88,8 @@ def test_without_pg_monitor_the_workers_hold_on_the_replicas_own_replay(
     results: list[backfill.BackfillResult] = []
     run = threading.Thread(target=lambda: results.extend(backfill.backfill_context(
         url=unprivileged_db.primary, only=("messages",), options=backfill.BackfillOptions(workers=1, batch_size=BATCH),
-        on_progress=progress.append)), daemon=True)
+        reporter=lambda event: progress.extend([event] if isinstance(event, backfill.BackfillProgress) else []))),
+        daemon=True)
     run.start()
     wait_for(lambda: any((p.note or "").startswith("waiting: replica 127.0.0.1:") for p in progress)
              or not run.is_alive())

@@ -15,6 +15,7 @@ from calls.tokens import TokenEncodingUnavailable
 from operator_kit.output import RawOutput
 from operator_kit.signals import sigterm_as_ctrl_c
 from schema_engine import errors
+from schema_engine.progress import Event
 
 # Exit codes besides 0 and 1 (an error): interrupted by Ctrl-C or SIGTERM; cancelled by an operator.
 EXIT_CODES = {backfill.BackfillInterrupted: 130, backfill.BackfillCancelled: 3}
@@ -31,7 +32,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--batch-size", type=int, default=None,
                             help="ids per batch (default: sized so that a batch takes BACKFILL_BATCH_SECONDS)")
-        parser.add_argument("--only", choices=backfill.BACKFILLS, help="run one backfill (default: both, messages first)")
+        parser.add_argument("--only", help=f"run one backfill: {' or '.join(backfill.BACKFILLS)} "
+                                           "(default: every one, in that order)")
         parser.add_argument("--recompute", action="store_true", help="recompute rows that already have values")
         parser.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
         parser.add_argument("--workers", type=int, default=None,
@@ -71,10 +73,7 @@ class Command(BaseCommand):
         self.last_note: str | None = None
         try:
             with sigterm_as_ctrl_c():  # kill = Ctrl-C: record the run as interrupted, then stop
-                backfill.backfill_context(
-                    only=[options["only"]] if options["only"] else backfill.BACKFILLS,
-                    options=settings, on_progress=self._progress, on_start=self._started, on_finish=self._report,
-                )
+                backfill.backfill_context(only=only, options=settings, reporter=self._show)
         except (backfill.BackfillError, errors.SchemaError, TokenEncodingUnavailable) as exc:
             raise CommandError(str(exc), returncode=EXIT_CODES.get(type(exc), 1)) from exc
         finally:
@@ -95,7 +94,17 @@ class Command(BaseCommand):
                     "cancel": "its workers stop after their batch; a later run starts afresh"}[action]
             self.stdout.write(self.style.SUCCESS(f"{outcome.backfill}: run {outcome.run_id} {done} by {who}; {then}"))
 
-    def _started(self, start: backfill.BackfillStart) -> None:
+    def _show(self, event: Event) -> None:
+        """Show one of the backfill's events: a bar on a terminal, lines otherwise."""
+        match event:
+            case backfill.BackfillStarted():
+                self._started(event)
+            case backfill.BackfillProgress():
+                self._progress(event)
+            case backfill.BackfillFinished():
+                self._finished(event.result)
+
+    def _started(self, start: backfill.BackfillStarted) -> None:
         if self.verbosity:
             how = f"joining run {start.run_id}" if start.joined else f"run {start.run_id}"
             if start.resumed_from:
@@ -130,7 +139,7 @@ class Command(BaseCommand):
             self.bar.close()
             self.bar = None
 
-    def _report(self, result: backfill.BackfillResult) -> None:
+    def _finished(self, result: backfill.BackfillResult) -> None:
         self._close_bar()
         rate = result.scanned / result.seconds if result.seconds > 0 else 0
         if result.dry_run:
