@@ -27,19 +27,23 @@ def time_revisions(*, server_url: str, calls: int) -> list[tuple[str, str, float
     admin = scratch.admin_engine(server_url)
     url = scratch.create_database(admin, scratch.unique_name("bench_migration_timing"))
     results: list[tuple[str, str, float]] = []
-    record = lambda step: results.append(("upgrade" if step.is_upgrade else "downgrade", step.revision, step.seconds))  # noqa: E731
+
+    def record(result: commands.MigrationResult) -> None:
+        results.extend(("upgrade" if step.is_upgrade else "downgrade", step.revision, step.seconds)
+                       for step in result.applied)
+
     try:
-        commands.upgrade(revision="002_voice_agent_integration", url=url, on_applied=record)
+        record(commands.upgrade(revision="002_voice_agent_integration", url=url))
         started = time.perf_counter()
         with database.connect(url) as conn:
             counts = generate_sample_data(connection=conn, calls=calls)
         results.append(("seed", f"{counts.calls} calls, {counts.messages} messages", time.perf_counter() - started))
-        commands.upgrade(revision="head", url=url, on_applied=record)
+        record(commands.upgrade(revision="head", url=url))
         with database.connect(url) as conn:  # as if backfill_context had run
             conn.execute(sa.text("UPDATE conversation_history SET token_count = length(content) / 4, importance = 0.5"))
             conn.execute(sa.text("UPDATE calls SET total_context_tokens = 100, context_pruned = (id % 20 = 0)"))
-        commands.downgrade(revision="002_voice_agent_integration", url=url, on_applied=record)
-        commands.upgrade(revision="head", url=url, on_applied=record)
+        record(commands.downgrade(revision="002_voice_agent_integration", url=url))
+        record(commands.upgrade(revision="head", url=url))
     finally:
         scratch.drop_database(admin, url)
         admin.dispose()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 from logging.config import fileConfig
 from typing import Any, Callable, Iterable, Iterator
 
@@ -36,23 +37,30 @@ except Exception as exc:  # settings errors reach the alembic CLI as one line, n
     raise CommandError(f"Django settings could not be loaded: {exc}") from exc
 
 from schema_engine import checksums, database, gate, guard, metadata, permissions, prechecks  # noqa: E402  (after django.setup())
-from schema_engine.commands import refuse_unsafe_upgrade  # noqa: E402
+from schema_engine.commands import (  # noqa: E402
+    ArchiveNote,
+    RevisionApplied,
+    RevisionStarted,
+    refuse_unsafe_upgrade,
+)
 from schema_engine.config import EnvOptions, include_object, process_revision_directives  # noqa: E402
 from schema_engine.errors import SchemaError, UnsupportedModelField  # noqa: E402
-from schema_engine.state import pending_scripts, recorded_revisions  # noqa: E402
+from schema_engine.progress import Event  # noqa: E402
+from schema_engine.state import pending_scripts, recorded_revisions, summary  # noqa: E402
 
 options = EnvOptions.of(config)
 log = logging.getLogger("alembic.env")
+# The plain CLI's levels; INFO for the rest. Alembic's own "Running upgrade ..." already says a revision started.
+LOG_LEVELS: dict[type[Event], int] = {RevisionStarted: logging.DEBUG, guard.LockRetry: logging.WARNING}
 
 
-def report_archive(message: str) -> None:
-    """Say what a downgrade archived (helpers.archive_*): the plain CLI logs it; migrate_schema passes its own."""
-    log.info(message)
+def log_event(event: Event) -> None:
+    """The plain CLI's reporter: each event's line (as ``migrate_schema`` prints it) through the log."""
+    log.log(LOG_LEVELS.get(type(event), logging.INFO), event.describe())
 
 
-def report_retry(attempt: int, pause: float, reason: str) -> None:
-    """Say why DDL is retried (and whom it blocked on): the plain CLI logs it; migrate_schema passes its own."""
-    log.warning("lock_timeout: %s; retry %d in %.1f s", reason, attempt, pause)
+# Whom to tell what happens: the caller's reporter (migrate_schema's, a test's), or the log.
+reporter = options.reporter or log_event
 
 
 def configure_options(dialect_name: str) -> dict:
@@ -71,10 +79,10 @@ def configure_options(dialect_name: str) -> dict:
         "transaction_per_migration": True,
         # SQLite DDL is transactional with database.create_engine(); Alembic assumes not.
         "transactional_ddl": True,
-        "on_version_apply": [options.on_version_apply] if options.on_version_apply else [],
         "process_revision_directives": process_revision_directives,
-        # Read by migrations_alembic.helpers: where a downgrade reports the rows it archived.
-        "on_archive": options.on_archive or report_archive,
+        # Read by migrations_alembic.helpers (which may not import the engine): where a revision
+        # says what it archived or restored.
+        "on_archive": lambda message: reporter(ArchiveNote(message=message)),
     }
 
 
@@ -139,6 +147,30 @@ def record_checksums(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
         checksums.forget(ctx.connection, step.up_revision_id)
 
 
+class RevisionClock:
+    """Tell the reporter of each revision as Alembic starts it and as it commits it, with how long it took."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+
+    def steps(self, steps: Callable[..., Iterable[Any]]) -> Callable[..., Iterator[Any]]:
+        """Wrap the command's steps: Alembic asks for each one just before running it."""
+        def reported(heads: Any, migration_context: Any) -> Iterator[Any]:
+            for step in steps(heads, migration_context):
+                reporter(RevisionStarted(revision=step.revision.revision, is_upgrade=step.is_upgrade,
+                                         doc=summary(step.revision)))
+                self.started = time.perf_counter()
+                yield step
+
+        return reported
+
+    def applied(self, *, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
+        """Alembic's ``on_version_apply``: the revision's transaction is about to commit."""
+        # For a downgrade step too, ``up_revision`` is the revision being applied or undone.
+        reporter(RevisionApplied(revision=step.up_revision_id, is_upgrade=step.is_upgrade,
+                                 seconds=time.perf_counter() - self.started, doc=summary(step.up_revision)))
+
+
 def checks_before(steps: Callable[..., Iterable[Any]], deferred: frozenset[str],
                   connection: sa.Connection) -> Callable[..., Iterator[Any]]:
     """Wrap the command's steps: a revision whose data checks had to wait gets them run just before it.
@@ -173,14 +205,20 @@ def _run(connection: sa.Connection) -> None:
     elif options.command == "downgrade":
         checksums.refuse_changed(connection)  # a changed downgrade() is not what was reviewed with its upgrade
     configured = {"connection": connection, **configure_options(connection.dialect.name)}
-    if options.command in ("upgrade", "downgrade"):
-        configured["on_version_apply"] = [record_checksums, *configured["on_version_apply"]]
+    clock = RevisionClock()
+    moves = options.command in ("upgrade", "downgrade")
+    if moves:
+        configured["on_version_apply"] = [record_checksums, clock.applied]
     if lent:
         configured["in_callers_transaction"] = True  # read by helpers.build_index/drop_index: no CONCURRENTLY
     context.configure(**configured)
-    if deferred:
-        # The command's own steps (alembic.command's work function), each checked before it runs.
-        context.configure(**configured, fn=checks_before(context.get_context().opts["fn"], deferred, connection))
+    if moves:
+        # The command's own steps (alembic.command's work function): each reported as it starts,
+        # after its deferred data checks, if any, passed.
+        steps = context.get_context().opts["fn"]
+        if deferred:
+            steps = checks_before(steps, deferred, connection)
+        context.configure(**configured, fn=clock.steps(steps))
     if lent:
         # That transaction cannot be left (CONCURRENTLY cannot run in it, and its caller rolls it
         # back): an autocommit block runs inside it. Never so for migrate_schema or the alembic CLI.
@@ -202,7 +240,7 @@ def _run(connection: sa.Connection) -> None:
     with guard.migration_lock(connection.engine, settings.lock_wait_seconds):
         guard.set_timeouts(connection, settings)
         pid = connection.connection.driver_connection.info.backend_pid
-        guard.with_lock_retries(run_once, settings, on_retry=options.on_lock_retry or report_retry,
+        guard.with_lock_retries(run_once, settings, reporter=reporter,
                                 watch=lambda: guard.BlockerWatch(connection.engine, pid))
 
 

@@ -7,7 +7,6 @@ and writing only to the ``stdout`` it is given (Alembic's own listings: history,
 from __future__ import annotations
 
 import io
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
@@ -28,46 +27,75 @@ from schema_engine.errors import (
     alembic_errors,
     first_line,
 )
+from schema_engine.progress import Event, Reporter, ignore
 from schema_engine.state import (
     given,
     pending_scripts,
     recorded_revisions,
     script_directory,
     status,
-    summary,
 )
 
 
 @dataclass(frozen=True)
-class AppliedRevision:
-    """One revision step that ``upgrade``/``downgrade`` has just committed."""
+class RevisionStarted(Event):
+    """Alembic is about to run one revision's upgrade (or downgrade), in its own transaction."""
+
+    revision: str
+    is_upgrade: bool
+    doc: str
+
+    def describe(self) -> str:
+        return f"{'Applying' if self.is_upgrade else 'Reverting'} {self.revision}  {self.doc}"
+
+
+@dataclass(frozen=True)
+class RevisionApplied(Event):
+    """One revision step that ``upgrade``/``downgrade`` has just committed, and how long it took."""
 
     revision: str
     is_upgrade: bool
     seconds: float
     doc: str
 
+    def describe(self) -> str:
+        verb = "Applied" if self.is_upgrade else "Reverted"
+        return f"{verb} {self.revision:<30} {self.seconds:8.2f}s  {self.doc}"
+
+
+@dataclass(frozen=True)
+class ArchiveNote(Event):
+    """A revision kept the rows of what it dropped in an archive table, or put them back.
+
+    The revisions' helpers may not import the engine: they call ``on_archive(message)`` from the
+    migration context's options, which ``env.py`` turns into this event.
+    """
+
+    message: str  # "archived 2 row(s) of backfill_runs in archive_...; the next upgrade puts them back"
+
+    def describe(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True)
+class WaitingForReplicas(Event):
+    """The upgrade waits for streaming replicas to replay ``revision`` before it applies the next."""
+
+    revision: str
+    replicas: tuple[replicas.Replica, ...]
+
+    def describe(self) -> str:
+        names = ", ".join(f"{r.name} ({r.replay_lag:.1f}s behind)" for r in self.replicas)
+        return f"waiting for the replicas to replay {self.revision}: {names}"
+
 
 @dataclass(frozen=True)
 class MigrationResult:
     """What an ``upgrade`` or ``downgrade`` did: the steps it committed and where the database is now."""
 
-    applied: tuple[AppliedRevision, ...]
+    applied: tuple[RevisionApplied, ...]
     current: tuple[str, ...]
     invalid_indexes: tuple[tuple[str, str], ...]
-
-
-def _progress_hook(on_applied: Callable[[AppliedRevision], None]) -> Callable[..., None]:
-    started = [time.perf_counter()]
-
-    def on_version_apply(*, ctx: Any, step: Any, heads: Any, run_args: Any) -> None:
-        now = time.perf_counter()
-        # For a downgrade step too, ``up_revision`` is the revision being applied or undone.
-        on_applied(AppliedRevision(revision=step.up_revision_id, is_upgrade=step.is_upgrade,
-                                   seconds=now - started[0], doc=summary(step.up_revision)))
-        started[0] = now
-
-    return on_version_apply
 
 
 def _offline_range(revision: str, url: sa.URL | str | None) -> str:
@@ -100,19 +128,16 @@ def _migrate(
     revision: str,
     url: sa.URL | str | None,
     stdout: TextIO | None,
-    on_applied: Callable[[AppliedRevision], None] | None,
-    on_lock_retry: Callable[[int, float, str], None] | None,
-    on_archive: Callable[[str], None] | None,
-    on_replica_wait: Callable[[str, list[replicas.Replica]], None] | None = None,
+    reporter: Reporter,
 ) -> MigrationResult:
     run = getattr(command, direction)
     revision = given(revision)
-    applied: list[AppliedRevision] = []
+    applied: list[RevisionApplied] = []
 
-    def record(step: AppliedRevision) -> None:
-        applied.append(step)
-        if on_applied:
-            on_applied(step)
+    def record(event: Event) -> None:
+        if isinstance(event, RevisionApplied):
+            applied.append(event)
+        reporter(event)
 
     with alembic_errors():
         try:
@@ -128,8 +153,7 @@ def _migrate(
 
                 def migrate_to(target: str) -> None:
                     options = EnvOptions(command=direction, connection=connection, needs_metadata=False,
-                                         on_version_apply=_progress_hook(record), on_lock_retry=on_lock_retry,
-                                         on_archive=on_archive, guarded=step_by_step)
+                                         reporter=record, guarded=step_by_step)
                     run(alembic_config(stdout=stdout, options=options), target)
 
                 def before_step(step: Script) -> None:
@@ -137,7 +161,7 @@ def _migrate(
                         prechecks.refuse_unfit_now(connection, step)
 
                 if step_by_step:
-                    _upgrade_step_by_step(connection, revision, migrate_to, before_step, on_replica_wait)
+                    _upgrade_step_by_step(connection, revision, migrate_to, before_step, record)
                 else:
                     migrate_to(revision)
         except KeyboardInterrupt as exc:
@@ -147,10 +171,10 @@ def _migrate(
 
 
 def _upgrade_step_by_step(connection: sa.Connection, target: str, migrate_to: Callable[[str], None],
-                          before_step: Callable[[Script], None],
-                          on_replica_wait: Callable[[str, list[replicas.Replica]], None] | None) -> None:
+                          before_step: Callable[[Script], None], reporter: Reporter) -> None:
     """Upgrade one revision at a time: ``before_step`` first (its deferred data checks), then the
-    revision, then every streaming replica replays it before the next (and the end).
+    revision, then every streaming replica replays it before the next (and the end); ``reporter``
+    hears when one is waited for (``WaitingForReplicas``).
 
     A revision that reaches a replica late leaves the application there reading a schema older
     than the code expects; waiting keeps every replica within one revision of the primary.
@@ -177,8 +201,7 @@ def _upgrade_step_by_step(connection: sa.Connection, target: str, migrate_to: Ca
             continue
 
         def waiting(behind: list[replicas.Replica], step: str = step) -> None:
-            if on_replica_wait:
-                on_replica_wait(step, behind)
+            reporter(WaitingForReplicas(revision=step, replicas=tuple(behind)))
 
         replicas.wait_for_replicas(connection, settings.MIGRATION_REPLICA_WAIT_SECONDS, what=f"revision {step}",
                                    on_wait=waiting)
@@ -203,21 +226,17 @@ def upgrade(
     revision: str = "head",
     url: sa.URL | str | None = None,
     stdout: TextIO | None = None,
-    on_applied: Callable[[AppliedRevision], None] | None = None,
-    on_lock_retry: Callable[[int, float, str], None] | None = None,
-    on_archive: Callable[[str], None] | None = None,
-    on_replica_wait: Callable[[str, list[replicas.Replica]], None] | None = None,
+    reporter: Reporter = ignore,
 ) -> MigrationResult:
     """Upgrade the database to ``revision``; return what was applied.
 
     On PostgreSQL one migrator at a time, DDL under ``lock_timeout`` with retries
-    (``schema_engine/guard.py``); ``on_lock_retry(attempt, pause, reason)`` hears of each retry,
-    ``on_archive`` of each table or column kept or restored. With streaming replicas, each
-    revision is replayed by all of them before the next; ``on_replica_wait(revision, replicas)``
-    hears when one is waited for.
+    (``schema_engine/guard.py``). With streaming replicas, each revision is replayed by all of
+    them before the next. ``reporter`` hears of it all as it happens: each revision started and
+    applied, each lock retry (``guard.LockRetry``), each table or column archived or restored,
+    each wait for the replicas.
     """
-    return _migrate("upgrade", revision=revision, url=url, stdout=stdout, on_applied=on_applied,
-                    on_lock_retry=on_lock_retry, on_archive=on_archive, on_replica_wait=on_replica_wait)
+    return _migrate("upgrade", revision=revision, url=url, stdout=stdout, reporter=reporter)
 
 
 def downgrade(
@@ -225,13 +244,10 @@ def downgrade(
     revision: str,
     url: sa.URL | str | None = None,
     stdout: TextIO | None = None,
-    on_applied: Callable[[AppliedRevision], None] | None = None,
-    on_lock_retry: Callable[[int, float, str], None] | None = None,
-    on_archive: Callable[[str], None] | None = None,
+    reporter: Reporter = ignore,
 ) -> MigrationResult:
-    """Downgrade the database to ``revision`` (``-1``, ``base``, an id); guarded as ``upgrade``."""
-    return _migrate("downgrade", revision=revision, url=url, stdout=stdout, on_applied=on_applied,
-                    on_lock_retry=on_lock_retry, on_archive=on_archive)
+    """Downgrade the database to ``revision`` (``-1``, ``base``, an id); guarded and reported as ``upgrade``."""
+    return _migrate("downgrade", revision=revision, url=url, stdout=stdout, reporter=reporter)
 
 
 def write_sql(direction: str, *, revision: str, url: sa.URL | str | None = None, stdout: TextIO | None = None,

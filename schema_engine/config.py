@@ -9,13 +9,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import sqlalchemy as sa
 from alembic.config import Config
 from django.conf import settings
 
 from schema_engine import autogenerate
+from schema_engine.progress import Reporter
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 # Tables that downgrades fill with the data of dropped columns and tables; not part of the models.
@@ -44,9 +45,9 @@ class EnvOptions:
     # upgrade: the caller ran commands.refuse_unsafe_upgrade for the whole upgrade and runs the deferred
     # data checks itself (migrate_schema, one revision at a time for the replicas): env.py runs the gate only
     guarded: bool = False
-    on_version_apply: Callable[..., None] | None = None
-    on_lock_retry: Callable[[int, float, str], None] | None = None
-    on_archive: Callable[[str], None] | None = None
+    # Who hears what happened (each revision started and applied, lock retries, archived rows):
+    # ``progress.py``. None: the plain CLI, whose env.py logs each event.
+    reporter: Reporter | None = None
 
     @property
     def writes(self) -> bool:

@@ -42,6 +42,7 @@ from schema_engine.errors import (
     first_line,
     sqlstate,
 )
+from schema_engine.progress import Event, Reporter, ignore
 
 # pg_advisory_lock's key: any constant bigint that this project's migrators agree on.
 MIGRATION_LOCK_KEY = 0x5245_4155_544F  # "REAUTO"
@@ -279,6 +280,19 @@ class Termination:
             + [f"; left pid {b.pid} alone ({b.application}: the project's own session)" for b in self.spared])
 
 
+@dataclass(frozen=True)
+class LockRetry(Event):
+    """A statement gave up at ``lock_timeout``: the revision is retried after ``pause`` seconds."""
+
+    attempt: int  # 1 for the first retry
+    pause: float
+    reason: str  # the error, who blocked it and what was done to them: the line says it all
+    blockers: tuple[Blocker, ...] = ()  # the sessions last seen blocking it (none: not seen in time)
+
+    def describe(self) -> str:
+        return f"lock_timeout: {self.reason}; retry {self.attempt} in {self.pause:.1f} s"
+
+
 def _is_own_session(application: str) -> bool:
     """Whether ``application`` names one of the project's own sessions (for the retry line; the SQL decides)."""
     return application == BACKFILL_APPLICATION_NAME or application.startswith(MIGRATION_APPLICATION_PREFIX)
@@ -296,14 +310,13 @@ def long_transactions(connection: sa.Connection, tables: set[str], older_than: f
     return [(table, Blocker(*session)) for table, *session in rows if table in tables]
 
 
-def with_lock_retries(run: Callable[[], T], guard: GuardSettings,
-                      on_retry: Callable[[int, float, str], None] | None = None,
+def with_lock_retries(run: Callable[[], T], guard: GuardSettings, *, reporter: Reporter = ignore,
                       watch: Callable[[], BlockerWatch] | None = None) -> T:
     """Call ``run``; when a statement hits ``lock_timeout``, pause and call it again, a bounded number of times.
 
     ``run`` must resume where the last try stopped: Alembic's ``upgrade`` does, each revision
     being its own transaction (a revision that failed was rolled back; earlier ones stay).
-    ``watch`` makes the ``BlockerWatch`` of each try, whose blockers the retry line names.
+    ``watch`` makes the ``BlockerWatch`` of each try, whose blockers each ``LockRetry`` names.
     """
     not_ended: dict[int, str] = {}  # pid -> what would have let an earlier try end it
     for attempt in range(guard.lock_retries + 1):
@@ -313,6 +326,7 @@ def with_lock_retries(run: Callable[[], T], guard: GuardSettings,
                 return run()
         except sa.exc.DBAPIError as exc:
             state = sqlstate(exc)
+            seen = blockers.blockers if isinstance(blockers, BlockerWatch) else ()
             reason = first_line(exc) + (blockers.describe() if isinstance(blockers, BlockerWatch) else "")
             if state == QUERY_CANCELED and "statement timeout" in reason:
                 raise StatementTimedOut(
@@ -333,8 +347,7 @@ def with_lock_retries(run: Callable[[], T], guard: GuardSettings,
                 reason += termination.describe(guard.terminate_idle_after)
             # Growing pauses with jitter, so retries do not line up with the blocker's rhythm.
             pause = guard.retry_pause_seconds * (2 ** attempt) * (0.5 + random.random())
-            if on_retry:
-                on_retry(attempt + 1, pause, reason)
+            reporter(LockRetry(attempt=attempt + 1, pause=pause, reason=reason, blockers=seen))
             time.sleep(pause)
     raise AssertionError("unreachable")
 

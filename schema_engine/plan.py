@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import sqlalchemy as sa
 from django.conf import settings
@@ -21,6 +21,7 @@ from django.conf import settings
 from schema_engine import checksums, database, gate, guard, lint, prechecks, rehearsal, replicas
 from schema_engine.commands import check, revision_sql
 from schema_engine.errors import MultipleHeads, SchemaDrift, alembic_errors
+from schema_engine.progress import Reporter, ignore
 from schema_engine.state import invalid_index_problem, pending_scripts, script_directory, status, summary
 
 
@@ -109,12 +110,11 @@ class Plan:
         }
 
 
-def plan(*, url: sa.URL | str | None = None, rehearse: bool = False,
-         on_rehearsed: Callable[[rehearsal.RehearsedRevision], None] | None = None) -> Plan:
+def plan(*, url: sa.URL | str | None = None, rehearse: bool = False, reporter: Reporter = ignore) -> Plan:
     """Return the plan for ``upgrade head``: pending revisions, backfills they need, squawk's findings, INVALID indexes.
 
     With ``rehearse``, also apply the pending revisions to a copy of the schema (``rehearsal.py``);
-    ``on_rehearsed`` hears of each as it is done.
+    ``reporter`` hears of each as it is done (``rehearsal.RevisionRehearsed``).
     """
     url = database.resolve_url(url)
     database.require_session(url)  # the upgrade it plans would be refused through a transaction pooler
@@ -152,7 +152,7 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False,
             check(url=url, stdout=io.StringIO())  # Alembic's own line is not ours to print
         except SchemaDrift as exc:
             drift = exc.detail
-    rehearsed = rehearsal.rehearse(url=url, on_revision=on_rehearsed) if rehearse else None
+    rehearsed = rehearsal.rehearse(url=url, reporter=reporter) if rehearse else None
     return Plan(current=state.current, heads=state.heads, pending=tuple(pending), backfill_blockers=blockers,
                 invalid_indexes=state.invalid_indexes, replicas=streaming, replicas_unreadable=unreadable,
                 replica_wait=settings.MIGRATION_REPLICA_WAIT_SECONDS, changed_revisions=changed, drift=drift,

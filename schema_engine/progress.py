@@ -15,6 +15,10 @@ from typing import Callable
 class Event:
     """Something that happened while the engine worked; subclasses say what."""
 
+    def describe(self) -> str:
+        """Say what happened in one line: the same words for a person (a command) and a log (the plain CLI)."""
+        return type(self).__name__
+
 
 Reporter = Callable[[Event], None]
 

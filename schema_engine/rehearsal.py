@@ -22,35 +22,42 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import sqlalchemy as sa
 
 from schema_engine import commands, database, scratch
 from schema_engine.backup import client_tool, tool_error
 from schema_engine.errors import RehearsalUnavailable, SchemaDrift, SchemaError, first_line
+from schema_engine.progress import Event, Reporter, ignore
 from schema_engine.state import pending_scripts, recorded_revisions, script_directory
 
 SCRATCH_PREFIX = "rehearsal"
 
 
 @dataclass(frozen=True)
-class RehearsedRevision:
+class RevisionRehearsed(Event):
+    """One pending revision applied to the copy of the schema, or failed there."""
+
     revision: str
     seconds: float
     error: str = ""  # empty: applied
+
+    def describe(self) -> str:
+        outcome = f"failed: {self.error}" if self.error else "applied"
+        return f"rehearsed {self.revision:<28} {self.seconds:8.2f}s  {outcome}"
 
 
 @dataclass(frozen=True)
 class Rehearsal:
     """What applying the pending revisions to a copy of the schema did."""
 
-    revisions: tuple[RehearsedRevision, ...]
+    revisions: tuple[RevisionRehearsed, ...]
     drift: str = ""  # the drift check at the end, when every revision applied; empty: none
     seconds: float = 0.0
 
     @property
-    def failed(self) -> RehearsedRevision | None:
+    def failed(self) -> RevisionRehearsed | None:
         return next((rev for rev in self.revisions if rev.error), None)
 
     @property
@@ -66,14 +73,17 @@ class Rehearsal:
         return []
 
 
-def rehearse(*, url: sa.URL | str | None = None,
-             on_revision: Callable[[RehearsedRevision], None] | None = None) -> Rehearsal:
-    """Copy ``url``'s schema into a scratch database, apply the pending revisions one by one, run the drift check."""
+def rehearse(*, url: sa.URL | str | None = None, reporter: Reporter = ignore) -> Rehearsal:
+    """Copy ``url``'s schema into a scratch database, apply the pending revisions one by one, run the drift check.
+
+    ``reporter`` hears of each revision as it is rehearsed (``RevisionRehearsed``); what the
+    upgrade of the copy reports is the rehearsal's business, not the caller's.
+    """
     url = database.resolve_url(url)
     started = time.perf_counter()
     with database.connect(url) as connection:
         pending = pending_scripts(script_directory(), recorded_revisions(connection), "head")
-    done: list[RehearsedRevision] = []
+    done: list[RevisionRehearsed] = []
     drift = ""
     with _schema_copy(url) as copy:
         for script in pending:
@@ -83,9 +93,8 @@ def rehearse(*, url: sa.URL | str | None = None,
                 error = ""
             except SchemaError as exc:
                 error = str(exc)
-            done.append(RehearsedRevision(script.revision, time.perf_counter() - began, error))
-            if on_revision:
-                on_revision(done[-1])
+            done.append(RevisionRehearsed(revision=script.revision, seconds=time.perf_counter() - began, error=error))
+            reporter(done[-1])
             if error:
                 break
         else:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from schema_engine import commands, errors, state
+from schema_engine import commands, errors, progress, state
 from tests.conftest import REVISIONS, archives, previous, run_sql, snapshot
 
 # The guide's chain (design.md), in order: (revision id, file name). Its users type these ids.
@@ -210,12 +210,14 @@ def test_a_downgrade_that_drops_tables_keeps_their_rows_and_the_upgrade_puts_the
         run_sql(empty_db, f"INSERT INTO {table} ({columns}) VALUES ({values})")
     before = {table: [tuple(r) for r in run_sql(empty_db, f"SELECT * FROM {table} ORDER BY 1")]
               for table, _, _ in TABLE_ROWS}
-    reported: list[str] = []
+    events: list[progress.Event] = []
 
-    commands.downgrade(revision=target, url=empty_db, on_archive=reported.append)
+    commands.downgrade(revision=target, url=empty_db, reporter=events.append)
+    reported = [event.describe() for event in events if isinstance(event, commands.ArchiveNote)]
     assert any("archived 2 row(s) of backfill_runs in archive_005_backfill_runs" in line for line in reported)
-    commands.upgrade(revision="head", url=empty_db, on_archive=reported.append)
+    commands.upgrade(revision="head", url=empty_db, reporter=events.append)
 
+    reported = [event.describe() for event in events if isinstance(event, commands.ArchiveNote)]
     assert any("restored 2 row(s) of backfill_runs" in line for line in reported)
     after = {table: [tuple(r) for r in run_sql(empty_db, f"SELECT * FROM {table} ORDER BY 1")] for table in before}
     assert after == before

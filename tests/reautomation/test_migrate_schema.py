@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import re
 import signal
 import subprocess
 import sys
@@ -155,6 +156,38 @@ def test_plain_alembic_cli_works_on_the_same_database(tmp_path: Path) -> None:
     failed = run_cli(alembic, "upgrade", "nope", database_url=url)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert "FAILED: Can't locate revision identified by 'nope'" in failed.stdout
+
+
+def progress_lines(output: str, *, logged: bool) -> list[str]:
+    """Return the progress lines of a run, durations masked: ``migrate_schema``'s indented lines, or the plain CLI's log."""
+    if logged:
+        lines = [line.split("[alembic.env] ", 1)[1] for line in output.splitlines() if "[alembic.env] " in line]
+        lines = [line for line in lines if not line.startswith("Database: ")]
+    else:
+        lines = [line.strip() for line in output.splitlines() if line.startswith("  ")]
+    return [re.sub(r"\b\d+\.\d\ds\b", "N.NNs", line) for line in lines]
+
+
+def test_the_plain_alembic_cli_logs_the_lines_migrate_schema_prints(make_database, backend: str) -> None:
+    """One progress channel: each revision applied or reverted, and the rows archived and restored, said alike."""
+    alembic = str(Path(sys.executable).parent / "alembic")
+    said: dict[str, list[str]] = {}
+    for spelling in ("migrate_schema", "alembic"):
+        url = make_database(backend)
+        run = [sys.executable, "manage.py", "migrate_schema"] if spelling == "migrate_schema" else [alembic]
+        steps = [run_cli(*run, "upgrade", "head", database_url=url)]
+        run_sql(url, "INSERT INTO backfill_runs (id, backfill, status) VALUES (101, 'messages', 'completed')")
+        steps += [run_cli(*run, "downgrade", "004_performance_indexes", database_url=url),
+                  run_cli(*run, "upgrade", "head", database_url=url)]
+        assert all(step.returncode == 0 for step in steps), [step.stderr for step in steps]
+        said[spelling] = [line for step in steps
+                          for line in progress_lines(step.stdout if spelling == "migrate_schema" else step.stderr,
+                                                     logged=spelling == "alembic")]
+    assert "archived 1 row(s) of backfill_runs in archive_005_backfill_runs; the next upgrade puts them back" \
+        in said["migrate_schema"]
+    assert len([line for line in said["migrate_schema"] if line.startswith("Applied ")]) == len(REVISIONS) + 2
+    # The same lines; migrate_schema says a revision's archive under the revision's line, the log as it happens.
+    assert sorted(said["alembic"]) == sorted(said["migrate_schema"])
 
 
 def test_every_database_command_names_the_database_first(pg_db_url: str) -> None:

@@ -8,14 +8,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from calls.backfill import health
 from calls.sample_data import generate_sample_data
-from schema_engine import commands, database, guard, scratch, state
+from schema_engine import commands, database, errors, guard, progress, scratch, state
 from tests.conftest import HEAD, REVISIONS, manage, run_sql, start_manage, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -117,6 +117,23 @@ def test_each_retry_names_the_session_that_holds_the_lock(pg_db: sa.URL, idle_bl
     assert named in retry and "UPDATE calls SET status = status WHERE id = -1" in retry, retry
     refusal = next(line for line in result.stderr.splitlines() if line.startswith("CommandError"))
     assert named in refusal and "2 tries" in refusal
+
+
+def test_a_lock_retry_is_an_event_naming_the_blockers(pg_db: sa.URL, idle_blocker: int, settings: Any) -> None:
+    settings.MIGRATION_LOCK_TIMEOUT, settings.MIGRATION_LOCK_RETRIES = "500ms", 1
+    settings.MIGRATION_RETRY_PAUSE_SECONDS = 0.05
+    events: list[progress.Event] = []
+    with pytest.raises(errors.LockRetriesExhausted):
+        commands.upgrade(revision="head", url=pg_db, reporter=events.append)
+    retries = [event for event in events if isinstance(event, guard.LockRetry)]
+    assert [retry.attempt for retry in retries] == [1]
+    blocker = next(b for b in retries[0].blockers if b.pid == idle_blocker)
+    assert (blocker.application, blocker.state) == ("voice-agent", "idle in transaction")
+    line = retries[0].describe()
+    assert line.startswith("lock_timeout: ") and f"blocked by pid {idle_blocker} (voice-agent, " in line, line
+    # The revision that waited was started by each try, and never applied.
+    assert [e.revision for e in events if isinstance(e, commands.RevisionStarted)] == ["003_context_management"] * 2
+    assert not [e for e in events if isinstance(e, commands.RevisionApplied)]
 
 
 def test_ddl_succeeds_once_the_long_transaction_ends(pg_db: sa.URL, other_session: sa.Connection) -> None:

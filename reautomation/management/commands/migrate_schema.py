@@ -15,13 +15,18 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from operator_kit.output import RawOutput
 from operator_kit.signals import sigterm_as_ctrl_c
-from schema_engine import backup, checksums, commands, database, errors, rehearsal, replicas, state
+from schema_engine import backup, checksums, commands, database, errors, guard, progress, state
 from schema_engine import plan as deploy_plan
 
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT; SIGTERM too (it takes the same path)
 # Subcommands that act on the database name it (password hidden) before they act.
 ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore", "verify"}
+# Progress events shown only from this verbosity on; the others always (archived rows, rehearsals).
+SHOWN_FROM_VERBOSITY: dict[type[progress.Event], int] = {
+    commands.RevisionStarted: 2, commands.RevisionApplied: 1, commands.WaitingForReplicas: 1}
+# What happens while a revision runs is indented under the revision's line.
+WITHIN_A_REVISION = (commands.ArchiveNote, commands.WaitingForReplicas)
 
 
 class Command(BaseCommand):
@@ -30,6 +35,7 @@ class Command(BaseCommand):
         "With no subcommand: upgrade to head."
     )
     requires_system_checks: list[str] = []  # must run on a database the models do not match yet
+    _held: list[progress.Event] | None = None  # what a revision reported while it ran (_report)
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", metavar="SUBCOMMAND")
@@ -124,15 +130,7 @@ class Command(BaseCommand):
             self._move("downgrade", commands.downgrade, revision)
 
     def _move(self, action: str, run: Any, revision: str) -> None:
-        def on_applied(step: commands.AppliedRevision) -> None:
-            if self.verbosity:
-                verb = "Applied" if step.is_upgrade else "Reverted"
-                self.stdout.write(f"  {verb} {step.revision:<30} {step.seconds:8.2f}s  {step.doc}")
-
-        extra = {"on_replica_wait": self._report_replica_wait} if action == "upgrade" else {}
-        result = run(revision=revision, stdout=self._alembic_out, on_applied=on_applied,
-                     on_lock_retry=self._report_retry, on_archive=lambda message: self.stdout.write(f"    {message}"),
-                     **extra)
+        result = run(revision=revision, stdout=self._alembic_out, reporter=self._report)
         if self.verbosity:
             where = "; ".join(result.current) or "base"
             verb = "applied" if action == "upgrade" else "reverted"
@@ -182,14 +180,10 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"Restored {backup_file}; database is at {'; '.join(recorded)}"))
 
     def _plan(self, *, as_json: bool = False, rehearse: bool = False, **_: Any) -> None:
-        def on_rehearsed(step: rehearsal.RehearsedRevision) -> None:
-            if not as_json:
-                outcome = f"failed: {step.error}" if step.error else "applied"
-                self.stdout.write(f"  rehearsed {step.revision:<28} {step.seconds:8.2f}s  {outcome}")
-
         if rehearse and not as_json:
             self.stdout.write("Rehearsal: the pending revisions on a copy of the schema (no data), dropped afterwards")
-        self._print_plan(deploy_plan.plan(rehearse=rehearse, on_rehearsed=on_rehearsed), as_json=as_json)
+        reporter = progress.ignore if as_json else self._report
+        self._print_plan(deploy_plan.plan(rehearse=rehearse, reporter=reporter), as_json=as_json)
 
     def _verify(self, *, accept: list[str] | None = None, **_: Any) -> None:
         if accept:
@@ -243,13 +237,27 @@ class Command(BaseCommand):
                                + (f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else ""),
                                returncode=PLAN_UNSAFE)
 
-    def _report_retry(self, attempt: int, pause: float, reason: str) -> None:
-        self.stderr.write(f"  lock_timeout: {reason}; retry {attempt} in {pause:.1f} s")
+    def _report(self, event: progress.Event) -> None:
+        """Show one event of the engine's progress: its line (as the plain CLI logs it), under its revision."""
+        if isinstance(event, guard.LockRetry):  # a warning: on stderr, whatever the verbosity
+            self.stderr.write(f"  {event.describe()}")
+            return
+        if isinstance(event, commands.RevisionStarted):
+            self._held = []
+        elif isinstance(event, commands.ArchiveNote) and self._held is not None:
+            # Said under its revision's line once that applies: rolled back with it (a retry), it never happened.
+            self._held.append(event)
+            return
+        self._print_event(event)
+        if isinstance(event, commands.RevisionApplied):
+            for held in self._held or ():
+                self._print_event(held)
+            self._held = None
 
-    def _report_replica_wait(self, revision: str, behind: list[replicas.Replica]) -> None:
-        if self.verbosity:
-            names = ", ".join(f"{r.name} ({r.replay_lag:.1f}s behind)" for r in behind)
-            self.stdout.write(f"    waiting for the replicas to replay {revision}: {names}")
+    def _print_event(self, event: progress.Event) -> None:
+        if self.verbosity >= SHOWN_FROM_VERBOSITY.get(type(event), 0):
+            indent = "    " if isinstance(event, WITHIN_A_REVISION) else "  "
+            self.stdout.write(f"{indent}{event.describe()}")
 
     def _report_invalid_indexes(self, invalid_indexes: tuple[tuple[str, str], ...]) -> None:
         for index, table in invalid_indexes:
