@@ -75,7 +75,8 @@ def pages() -> list[tuple[str, str]]:
     for model in admin.site._registry:
         opts = model._meta
         if opts.app_label in ("calls", "monitoring"):
-            listed.append((f"{opts.verbose_name_plural} list", reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")))
+            listed.append((f"{opts.verbose_name_plural} list",
+                           reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")))
             newest = model.objects.order_by("-pk").first()
             if newest is not None and opts.model_name != "call":
                 listed.append((f"{opts.verbose_name} page", reverse(f"admin:{opts.app_label}_{opts.model_name}_change",
@@ -92,7 +93,8 @@ def pages() -> list[tuple[str, str]]:
         ("calls: search phone number", f"{calls_list}?q={call.phone_number.replace('+', '%2B')}"),
         ("calls: search contact name", f"{calls_list}?q={contact.last_name}"),
         ("calls: page 100", f"{calls_list}?p=100"),
-        ("contacts: search phone number", f"{reverse('admin:calls_contact_changelist')}?q={contact.phone_number.replace('+', '%2B')}"),
+        ("contacts: search phone number",
+         f"{reverse('admin:calls_contact_changelist')}?q={contact.phone_number.replace('+', '%2B')}"),
         ("messages: role=tool", f"{reverse('admin:calls_conversationmessage_changelist')}?role__exact=tool"),
         ("traces: search trace id", f"{reverse('admin:monitoring_workflowtrace_changelist')}?q={trace.trace_id}"),
         ("traces: status=error", f"{reverse('admin:monitoring_workflowtrace_changelist')}?status__exact=error"),

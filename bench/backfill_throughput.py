@@ -206,7 +206,8 @@ def main() -> None:
             return n / seconds
 
         naive = naive_rate()
-        print(f"naive per-row UPDATE loop:            {naive:>9,.0f} messages/s  ({args.naive_sample:,}-message sample)")
+        print(f"naive per-row UPDATE loop:            {naive:>9,.0f} messages/s  "
+              f"({args.naive_sample:,}-message sample)")
         for options in settings_to_try:
             label = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items()) or "defaults"
             ratios = []

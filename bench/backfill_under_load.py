@@ -57,7 +57,8 @@ def fresh_copy() -> str:
 def backfill(dsn: str) -> tuple[float, float, list[str]]:
     """``manage.py backfill_context --only messages`` as an operator runs it: (seconds, rows/s, its lines)."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, str(environment.ROOT / "manage.py"), "backfill_context", "--only", "messages"],
+    done = subprocess.run([sys.executable, str(environment.ROOT / "manage.py"),
+                           "backfill_context", "--only", "messages"],
                           env=dict(os.environ, DATABASE_URL=dsn), capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode:

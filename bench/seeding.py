@@ -16,7 +16,8 @@ _RATE = re.compile(r"\(([\d,]+) rows/s\)")
 
 def seed_before_backfill(url: sa.URL | str, calls: int, *, revision: str = "head",
                          max_turns: int = 60) -> SampleDataCounts:
-    """Upgrade ``url`` to ``revision``, add ``calls`` sample calls (no counts filled), vacuum as an established table is."""
+    """Upgrade ``url`` to ``revision``, add ``calls`` sample calls (no counts filled),
+    vacuum as an established table is."""
     commands.upgrade(revision=revision, url=url)
     with database.connect(url) as conn:
         counts = generate_sample_data(connection=conn, calls=calls, max_turns=max_turns)

@@ -31,7 +31,8 @@ CALL_SID = re.compile(r"CA[0-9a-f]{32}")
 
 @admin.register(Contact)
 class ContactAdmin(OperatorAdmin):
-    list_display = ["phone_number", "first_name", "last_name", "email", "city", "lead_status", "do_not_call", "created_at"]
+    list_display = ["phone_number", "first_name", "last_name", "email", "city", "lead_status", "do_not_call",
+                    "created_at"]
     list_filter = ["lead_status", "do_not_call"]
     # Exact (case-sensitive) lookups: each is one unique or b-tree index lookup. Django's "=" prefix
     # means iexact, UPPER(column) = UPPER(term), which no index serves.
@@ -214,7 +215,8 @@ class BackfillRunAdmin(ReadOnlyAdmin):
         run = BackfillRun.objects.filter(pk=object_id).first()
         allowed = request.user.has_perm(control.PERMISSION) and run is not None
         context = {**(extra_context or {}), "run_state": control.describe(run) if run else "",
-                   "brake": [(action, control.ACTIONS[action]) for action in control.actions_for(run.status)] if allowed else []}
+                   "brake": ([(action, control.ACTIONS[action]) for action in control.actions_for(run.status)]
+                             if allowed else [])}
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     @admin.display(description="status", ordering="status")

@@ -115,7 +115,8 @@ def importance_of(role: str, content: str) -> float:
     ]
 
 
-def policy_message(*, role: str, content: str | None, token_count: int | None, importance: float | None) -> PolicyMessage:
+def policy_message(*, role: str, content: str | None, token_count: int | None,
+                   importance: float | None) -> PolicyMessage:
     """Return a stored message as the policy sees it, computing what was not stored yet."""
     return PolicyMessage(
         role=role,

@@ -27,7 +27,8 @@ STATUSES = (("completed", 70), ("no_answer", 10), ("voicemail", 8), ("failed", 5
 TIERS = (("tier1", 70), ("tier2", 25), ("tier3", 5))
 OUTCOMES = ("appointment_set", "callback_requested", "not_interested", "wrong_number", "listing_info_sent", None)
 AGENTS = ("greeter", "qualifier", "scheduler", "listing_expert", "objection_handler")
-FIRST_NAMES = ("Maria", "James", "Wei", "Aisha", "Carlos", "Olivia", "Noah", "Priya", "Liam", "Sofia", "Kenji", "Fatima")
+FIRST_NAMES = ("Maria", "James", "Wei", "Aisha", "Carlos", "Olivia",
+               "Noah", "Priya", "Liam", "Sofia", "Kenji", "Fatima")
 LAST_NAMES = ("Garcia", "Smith", "Chen", "Khan", "Rossi", "Johnson", "Nguyen", "Patel", "Müller", "Silva", "Tanaka")
 CITIES = (("Austin", "TX"), ("Phoenix", "AZ"), ("Tampa", "FL"), ("Denver", "CO"), ("Raleigh", "NC"), ("Boise", "ID"))
 SYSTEM_PROMPT = (

@@ -12,7 +12,8 @@ from calls.tokens import count_tokens
 
 def call_context_refresh(*, call_id: int, policy: ContextPolicy | None = None) -> ContextState:
     """Recompute and store a call's context fields from its conversation."""
-    rows = ConversationMessage.objects.filter(call_id=call_id).values_list("role", "content", "token_count", "importance")
+    rows = (ConversationMessage.objects.filter(call_id=call_id)
+            .values_list("role", "content", "token_count", "importance"))
     state = replay(
         (policy_message(role=r, content=c, token_count=t, importance=i) for r, c, t, i in rows),
         policy or ContextPolicy.from_settings(),

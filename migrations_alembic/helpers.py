@@ -198,7 +198,8 @@ def _constraint_exists(table: str, name: str) -> bool | None:
 
 
 def _report(message: str) -> None:
-    """Tell the operator what a revision did to data (env.py's ``on_archive``: an ``ArchiveNote``, printed or logged)."""
+    """Tell the operator what a revision did to data
+    (env.py's ``on_archive``: an ``ArchiveNote``, printed or logged)."""
     report = op.get_context().opts.get("on_archive")
     if report is not None:
         report(message)

@@ -44,7 +44,8 @@ class OperatorAdminSite(admin.AdminSite):
         ]
 
     def operations_view(self, request: HttpRequest) -> HttpResponse:
-        """Schema state (current revision, head, pending, changed applied revisions, INVALID indexes), each backfill's latest run."""
+        """Schema state (current revision, head, pending, changed applied revisions, INVALID indexes),
+        each backfill's latest run."""
         require_any(request, OPERATIONS_PERMISSION)
         context: dict[str, Any] = {**self.each_context(request), "title": "Schema and backfills"}
         try:

@@ -275,7 +275,8 @@ def _checks_dropped_first_added_last(inner: list[ops.MigrateOperation]) -> list[
 
 
 def _keeping_values(modify: ops.ModifyTableOps, archive_for: Any) -> list[ops.MigrateOperation]:
-    """Return ``modify`` preceded by the archiving of the columns it drops and followed by the restoring of those it adds."""
+    """Return ``modify`` preceded by the archiving of the columns it drops
+    and followed by the restoring of those it adds."""
     if archive_for is None:
         return [modify]
     table = modify.table_name

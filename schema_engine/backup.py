@@ -87,15 +87,15 @@ BEGIN
     END LOOP;
 END
 $clean$;
-"""
+"""  # noqa: E501 (SQL keeps its exact text)
 # A default-privileges entry in ``pg_restore --list``: the last field is the role it is for.
 _DEFAULT_ACL_ENTRY = re.compile(r"^\d+; \d+ \d+ DEFAULT ACL \S+ DEFAULT PRIVILEGES FOR \S+ (?P<role>.+)$")
 _ERROR_LINE = re.compile(r"\b(?:ERROR|FATAL|PANIC|error):")
 # alembic_version's rows in a dump: COPY (pg_dump's default) or INSERT (pg_dump --inserts).
 _COPY_VERSIONS = re.compile(r"^COPY (?:public\.)?alembic_version \(version_num\) FROM stdin;\n(?P<rows>.*?)^\\\.$",
                             re.M | re.S)
-_INSERT_VERSION = re.compile(r"^INSERT INTO (?:public\.)?alembic_version (?:\(version_num\) )?VALUES \('(?P<rev>[^']*)'\);",
-                             re.M)
+_INSERT_VERSION = re.compile(r"^INSERT INTO (?:public\.)?alembic_version (?:\(version_num\) )?"
+                             r"VALUES \('(?P<rev>[^']*)'\);", re.M)
 
 
 @dataclass(frozen=True)

@@ -56,14 +56,16 @@ class RevisionChecksum:
     revision: str
     recorded: str | None  # the upgrade's; None: applied before checksums were recorded (recorded on the next upgrade)
     current: str
-    recorded_downgrade: str | None = None  # None: recorded before downgrades were covered (recorded on the next upgrade)
+    # None: recorded before downgrades were covered (recorded on the next upgrade)
+    recorded_downgrade: str | None = None
     current_downgrade: str = ""
 
     @property
     def changed_parts(self) -> tuple[str, ...]:
         """Which of its functions render other SQL than was recorded: ``upgrade``, ``downgrade``, both or none."""
-        return tuple(part for part, recorded, current in (("upgrade", self.recorded, self.current),
-                                                          ("downgrade", self.recorded_downgrade, self.current_downgrade))
+        return tuple(part
+                     for part, recorded, current in (("upgrade", self.recorded, self.current),
+                                                     ("downgrade", self.recorded_downgrade, self.current_downgrade))
                      if recorded is not None and recorded != current)
 
     @property
@@ -175,7 +177,8 @@ def refuse_changed(connection: sa.Connection) -> None:
     """Raise ``AppliedRevisionChanged`` if an applied revision's file no longer renders what was recorded."""
     changed = [c for c in compare(connection) if c.changed]
     if changed:
-        raise AppliedRevisionChanged(changed_message([c.revision for c in changed]), revisions=tuple(c.revision for c in changed))
+        raise AppliedRevisionChanged(changed_message([c.revision for c in changed]),
+                                     revisions=tuple(c.revision for c in changed))
 
 
 def record(connection: sa.Connection, script: Script) -> None:

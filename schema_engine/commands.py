@@ -350,7 +350,8 @@ def merge(*, revisions: list[str], message: str | None, stdout: TextIO | None = 
         joined = script_directory().get_revisions([given(rev) for rev in revisions])
         if len({rev.revision for rev in joined}) < 2:
             raise InvalidRevisionRange(f"nothing to merge: {' '.join(revisions)} names one revision "
-                                       f"({', '.join(rev.revision for rev in joined)}); a merge joins two heads or more")
+                                       f"({', '.join(rev.revision for rev in joined)}); "
+                                       "a merge joins two heads or more")
         return command.merge(alembic_config(stdout=stdout), revisions, message=message).revision
 
 

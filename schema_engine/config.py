@@ -33,9 +33,11 @@ class EnvOptions:
     """What ``env.py`` needs to know of the run: where, which command, and whom to tell what happened."""
 
     command: str = ""  # upgrade, downgrade, stamp, current, check, revision...
-    # online: the caller's (an Engine, or pytest-alembic's connection wrapped to look like one); else the configured database
+    # online: the caller's (an Engine, or pytest-alembic's connection wrapped to look like one);
+    # else the configured database
     connection: sa.Connection | sa.Engine | Any | None = None
-    lent: bool = False  # it came the cookbook way (config.attributes["connection"]): a transaction open on it is the caller's
+    # it came the cookbook way (config.attributes["connection"]): a transaction open on it is the caller's
+    lent: bool = False
     url: sa.URL | None = None  # offline (--sql): the dialect to render for
     needs_metadata: bool = True  # only comparisons (check, autogenerate) need the models' metadata
     render_guards: bool = True  # offline: begin with the guard's SET lock_timeout/statement_timeout lines
@@ -88,7 +90,8 @@ def include_object(obj: Any, name: str | None, type_: str, reflected: bool, comp
 
 
 def process_revision_directives(context: Any, revision: Any, directives: list[Any]) -> None:
-    """``revision --autogenerate``: no file when nothing changed; else revisions ``plan`` accepts (``autogenerate.py``)."""
+    """``revision --autogenerate``: no file when nothing changed;
+    else revisions ``plan`` accepts (``autogenerate.py``)."""
     options = EnvOptions.of(context.config)
     if options.skip_empty_autogenerate and directives and directives[0].upgrade_ops.is_empty():
         directives[:] = []

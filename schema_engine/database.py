@@ -40,7 +40,8 @@ _SESSION_SETTINGS = "schema_engine.session_settings"
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """Return ``text`` with every URL password (in the authority or as ``?password=``) and each of ``secrets`` masked."""
+    """Return ``text`` with every URL password (in the authority or as ``?password=``)
+    and each of ``secrets`` masked."""
     for secret in secrets:
         if secret:
             text = text.replace(str(secret), MASK)

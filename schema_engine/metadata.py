@@ -164,7 +164,8 @@ def _constraints(model: type[models.Model], table: sa.Table, connection: BaseDat
     for field in opts.local_fields:
         check = field.db_check(connection) if field.get_internal_type().startswith("Positive") else None
         if check:
-            table.append_constraint(sa.CheckConstraint(check % {"column": field.column}, name=f"{field.column}_positive"))
+            table.append_constraint(sa.CheckConstraint(check % {"column": field.column},
+                                                       name=f"{field.column}_positive"))
     for fields in opts.unique_together:
         table.append_constraint(sa.UniqueConstraint(*(opts.get_field(f).column for f in fields)))
     for constraint in opts.constraints:

@@ -64,7 +64,8 @@ class Plan:
     def problems(self) -> list[str]:
         found = [checksums.changed_message(list(self.changed_revisions))] if self.changed_revisions else []
         found += list(self.backfill_blockers)
-        found += [f"revision {rev.revision}: squawk: {finding}" for rev in self.pending for finding in rev.lint_findings]
+        found += [f"revision {rev.revision}: squawk: {finding}"
+                  for rev in self.pending for finding in rev.lint_findings]
         found += [check.problem for rev in self.pending for check in rev.data_checks if check.failed]
         found += [invalid_index_problem(index, table) for index, table in self.invalid_indexes]
         if self.drift:

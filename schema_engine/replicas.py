@@ -151,7 +151,8 @@ class ReplayReader:
         return current, replays
 
     def stand_in(self, conn: sa.Connection, hidden: int) -> tuple[bool, int, float] | None:
-        """The replica at ``DATABASE_REPLICA_URL``'s own (paused, replayed, lag), for the one replica hidden, or None."""
+        """The replica at ``DATABASE_REPLICA_URL``'s own (paused, replayed, lag),
+        for the one replica hidden, or None."""
         if self._standby is None and not self._open(conn, hidden):
             return None
         assert self._standby is not None
@@ -277,7 +278,8 @@ def wait_for_replicas(conn: sa.Connection, timeout: float, *, what: str,
             if time.monotonic() >= deadline:
                 raise ReplicasBehind(
                     f"replica {', '.join(behind)} has not replayed {what} within {timeout:g}s; check its replay "
-                    "('scripts/topology status', pg_stat_replication) and rerun, or raise MIGRATION_REPLICA_WAIT_SECONDS",
+                    "('scripts/topology status', pg_stat_replication) and rerun, "
+                    "or raise MIGRATION_REPLICA_WAIT_SECONDS",
                     replicas=behind)
             if on_wait and not told:
                 told = True
@@ -297,7 +299,8 @@ def replica_view(url: sa.URL, connect_timeout: int = 3) -> ReplicaView:
             in_recovery, lag = conn.exec_driver_sql(OWN_LAG_SQL).one()
             try:
                 with conn.begin_nested():
-                    revisions = tuple(sorted(r for r, in conn.exec_driver_sql("SELECT version_num FROM alembic_version")))
+                    revisions = tuple(sorted(
+                        r for r, in conn.exec_driver_sql("SELECT version_num FROM alembic_version")))
             except sa.exc.ProgrammingError:
                 revisions = ()
             conn.rollback()

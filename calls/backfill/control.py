@@ -37,7 +37,8 @@ def actions_for(status: str) -> list[str]:
 
 
 def describe(run: BackfillRun, now: datetime | None = None) -> str:
-    """Return a run's status as an operator needs it: stalled when running with no heartbeat; who paused or cancelled."""
+    """Return a run's status as an operator needs it:
+    stalled when running with no heartbeat; who paused or cancelled."""
     if run.status == BackfillStatus.RUNNING and (now or timezone.now()) - run.heartbeat_at > STALLED_AFTER:
         return f"stalled (no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S})"
     if run.status == BackfillStatus.PAUSED:
@@ -58,7 +59,8 @@ class ControlOutcome:
 
 
 def refusal(*, run_id: int, backfill: str, status: str, current: int, action: str) -> str:
-    """Return why the brake's ``action`` leaves run ``run_id`` alone: not the current run, or not in a state it acts on."""
+    """Return why the brake's ``action`` leaves run ``run_id`` alone:
+    not the current run, or not in a state it acts on."""
     if run_id != current:
         return (f"run {run_id} of {backfill} is not its current run (run {current} is): the brake acts on the "
                 f"current run only; nothing was {DONE[action]}")

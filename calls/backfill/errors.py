@@ -43,7 +43,8 @@ class UnknownBackfill(BackfillError):
 
 
 class IllegalMove(BackfillError):
-    """A run's status may not move where asked (``runs.ALLOWED_MOVES``): it was not, or is no longer, where the move starts."""
+    """A run's status may not move where asked (``runs.ALLOWED_MOVES``):
+    it was not, or is no longer, where the move starts."""
 
     def __init__(self, *, run_id: int | None, backfill: str, action: str, status: str | None) -> None:
         super().__init__(f"cannot {action} run {run_id} of {backfill}: it is {status or 'gone'}")

@@ -158,7 +158,8 @@ class Run:
                     cursor = running.cursor
             self.count_after = cursor
             self.run_id = conn.execute(sa.insert(runs).values(
-                backfill=name, recompute=self.options.recompute, batch_size=self.options.batch_size or INITIAL_BATCH_SIZE,
+                backfill=name, recompute=self.options.recompute,
+                batch_size=self.options.batch_size or INITIAL_BATCH_SIZE,
                 cursor=cursor, resumed_from_id=self.resumed_from, host=socket.gethostname()[:255], pid=os.getpid(),
             ).returning(runs.c.id)).scalar_one()
 
@@ -243,8 +244,8 @@ class Run:
                     driver_sql(conn, "UPDATE backfill_runs SET cursor = {p} WHERE id = {p}", (end, self.run_id))
                 return []
             # batch_size: the size this worker hands out now (sized to the target, or shrunk by a signal).
-            driver_sql(conn, "UPDATE backfill_runs SET cursor = {p}, batch_size = {p}, heartbeat_at = CURRENT_TIMESTAMP "
-                             "WHERE id = {p}", (bounds[-1], size, self.run_id))
+            driver_sql(conn, "UPDATE backfill_runs SET cursor = {p}, batch_size = {p}, "
+                             "heartbeat_at = CURRENT_TIMESTAMP WHERE id = {p}", (bounds[-1], size, self.run_id))
             ranges = list(zip(bounds, bounds[1:]))
             return [id_ for id_, in driver_sql(
                 conn, "INSERT INTO backfill_batches (run_id, backfill, lo, hi) VALUES "
@@ -283,7 +284,8 @@ class Run:
         return BatchDone(scanned=scanned, changed=changed, status=status, span=hi - lo)
 
     def split(self, conn: sa.Connection, failed: BatchFailed) -> None:
-        """Halve a failed batch: ``(lo, hi]`` becomes ``(lo, mid]`` and ``(mid, hi]``, both waiting; count it on the run."""
+        """Halve a failed batch: ``(lo, hi]`` becomes ``(lo, mid]`` and ``(mid, hi]``, both waiting;
+        count it on the run."""
         mid = (failed.lo + failed.hi) // 2
         with conn.begin():
             # Unless another worker has taken the batch since (then it is done, or failed there).

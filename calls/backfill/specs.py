@@ -128,7 +128,8 @@ class CallsBackfill:
         for chunk in (call_ids[i:i + self.IDS_PER_QUERY] for i in range(0, len(call_ids), self.IDS_PER_QUERY)):
             messages += driver_sql(conn, (
                 "SELECT call_id, role, CASE WHEN token_count IS NULL OR importance IS NULL THEN content END, "
-                f"token_count, importance FROM conversation_history WHERE call_id IN ({', '.join(['{p}'] * len(chunk))}) "
+                "token_count, importance FROM conversation_history "
+                f"WHERE call_id IN ({', '.join(['{p}'] * len(chunk))}) "
                 "ORDER BY call_id, turn_index NULLS LAST, created_at, id"), tuple(chunk))
         by_call: dict[int, list[PolicyMessage]] = {call_id: [] for call_id in call_ids}
         for call_id, role, content, token_count, importance in messages:

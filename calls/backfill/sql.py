@@ -80,7 +80,8 @@ def bulk_update(
             assignments = ", ".join(f"{c} = {value(c, f't.{c}', f'v.{c}')}" for c in columns)
             arrays = ", ".join(f"CAST(%s AS {t}[])" for t in ["bigint", *pg_types])
             cursor.execute(
-                f"UPDATE {table} AS t SET {assignments} FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id",
+                f"UPDATE {table} AS t SET {assignments} "
+                f"FROM unnest({arrays}) AS v({', '.join(names)}) WHERE t.id = v.id",
                 [array_literal(values) for values in given])
     finally:
         cursor.close()

@@ -110,7 +110,9 @@ class Supervisor:
             if watching is not None:
                 watching.close()
 
-    def _workers(self, reports: multiprocessing.queues.SimpleQueue) -> list[threading.Thread | multiprocessing.process.BaseProcess]:
+    def _workers(
+        self, reports: multiprocessing.queues.SimpleQueue
+    ) -> list[threading.Thread | multiprocessing.process.BaseProcess]:
         """One worker in a thread, telling this process directly; or forked processes, through ``reports``."""
         name, rate = self.run.spec.name, self.options.rate_per_worker(self.workers)
         if self.workers == 1:
@@ -123,7 +125,8 @@ class Supervisor:
 
     def _watch(self, workers: list[threading.Thread | multiprocessing.process.BaseProcess], counter: threading.Thread,
                reports: multiprocessing.queues.SimpleQueue, watching: sa.Connection | None) -> None:
-        """Until the workers end: take in their messages, read the health signals and the brake; a silent death fails."""
+        """Until the workers end: take in their messages, read the health signals and the brake;
+        a silent death fails."""
         # The count is waited for only while the run goes on: a failed run reports at once.
         brake_checked = health_checked = time.monotonic()
         while (any(w.is_alive() for w in workers) or not reports.empty()
@@ -148,7 +151,8 @@ class Supervisor:
                                                   line=f"worker process {worker.name} exited with {worker.exitcode}"))
 
     def end(self) -> BackfillResult:
-        """End the run as its workers left it: failed (``BackfillFailed``), cancelled (``BackfillCancelled``) or done."""
+        """End the run as its workers left it:
+        failed (``BackfillFailed``), cancelled (``BackfillCancelled``) or done."""
         run, name = self.run, self.run.spec.name
         if self.failures:
             failure = self.failures[0]

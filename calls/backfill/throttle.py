@@ -29,7 +29,8 @@ class Throttle:
         self.lock_waits_seen = 0
 
     def after_batch(self, *, scanned: int, span: int, seconds: float) -> AfterBatch:
-        """Size the next batch from this one (``span`` ids, ``scanned`` rows in ``seconds``) and say how long to wait."""
+        """Size the next batch from this one (``span`` ids, ``scanned`` rows in ``seconds``)
+        and say how long to wait."""
         self.pace.after_batch(span, seconds)
         wait = self.pause + (scanned / self.rate - seconds if self.rate else 0)
         slowed_by = []
@@ -47,8 +48,9 @@ class Throttle:
         return AfterBatch(wait=wait, slowed_by=tuple(slowed_by))
 
     def holds(self, *, index: int, claimed_all: bool) -> bool:
-        """Whether worker ``index`` holds before its next batch: all while replicas lag, the upper half beside live traffic.
+        """Whether worker ``index`` holds before its next batch.
 
-        Once a worker found nothing left to claim, live traffic holds none: the rest is short.
+        All hold while replicas lag; the upper half beside live traffic. Once a worker found
+        nothing left to claim, live traffic holds none: the rest is short.
         """
         return bool(self.signals.hold.value) or (index >= self.signals.workers_allowed.value and not claimed_all)

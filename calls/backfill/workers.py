@@ -47,7 +47,8 @@ class BatchReport:
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerFailed:
-    """A worker's message: how it failed, in words that survive the trip from a process (an exception may not pickle)."""
+    """A worker's message: how it failed,
+    in words that survive the trip from a process (an exception may not pickle)."""
 
     kind: str  # the exception's class name
     line: str

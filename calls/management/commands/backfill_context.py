@@ -46,7 +46,8 @@ class Command(BaseCommand):
                             help="seconds without a heartbeat before a running run is taken as dead and resumed")
         brake = parser.add_mutually_exclusive_group()
         brake.add_argument("--pause", action="store_const", const="pause", dest="brake",
-                           help="pause the running run (with --only: of that backfill): its workers wait after their batch")
+                           help="pause the running run (with --only: of that backfill): "
+                                "its workers wait after their batch")
         brake.add_argument("--resume", action="store_const", const="resume", dest="brake",
                            help="resume the paused run from its cursor, and work on it here too")
         brake.add_argument("--cancel", action="store_const", const="cancel", dest="brake",
@@ -143,8 +144,8 @@ class Command(BaseCommand):
         self._close_bar()
         rate = result.scanned / result.seconds if result.seconds > 0 else 0
         if result.dry_run:
-            self.stdout.write(f"{result.backfill}: dry run: {result.changed:,} of {result.scanned:,} rows would change; "
-                              "nothing was written")
+            self.stdout.write(f"{result.backfill}: dry run: {result.changed:,} of {result.scanned:,} rows "
+                              "would change; nothing was written")
         elif result.scanned == 0:
             self.stdout.write(self.style.SUCCESS(f"{result.backfill}: nothing to do, every row has its values"))
         else:
@@ -154,8 +155,10 @@ class Command(BaseCommand):
                 f"({rate:,.0f} rows/s), run {result.run_id} {done}"))
             if result.changed == 0:
                 self.stdout.write(f"{result.backfill}: no row needed changing")
-            slowed = [f"{n:,} batch{'es' if n != 1 else ''} for {health.SLOWING_SIGNALS[signal]}" for signal, n in result.slowed.items()]
+            slowed = [f"{n:,} batch{'es' if n != 1 else ''} for {health.SLOWING_SIGNALS[signal]}"
+                      for signal, n in result.slowed.items()]
             if result.held_seconds:
-                slowed.append(f"held {result.held_seconds:.1f}s for replica lag (worst {result.worst_replica_lag:.1f}s)")
+                slowed.append(f"held {result.held_seconds:.1f}s for replica lag "
+                              f"(worst {result.worst_replica_lag:.1f}s)")
             if slowed:
                 self.stdout.write(f"{result.backfill}: slowed by the database's health: {', '.join(slowed)}")

@@ -20,7 +20,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--calls", type=int, default=1000,
-                            help=f"how many calls to create (default 1000, at most {MAX_CALLS:,}); run again to add more")
+                            help=f"how many calls to create (default 1000, at most {MAX_CALLS:,}); "
+                                 "run again to add more")
         parser.add_argument("--seed", type=int, default=42, help="random seed; the same seed gives the same data")
         parser.add_argument("--max-turns", type=int, default=60,
                             help="longest conversation of an answered call (default 60; at least 8)")
