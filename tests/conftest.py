@@ -1,27 +1,34 @@
 """What every test shares: real databases built by the real revisions, the revision chain, a CLI runner.
 
 PostgreSQL tests use the server named by ``TEST_POSTGRES_URL`` (default: the local server with
-trust auth). Each test that needs a database gets a new, empty one (``schema_engine.scratch``)
-and it is dropped after. Without a reachable server those tests are skipped, unless
+trust auth). Each test that needs a database gets a new one, empty or a copy of one at head
+(``PostgresDatabases``), and it is dropped after. Without a reachable server those tests are skipped, unless
 ``REQUIRE_POSTGRES=1`` (as in CI), where they fail.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator
+from unittest import mock
 
 import django
 import pytest
 import sqlalchemy as sa
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import CommandError, call_command
 from django.db import connections
 from django.db.utils import load_backend
+from django.test import override_settings
 
 from schema_engine import commands, config, database, errors, scratch, state
 
@@ -77,24 +84,102 @@ def default_database(url: sa.URL) -> Iterator[None]:
         connections["default"] = original
 
 
-@pytest.fixture
-def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], sa.URL]]:
-    """Return a factory: ``make_database(backend)`` creates an empty database and returns its URL."""
-    created: list[tuple[str, sa.URL]] = []
+class PostgresDatabases:
+    """The tests' PostgreSQL databases, each made one ahead and dropped behind on a thread while tests run.
 
-    def make(backend: str) -> sa.URL:
+    On this server CREATE DATABASE (a copy through the WAL) and DROP DATABASE (it waits for a
+    checkpoint) take about a second each: per test, they would cost more than most tests.
+    ``template`` names a database to copy; ``head()`` is one that the real revisions upgraded to head
+    once a session, so that each test at head gets a copy of it instead of running every revision.
+    """
+
+    def __init__(self, admin: sa.Engine) -> None:
+        self.admin = admin
+        self.worker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-databases")
+        self.spares: dict[str | None, Future[sa.URL]] = {}
+        self.drops: list[Future[None]] = []
+        self.head_template: sa.URL | None = None
+
+    def _create(self, template: str | None) -> Future[sa.URL]:
+        return self.worker.submit(scratch.create_database, self.admin, scratch.unique_name("test_reautomation"),
+                                  template=template)
+
+    def take(self, template: str | None = None) -> sa.URL:
+        """A new database (empty, or a copy of ``template``, which nothing may be connected to)."""
+        url = (self.spares.pop(template, None) or self._create(template)).result()
+        self.spares[template] = self._create(template)
+        return url
+
+    def head(self) -> sa.URL:
+        if self.head_template is None:
+            self.head_template = self.take()
+            commands.upgrade(revision="head", url=self.head_template)
+        return self.head_template
+
+    def settle(self) -> None:
+        """Wait until no database is being made or dropped."""
+        for pending in [*self.spares.values(), *self.drops]:
+            pending.exception()
+
+    def drop(self, url: sa.URL) -> None:
+        self.drops.append(self.worker.submit(scratch.drop_database, self.admin, url))
+
+    def close(self) -> None:
+        for spare in self.spares.values():
+            self.drop(spare.result())
+        if self.head_template is not None:
+            self.drop(self.head_template)
+        self.worker.shutdown(wait=True)
+        for dropped in self.drops:
+            dropped.result()
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_admin: sa.Engine) -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases(postgres_admin)
+    yield databases
+    databases.close()
+
+
+@pytest.fixture
+def quiet_server(postgres_databases: PostgresDatabases) -> None:
+    """No database being made or dropped on the server while the test runs (request it after its databases).
+
+    A CREATE DATABASE running beside a test's VACUUM (FREEZE) leaves it nothing to freeze, so it does not wait.
+    """
+    postgres_databases.settle()
+
+
+@pytest.fixture(scope="session")
+def sqlite_head(tmp_path_factory: pytest.TempPathFactory) -> sa.URL:
+    """A SQLite database that the real revisions upgraded to head, once a session; tests get copies of the file."""
+    url = sa.URL.create("sqlite", database=str(tmp_path_factory.mktemp("head") / "head.sqlite3"))
+    commands.upgrade(revision="head", url=url)
+    return url
+
+
+@pytest.fixture
+def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., sa.URL]]:
+    """Return a factory: ``make_database(backend)`` creates an empty database and returns its URL.
+
+    ``make_database(backend, at_head=True)``: a database at head, a copy of one the real revisions built.
+    """
+    created: list[sa.URL] = []
+
+    def make(backend: str, *, at_head: bool = False) -> sa.URL:
         if backend == "sqlite":
             url = sa.URL.create("sqlite", database=str(tmp_path / f"{uuid.uuid4().hex}.sqlite3"))
-        else:
-            url = scratch.create_database(request.getfixturevalue("postgres_admin"),
-                                          scratch.unique_name("test_reautomation"))
-        created.append((backend, url))
+            if at_head:
+                shutil.copyfile(request.getfixturevalue("sqlite_head").database, url.database)
+            return url
+        databases = request.getfixturevalue("postgres_databases")
+        url = databases.take(databases.head().database if at_head else None)
+        created.append(url)
         return url
 
     yield make
-    for backend, url in created:
-        if backend == "postgresql":
-            scratch.drop_database(request.getfixturevalue("postgres_admin"), url)
+    for url in created:
+        request.getfixturevalue("postgres_databases").drop(url)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -104,29 +189,27 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def empty_db(make_database: Callable[[str], sa.URL], backend: str) -> sa.URL:
+def empty_db(make_database: Callable[..., sa.URL], backend: str) -> sa.URL:
     """A new, empty database on ``backend``."""
     return make_database(backend)
 
 
 @pytest.fixture
-def head_db(empty_db: sa.URL) -> sa.URL:
-    """A new database on ``backend``, upgraded to head by the real revisions."""
-    commands.upgrade(revision="head", url=empty_db)
-    return empty_db
+def head_db(make_database: Callable[..., sa.URL], backend: str) -> sa.URL:
+    """A new database on ``backend`` at head (a copy of one the real revisions built: ``make_database``)."""
+    return make_database(backend, at_head=True)
 
 
 @pytest.fixture
-def pg_db(make_database: Callable[[str], sa.URL]) -> sa.URL:
+def pg_db(make_database: Callable[..., sa.URL]) -> sa.URL:
     """A new, empty PostgreSQL database."""
     return make_database("postgresql")
 
 
 @pytest.fixture
-def pg_head_db(pg_db: sa.URL) -> sa.URL:
-    """A new PostgreSQL database at head."""
-    commands.upgrade(revision="head", url=pg_db)
-    return pg_db
+def pg_head_db(make_database: Callable[..., sa.URL]) -> sa.URL:
+    """A new PostgreSQL database at head (as ``head_db``)."""
+    return make_database("postgresql", at_head=True)
 
 
 @pytest.fixture
@@ -192,6 +275,36 @@ def run_cli(*args: str, database_url: sa.URL | str, **env: str) -> subprocess.Co
 def manage(database_url: sa.URL | str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run ``manage.py ARGS`` against ``database_url``."""
     return run_cli(sys.executable, "manage.py", *args, database_url=database_url, **env)
+
+
+def call(database_url: sa.URL | str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py ARGS`` in this process, for tests where nothing about a process is under test.
+
+    It returns what ``manage`` would: the output, and a CommandError as Django's ``run_from_argv``
+    turns it into one line on stderr and its exit code (a configuration error as manage.py does).
+    ``env`` names settings, parsed from these values as reautomation/settings.py parses its environment.
+    """
+    out, err = io.StringIO(), io.StringIO()
+    returncode = 0
+    try:
+        with default_database(sa.make_url(django_url(database_url))), override_settings(**_settings_from(env)):
+            call_command(*args, stdout=out, stderr=err)
+    except CommandError as exc:
+        err.write(f"CommandError: {exc}\n")
+        returncode = exc.returncode
+    except ImproperlyConfigured as exc:
+        err.write(f"manage.py: configuration error: {exc}\n")
+        returncode = 2
+    return subprocess.CompletedProcess(["manage.py", *args], returncode, out.getvalue(), err.getvalue())
+
+
+def _settings_from(env: dict[str, str]) -> dict[str, object]:
+    """The settings that ``env`` sets, read by reautomation/settings.py itself (each name must be a setting)."""
+    if not env:
+        return {}
+    with mock.patch.dict(os.environ, env):
+        fresh = runpy.run_path(str(ROOT / "reautomation" / "settings.py"))
+    return {name: fresh[name] for name in env}
 
 
 def start_manage(database_url: sa.URL | str, *args: str, **env: str) -> subprocess.Popen[str]:

@@ -15,7 +15,7 @@ from calls import backfill
 from calls.backfill import control
 from calls.models import BackfillRun
 from schema_engine import database
-from tests.conftest import manage, run_sql, start_manage, wait_for
+from tests.conftest import call, run_sql, start_manage, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.sample_calls(60)]
 BATCH = 10
@@ -52,7 +52,7 @@ def test_pause_then_resume_from_the_command_line(seeded: sa.URL, workers: str) -
     working = start_paced(seeded, "--workers", workers)
     try:
         wait_for(lambda: scanned(seeded) >= 5 * BATCH)
-        paused = manage(seeded, "backfill_context", "--pause", "--only", "messages")
+        paused = call(seeded, "backfill_context", "--pause", "--only", "messages")
         assert paused.returncode == 0, paused.stderr
         assert "messages: run 1 paused by " in paused.stdout and "--resume" in paused.stdout
         at_pause = scanned(seeded)
@@ -63,7 +63,7 @@ def test_pause_then_resume_from_the_command_line(seeded: sa.URL, workers: str) -
         assert scanned(seeded) - at_pause <= BATCH * int(workers)
         assert working.poll() is None
 
-        resumed = manage(seeded, "backfill_context", "--resume", "--only", "messages")
+        resumed = call(seeded, "backfill_context", "--resume", "--only", "messages")
         assert resumed.returncode == 0, resumed.stderr
         assert "messages: run 1 resumed" in resumed.stdout
         out, err = working.communicate(timeout=300)
@@ -82,7 +82,7 @@ def test_running_the_command_again_resumes_a_paused_run(seeded: sa.URL) -> None:
     working.kill()  # its workers gone: the run stays paused, its cursor kept
     working.wait()
     cursor = run_row(seeded).cursor
-    again = manage(seeded, "backfill_context", "--only", "messages")
+    again = call(seeded, "backfill_context", "--only", "messages")
     assert again.returncode == 0, again.stderr
     row = run_row(seeded)
     assert (row.id, row.status, row.resumed_from_id) == (1, "succeeded", None) and row.cursor > cursor
@@ -92,7 +92,7 @@ def test_cancel_stops_the_run_and_a_later_run_starts_afresh(seeded: sa.URL) -> N
     working = start_paced(seeded, "--workers", "2")
     try:
         wait_for(lambda: scanned(seeded) >= 5 * BATCH)
-        cancelled = manage(seeded, "backfill_context", "--cancel")
+        cancelled = call(seeded, "backfill_context", "--cancel")
         assert cancelled.returncode == 0, cancelled.stderr
         out, err = working.communicate(timeout=300)
     finally:
@@ -105,7 +105,7 @@ def test_cancel_stops_the_run_and_a_later_run_starts_afresh(seeded: sa.URL) -> N
     left = run_sql(seeded, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0]
     assert left > 0
 
-    later = manage(seeded, "backfill_context", "--only", "messages")
+    later = call(seeded, "backfill_context", "--only", "messages")
     assert later.returncode == 0, later.stderr
     row = run_row(seeded)
     assert (row.status, row.resumed_from_id, row.rows_scanned) == ("succeeded", None, left)  # afresh: only what needs it
@@ -114,7 +114,7 @@ def test_cancel_stops_the_run_and_a_later_run_starts_afresh(seeded: sa.URL) -> N
 
 @pytest.mark.parametrize("args", [["--pause"], ["--resume"], ["--cancel"], ["--cancel", "--only", "calls"]])
 def test_a_brake_with_nothing_to_act_on_is_one_line(pg_head_db: sa.URL, args: list[str]) -> None:
-    result = manage(pg_head_db, "backfill_context", *args)
+    result = call(pg_head_db, "backfill_context", *args)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, lines

@@ -100,7 +100,7 @@ def test_sessions_waiting_on_its_locks_halve_its_batches(seeded: sa.URL, held_ba
 
 
 @pytest.mark.sample_calls(60)
-def test_vacuum_on_its_table_halves_its_speed(seeded: sa.URL) -> None:
+def test_vacuum_on_its_table_halves_its_speed(seeded: sa.URL, quiet_server: None) -> None:
     with psycopg.connect(django_url(seeded)) as pinning:
         # A cursor that pins the table's first page: VACUUM (FREEZE) waits for it, and shows in
         # pg_stat_progress_vacuum all along, as a long autovacuum does.

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from calls.management.commands.generate_sample_data import MAX_CALLS
 from calls.sample_data import generate_sample_data
 from schema_engine import commands, database
-from tests.conftest import manage, run_sql
+from tests.conftest import call, run_sql
 
 
 def test_a_second_run_adds_more_data(head_db: sa.URL) -> None:
@@ -50,9 +50,9 @@ def test_a_run_stopped_partway_adds_nothing(make_database) -> None:
 
 def test_the_command_run_twice_adds_more(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/db.sqlite3"
-    assert manage(url, "migrate_schema").returncode == 0
+    assert call(url, "migrate_schema").returncode == 0
     for _ in range(2):
-        result = manage(url, "generate_sample_data", "--calls", "10")
+        result = call(url, "generate_sample_data", "--calls", "10")
         assert result.returncode == 0, result.stderr
     assert run_sql(sa.make_url(url), "SELECT count(*) FROM calls")[0][0] == 20
 
@@ -62,8 +62,8 @@ def test_the_command_run_twice_adds_more(tmp_path) -> None:
                                   ["--max-turns", "3"]])
 def test_out_of_range_options_are_one_line(tmp_path, args: list[str]) -> None:
     url = f"sqlite:///{tmp_path}/db.sqlite3"
-    assert manage(url, "migrate_schema").returncode == 0
-    result = manage(url, "generate_sample_data", *args)
+    assert call(url, "migrate_schema").returncode == 0
+    result = call(url, "generate_sample_data", *args)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("CommandError:") and "Traceback" not in result.stderr, lines

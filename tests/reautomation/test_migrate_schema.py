@@ -16,6 +16,7 @@ from schema_engine import commands, config, database, state
 from tests.conftest import (
     REVISIONS,
     ROOT,
+    call,
     cli_environment,
     django_url,
     error_lines,
@@ -146,13 +147,11 @@ def test_plain_alembic_cli_works_on_the_same_database(tmp_path: Path) -> None:
     """The guide's users type ``alembic current``: it sees what ``migrate_schema`` did, and vice versa."""
     url = f"sqlite:///{tmp_path}/shared.sqlite3"
     alembic = str(Path(sys.executable).parent / "alembic")
-    assert run_cli(sys.executable, "manage.py", "migrate_schema", "upgrade", "003_context_management",
-                   database_url=url).returncode == 0
+    assert call(url, "migrate_schema", "upgrade", "003_context_management").returncode == 0
     current = run_cli(alembic, "current", database_url=url)
     assert current.returncode == 0 and "003_context_management" in current.stdout
     assert run_cli(alembic, "upgrade", "head", database_url=url).returncode == 0
-    assert f"{REVISIONS[-1]} (head)" in run_cli(
-        sys.executable, "manage.py", "migrate_schema", "current", database_url=url).stdout
+    assert f"{REVISIONS[-1]} (head)" in call(url, "migrate_schema", "current").stdout
     failed = run_cli(alembic, "upgrade", "nope", database_url=url)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
     assert "FAILED: Can't locate revision identified by 'nope'" in failed.stdout
@@ -194,11 +193,11 @@ def test_every_database_command_names_the_database_first(pg_db_url: str) -> None
     """An operator who forgot the export sees which database a command acts on (password hidden)."""
     url = pg_db_url.replace("postgresql://postgres@", "postgresql://postgres:hunter2@")
     for args in (["upgrade", "002_voice_agent_integration"], ["current"], ["plan"], ["downgrade", "-1"]):
-        result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=url)
+        result = call(url, "migrate_schema", *args)
         first = result.stdout.splitlines()[0]
         assert first.startswith("Database: postgresql+psycopg://postgres:***@127.0.0.1"), (args, result.stdout)
         assert "hunter2" not in result.stdout + result.stderr
-    preview = run_cli(sys.executable, "manage.py", "migrate_schema", "upgrade", "head", "--sql", database_url=url)
+    preview = call(url, "migrate_schema", "upgrade", "head", "--sql")
     assert preview.stdout.lstrip().startswith("SET lock_timeout") and "Database: " in preview.stderr
     alembic = run_cli(str(Path(sys.executable).parent / "alembic"), "current", database_url=url)
     assert "Database: postgresql+psycopg://postgres:***@127.0.0.1" in alembic.stderr
@@ -228,10 +227,9 @@ UNKNOWN = ("9f3e2a1b7c4d",)
                          ids=lambda a: "-".join(a))
 def test_a_database_recording_what_no_command_can_start_from_is_one_line(
         make_database, recorded: tuple[str, ...], message: str, args: list[str]) -> None:
-    url = make_database("postgresql")
-    commands.upgrade(revision="head", url=url)
+    url = make_database("postgresql", at_head=True)
     _record(url, *recorded)
-    result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=django_url(url))
+    result = call(url, "migrate_schema", *args)
     assert result.returncode == 1, result.stdout + result.stderr
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and message in errors[0] and "stamp REV --purge" in errors[0], result.stderr
@@ -241,32 +239,27 @@ def test_a_database_recording_what_no_command_can_start_from_is_one_line(
 @pytest.mark.parametrize("recorded", [SEVERAL, UNKNOWN], ids=["several", "unknown"])
 def test_stamp_purge_gets_the_operator_out(make_database, recorded: tuple[str, ...]) -> None:
     """The guide's fixes (``stamp REV``, ``UPDATE alembic_version``) fail here; ``stamp --purge`` does not."""
-    url = make_database("postgresql")
-    commands.upgrade(revision="head", url=url)
+    url = make_database("postgresql", at_head=True)
     _record(url, *recorded)
     alembic = run_cli(str(Path(sys.executable).parent / "alembic"), "current", database_url=django_url(url))
     assert alembic.returncode != 0 and "Traceback" not in alembic.stderr and "--purge" in alembic.stdout
-    result = run_cli(sys.executable, "manage.py", "migrate_schema", "stamp", REVISIONS[-1], "--purge",
-                     database_url=django_url(url))
+    result = call(url, "migrate_schema", "stamp", REVISIONS[-1], "--purge")
     assert result.returncode == 0, result.stderr
     assert f"Stamped the database as {REVISIONS[-1]}" in result.stdout
     assert run_sql(url, "SELECT version_num FROM alembic_version") == [(REVISIONS[-1],)]
-    assert "Nothing to do" in run_cli(sys.executable, "manage.py", "migrate_schema",
-                                      database_url=django_url(url)).stdout
+    assert "Nothing to do" in call(url, "migrate_schema").stdout
 
 
 @pytest.mark.parametrize("args", [["current"], ["plan"], ["plan", "--json"], ["upgrade"], ["heads"]],
                          ids=lambda a: "-".join(a))
 def test_multiple_heads_are_one_line_with_the_documented_exit_code(
         make_database, scratch_migrations: Path, args: list[str]) -> None:
-    url = make_database("postgresql")
-    commands.upgrade(revision="head", url=url)
+    url = make_database("postgresql", at_head=True)
     (scratch_migrations / "versions" / "b1_branch.py").write_text(
         '"""A branch from 003."""\nrevision = "b1_branch"\ndown_revision = "003_context_management"\n'
         "branch_labels = None\ndepends_on = None\n\n"
         "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n")
-    result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=django_url(url),
-                     ALEMBIC_SCRIPT_LOCATION=str(scratch_migrations))
+    result = call(url, "migrate_schema", *args, ALEMBIC_SCRIPT_LOCATION=str(scratch_migrations))
     assert "Traceback" not in result.stderr
     if args == ["heads"]:
         assert result.returncode == 0 and "b1_branch (head)" in result.stdout
@@ -285,15 +278,14 @@ def test_multiple_heads_are_one_line_with_the_documented_exit_code(
                               "merge-one-head", "merge-the-same-twice"])
 def test_empty_revisions_and_pointless_merges_are_refused(tmp_path: Path, args: list[str]) -> None:
     url = f"sqlite:///{tmp_path}/db.sqlite3"
-    assert run_cli(sys.executable, "manage.py", "migrate_schema", database_url=url).returncode == 0
-    result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=url)
+    assert call(url, "migrate_schema").returncode == 0
+    result = call(url, "migrate_schema", *args)
     assert result.returncode == 1
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 1 and ("no revision given" in errors[0] or "nothing to merge" in errors[0]), result.stderr
     versions = Path(config.alembic_config().get_main_option("script_location")) / "versions"
     assert len(list(versions.glob("*.py"))) == len(REVISIONS), "a merge revision was written"
-    assert f"{REVISIONS[-1]} (head)" in run_cli(sys.executable, "manage.py", "migrate_schema", "current",
-                                                database_url=url).stdout
+    assert f"{REVISIONS[-1]} (head)" in call(url, "migrate_schema", "current").stdout
 
 
 @pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGTERM, signal.SIGTERM]],

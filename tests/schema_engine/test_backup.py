@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from calls.sample_data import generate_sample_data
 from schema_engine import backup, commands, database, errors, scratch, state
-from tests.conftest import REVISIONS, manage, run_sql
+from tests.conftest import REVISIONS, call, run_sql
 
 SECRET = "s3cret-pw@with-an-at"
 
@@ -192,7 +192,7 @@ def test_a_backup_pg_restore_cannot_read_whole_restores_nothing(pg_with_calls: s
 def test_restore_through_the_command_is_one_line_for_a_bad_file(make_database, tmp_path: Path) -> None:
     url = make_database("sqlite")
     commands.upgrade(revision="head", url=url)
-    result = manage(url, "migrate_schema", "restore", "/etc/passwd", "--yes")
+    result = call(url, "migrate_schema", "restore", "/etc/passwd", "--yes")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "CommandError: /etc/passwd is not a SQLite backup of this schema; nothing was restored"]

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from schema_engine import checksums, commands, errors, plan
 from schema_engine.config import CHECKSUM_TABLE
 from schema_engine.state import script_directory
-from tests.conftest import REVISIONS, error_lines, manage, previous, run_sql, scratch_alembic_cli
+from tests.conftest import REVISIONS, call, error_lines, previous, run_sql, scratch_alembic_cli
 
 
 def recorded(url: sa.URL) -> dict[str, str]:
@@ -79,7 +79,7 @@ def test_a_changed_applied_revision_is_refused_by_plan_upgrade_and_verify_until_
     assert refused.value.revisions == (changed,)
     assert run_sql(pg_db, "SELECT version_num FROM alembic_version") == [(previous(REVISIONS[-1]),)]
 
-    verified = manage(pg_db, "migrate_schema", "verify", **env)
+    verified = call(pg_db, "migrate_schema", "verify", **env)
     assert verified.returncode == 1
     assert f"  {changed:<30}" in verified.stdout and "CHANGED since it was applied" in verified.stdout
     assert error_lines(verified.stderr) == [
@@ -88,16 +88,16 @@ def test_a_changed_applied_revision_is_refused_by_plan_upgrade_and_verify_until_
         "and write a new revision for the change; if the change is deliberate and the database needs nothing of "
         f"it, accept it with 'manage.py migrate_schema verify --accept {changed}'"]
 
-    accepted = manage(pg_db, "migrate_schema", "verify", "--accept", changed, **env)
+    accepted = call(pg_db, "migrate_schema", "verify", "--accept", changed, **env)
     assert accepted.returncode == 0, accepted.stderr
     assert f"Accepted {changed}: checksum" in accepted.stdout
-    assert manage(pg_db, "migrate_schema", "verify", **env).returncode == 0
-    assert manage(pg_db, "migrate_schema", "upgrade", "head", **env).returncode == 0
+    assert call(pg_db, "migrate_schema", "verify", **env).returncode == 0
+    assert call(pg_db, "migrate_schema", "upgrade", "head", **env).returncode == 0
 
 
 def test_accepting_a_revision_the_database_has_not_applied_is_refused(pg_db: sa.URL) -> None:
     commands.upgrade(revision=REVISIONS[1], url=pg_db)
-    done = manage(pg_db, "migrate_schema", "verify", "--accept", REVISIONS[-1])
+    done = call(pg_db, "migrate_schema", "verify", "--accept", REVISIONS[-1])
     assert done.returncode == 1
     assert error_lines(done.stderr) == [f"CommandError: {REVISIONS[-1]} is not a revision this database has applied; "
                                         "'manage.py migrate_schema verify' lists them"]
@@ -128,7 +128,7 @@ def test_an_edited_downgrade_is_changed_for_verify_and_plan_and_refused_by_downg
 
     (found,) = [c for c in checksums.verify(url=pg_head_db) if c.changed]
     assert (found.revision, found.changed_parts) == (changed, ("downgrade",))
-    verified = manage(pg_head_db, "migrate_schema", "verify", **env)
+    verified = call(pg_head_db, "migrate_schema", "verify", **env)
     assert verified.returncode == 1
     assert f"  {changed:<30} {found.current[:12]}  CHANGED since it was applied (downgrade)" in verified.stdout
 
@@ -141,7 +141,7 @@ def test_an_edited_downgrade_is_changed_for_verify_and_plan_and_refused_by_downg
         commands.downgrade_target("-1", url=pg_head_db)  # scripts/rollback's step 0, before the application stops
     assert run_sql(pg_head_db, "SELECT version_num FROM alembic_version") == [(REVISIONS[-1],)]
 
-    for spelling in (manage(pg_head_db, "migrate_schema", "downgrade", "-1", **env),
+    for spelling in (call(pg_head_db, "migrate_schema", "downgrade", "-1", **env),
                      scratch_alembic_cli(scratch_migrations, pg_head_db, "downgrade", "-1")):
         assert spelling.returncode != 0 and "Traceback" not in spelling.stderr
         assert checksums.changed_message([changed]) in spelling.stdout + spelling.stderr

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from calls.backfill import health
 from calls.sample_data import generate_sample_data
 from schema_engine import commands, database, errors, guard, progress, scratch, state
-from tests.conftest import HEAD, REVISIONS, manage, run_sql, start_manage, wait_for
+from tests.conftest import HEAD, REVISIONS, call, manage, run_sql, start_manage, wait_for
 
 pytestmark = pytest.mark.postgres
 
@@ -70,7 +70,7 @@ def test_a_host_that_waits_too_long_for_the_lock_stops_with_one_line(pg_db: sa.U
                                                                      other_session: sa.Connection) -> None:
     hold_migration_lock(other_session)
     started = time.monotonic()
-    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_WAIT_SECONDS="1")
+    result = call(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_WAIT_SECONDS="1")
     assert time.monotonic() - started < 30
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -83,8 +83,8 @@ def test_ddl_behind_a_long_transaction_retries_then_gives_up_with_nothing_half_a
         pg_db: sa.URL, other_session: sa.Connection) -> None:
     commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
     other_session.execute(sa.text("SELECT count(*) FROM calls"))  # a transaction left open: ACCESS SHARE on calls
-    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="100ms", MIGRATION_LOCK_RETRIES="2",
-                    MIGRATION_RETRY_PAUSE_SECONDS="0.05")
+    result = call(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="100ms", MIGRATION_LOCK_RETRIES="2",
+                  MIGRATION_RETRY_PAUSE_SECONDS="0.05")
     other_session.rollback()
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
@@ -109,8 +109,8 @@ def idle_blocker(pg_db: sa.URL) -> Iterator[int]:
 
 def test_each_retry_names_the_session_that_holds_the_lock(pg_db: sa.URL, idle_blocker: int) -> None:
     blocker_pid = idle_blocker
-    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="500ms",
-                    MIGRATION_LOCK_RETRIES="1", MIGRATION_RETRY_PAUSE_SECONDS="0.05")
+    result = call(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="500ms",
+                  MIGRATION_LOCK_RETRIES="1", MIGRATION_RETRY_PAUSE_SECONDS="0.05")
     assert result.returncode == 1
     retry = next(line for line in result.stderr.splitlines() if "retry 1 " in line)
     named = f"blocked by pid {blocker_pid} (voice-agent, idle in transaction, transaction open "
@@ -162,7 +162,7 @@ def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL, 
     # leaves the index INVALID, as a killed or failed build does.
     other_session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
     other_session.execute(sa.text("SELECT count(*) FROM contacts"))
-    failed = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms", MIGRATION_LOCK_RETRIES="0")
+    failed = call(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms", MIGRATION_LOCK_RETRIES="0")
     assert failed.returncode == 1
     assert "could not lock a table within lock_timeout=300ms, 1 tries" in failed.stderr
     invalid = run_sql(pg_db, "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -170,12 +170,12 @@ def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL, 
     assert invalid, "the interrupted build left no INVALID index"
     name = invalid[0][0]
 
-    reported = manage(pg_db, "migrate_schema", "current")
+    reported = call(pg_db, "migrate_schema", "current")
     assert reported.returncode == 0
     assert f"warning: index {name} on " in reported.stderr and "INVALID" in reported.stderr
 
     other_session.rollback()
-    rebuilt = manage(pg_db, "migrate_schema", "upgrade", "head")
+    rebuilt = call(pg_db, "migrate_schema", "upgrade", "head")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "INVALID" not in rebuilt.stderr
     assert run_sql(pg_db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")[0][0] == 0
@@ -186,7 +186,7 @@ def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL, 
 def test_a_statement_over_statement_timeout_stops_with_one_line(pg_db: sa.URL, other_session: sa.Connection) -> None:
     commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
     other_session.execute(sa.text("SELECT count(*) FROM calls"))  # 003's ALTER TABLE calls waits on it...
-    result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="30s", MIGRATION_STATEMENT_TIMEOUT="500ms")
+    result = call(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="30s", MIGRATION_STATEMENT_TIMEOUT="500ms")
     other_session.rollback()  # ... longer than statement_timeout, well within lock_timeout
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
@@ -337,7 +337,7 @@ def test_plan_warns_of_long_transactions_on_the_tables_pending_revisions_touch(
     other_session.execute(sa.text("SELECT count(*) FROM calls"))
     other_session.execute(sa.text("SELECT count(*) FROM contacts"))  # no pending revision touches contacts
     blocker_pid = other_session.connection.driver_connection.info.backend_pid
-    result = manage(pg_db, "migrate_schema", "plan", MIGRATION_LONG_TRANSACTION_SECONDS="0")
+    result = call(pg_db, "migrate_schema", "plan", MIGRATION_LONG_TRANSACTION_SECONDS="0")
     other_session.rollback()
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stdout.splitlines() if line.startswith("  warning: ")]

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from schema_engine import commands, errors, plan
-from tests.conftest import HEAD, manage
+from tests.conftest import HEAD, call
 from tests.schema_engine.conftest import add_column_revision
 
 REVISION = '''"""Add an index on calls.summary, for the admin's search by summary."""
@@ -59,7 +59,7 @@ def test_a_finding_the_revision_accepts_is_shown_with_its_reason(at_head: sa.URL
         ("require-concurrent-index-creation", "calls is small in every deployment (a thousand rows)"),)
     assert result.as_dict()["pending"][0]["accepted_lint_findings"] == [
         {"rule": "require-concurrent-index-creation", "reason": "calls is small in every deployment (a thousand rows)"}]
-    shown = manage(at_head, "migrate_schema", "plan", ALEMBIC_SCRIPT_LOCATION=str(scratch_migrations))
+    shown = call(at_head, "migrate_schema", "plan", ALEMBIC_SCRIPT_LOCATION=str(scratch_migrations))
     assert shown.returncode == 0, shown.stderr
     assert ("    accepted squawk finding require-concurrent-index-creation: calls is small in every deployment "
             "(a thousand rows)") in shown.stdout.splitlines()
@@ -93,7 +93,7 @@ def test_a_pending_merge_revision_is_planned_and_applied(at_head: sa.URL, scratc
     assert [rev.revision for rev in planned.pending][-1] == merge
     assert {rev.revision for rev in planned.pending} == {"007_add_region", "007_add_channel", merge}
     assert planned.safe, planned.problems
-    shown = manage(at_head, "migrate_schema", "plan", ALEMBIC_SCRIPT_LOCATION=str(scratch_migrations))
+    shown = call(at_head, "migrate_schema", "plan", ALEMBIC_SCRIPT_LOCATION=str(scratch_migrations))
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert f"  pending {merge:<30} merge region and channel" in shown.stdout.splitlines()
 

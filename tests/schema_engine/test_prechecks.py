@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from schema_engine import commands, errors, plan
-from tests.conftest import HEAD, error_lines, manage, run_sql, scratch_alembic_cli
+from tests.conftest import HEAD, call, error_lines, run_sql, scratch_alembic_cli
 from tests.schema_engine.conftest import add_column_revision
 
 UNIQUE_PHONE = '''"""Make calls.phone_number unique: one call row per number (the dialler's dedup).
@@ -92,19 +92,19 @@ def test_a_failing_check_is_refused_by_plan_and_upgrade_with_its_rows(
     assert recorded(head_db) == [HEAD]
 
     env = {"ALEMBIC_SCRIPT_LOCATION": str(scratch_migrations)}
-    shown = manage(head_db, "migrate_schema", "plan", "--json", **env)
+    shown = call(head_db, "migrate_schema", "plan", "--json", **env)
     assert shown.returncode == 3
     assert json.loads(shown.stdout)["pending"][0]["data_checks"] == [{
         "name": "no duplicate phone_number", "status": "failed", "deferred": "",
         "query": "SELECT phone_number, count(*) FROM calls GROUP BY phone_number HAVING count(*) > 1 "
                  "ORDER BY phone_number",
         "sample": [["+15550000001", "2"], ["+15550000003", "2"]]}]
-    upgraded = manage(head_db, "migrate_schema", "upgrade", "head", **env)
+    upgraded = call(head_db, "migrate_schema", "upgrade", "head", **env)
     assert upgraded.returncode == 1
     assert error_lines(upgraded.stderr) == [f"CommandError: {expected}; nothing was changed"]
 
     run_sql(head_db, "DELETE FROM calls WHERE id NOT IN (SELECT min(id) FROM calls GROUP BY phone_number)")
-    shown = manage(head_db, "migrate_schema", "plan", **env)
+    shown = call(head_db, "migrate_schema", "plan", **env)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert '    data check "no duplicate phone_number": passed' in shown.stdout.splitlines()
     assert commands.upgrade(revision="head", url=head_db).current == ("007_unique_phone",)

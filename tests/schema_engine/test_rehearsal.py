@@ -6,7 +6,7 @@ import json
 import sqlalchemy as sa
 
 from schema_engine import commands, plan
-from tests.conftest import HEAD, REVISIONS, manage, previous, run_sql
+from tests.conftest import HEAD, REVISIONS, call, previous, run_sql
 
 
 def rehearsal_databases(url: sa.URL) -> list[str]:
@@ -51,7 +51,7 @@ def test_stamp_head_after_a_failed_revision_is_drift_not_safe(pg_db: sa.URL) -> 
     assert not result.safe and result.drift
     assert result.problems[0].startswith(f"the database records head ({HEAD}) but differs from the models (")
 
-    shown = manage(pg_db, "migrate_schema", "plan", "--rehearse", "--json")
+    shown = call(pg_db, "migrate_schema", "plan", "--rehearse", "--json")
     assert shown.returncode == 3
     planned = json.loads(shown.stdout)
     assert planned["drift"] and planned["rehearsal"]["revisions"] == [] and planned["rehearsal"]["drift"]
@@ -59,7 +59,7 @@ def test_stamp_head_after_a_failed_revision_is_drift_not_safe(pg_db: sa.URL) -> 
 
 def test_plan_rehearse_reports_each_revision_and_its_duration(pg_db: sa.URL) -> None:
     commands.upgrade(revision=previous(HEAD), url=pg_db)
-    shown = manage(pg_db, "migrate_schema", "plan", "--rehearse")
+    shown = call(pg_db, "migrate_schema", "plan", "--rehearse")
     assert shown.returncode == 0, shown.stdout + shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[1] == "Rehearsal: the pending revisions on a copy of the schema (no data), dropped afterwards"
