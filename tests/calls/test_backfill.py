@@ -1,4 +1,5 @@
-"""``backfill_context``: exact values, idempotent, resumable, cooperating, throttled, recorded; PostgreSQL and SQLite."""
+"""``backfill_context``: exact values, idempotent, resumable, cooperating, throttled, recorded;
+PostgreSQL and SQLite."""
 from __future__ import annotations
 
 import gc
@@ -34,13 +35,15 @@ def seed(url: sa.URL, calls: int = 30) -> None:
     with database.connect(url) as conn:
         generate_sample_data(connection=conn, calls=calls, seed=7)
     now = "NOW()" if url.get_backend_name() == "postgresql" else "CURRENT_TIMESTAMP"
-    run_sql(url, f"INSERT INTO calls (phone_number, status, tier, created_at) VALUES ('+15550000000', 'completed', 'tier1', {now})")
+    run_sql(url, f"INSERT INTO calls (phone_number, status, tier, created_at) "
+                 f"VALUES ('+15550000000', 'completed', 'tier1', {now})")
     call_id = run_sql(url, "SELECT max(id) FROM calls")[0][0]
     for content in AWKWARD:  # as other systems insert them: no turn index, no counts
         run_sql(url, f"INSERT INTO conversation_history (call_id, role, content, created_at) "
                      f"VALUES (:call, 'user', :content, {now})", {"call": call_id, "content": content})
     # A call with no messages: 0 tokens.
-    run_sql(url, f"INSERT INTO calls (phone_number, status, tier, created_at) VALUES ('+15550000001', 'no_answer', 'tier1', {now})")
+    run_sql(url, f"INSERT INTO calls (phone_number, status, tier, created_at) "
+                 f"VALUES ('+15550000001', 'no_answer', 'tier1', {now})")
 
 
 @pytest.fixture
@@ -102,7 +105,8 @@ def test_fills_every_value_exactly(filled_db: sa.URL) -> None:
 
 def test_hand_computed_call(head_db: sa.URL) -> None:
     now = "NOW()" if head_db.get_backend_name() == "postgresql" else "CURRENT_TIMESTAMP"
-    run_sql(head_db, f"INSERT INTO calls (phone_number, status, tier, created_at) VALUES ('+1', 'completed', 'tier1', {now})")
+    run_sql(head_db, f"INSERT INTO calls (phone_number, status, tier, created_at) "
+                     f"VALUES ('+1', 'completed', 'tier1', {now})")
     for turn, (role, content) in enumerate([("system", "hello world"), ("user", "Hello, world!"), ("assistant", "")]):
         run_sql(head_db, f"INSERT INTO conversation_history (call_id, role, content, turn_index, created_at) "
                          f"VALUES (1, '{role}', '{content}', {turn}, {now})")
@@ -177,8 +181,8 @@ def test_dry_run_counts_and_writes_nothing(filled_db: sa.URL) -> None:
 
 def test_each_run_is_recorded(filled_db: sa.URL) -> None:
     results = run(filled_db, batch_size=50)
-    runs = run_sql(filled_db, "SELECT backfill, status, rows_scanned, rows_changed, cursor, finished_at, error, rows_total "
-                              "FROM backfill_runs ORDER BY id")
+    runs = run_sql(filled_db, "SELECT backfill, status, rows_scanned, rows_changed, cursor, finished_at, error, "
+                              "rows_total FROM backfill_runs ORDER BY id")
     assert [(r.backfill, r.status) for r in runs] == [("messages", "succeeded"), ("calls", "succeeded")]
     messages = runs[0]
     assert messages.rows_scanned == messages.rows_changed == messages.rows_total == results["messages"].scanned
@@ -200,7 +204,8 @@ def test_a_batch_write_stores_exactly_the_values_given(filled_db: sa.URL, layout
     first_ids = [r[0] for r in run_sql(filled_db, "SELECT id FROM conversation_history ORDER BY id LIMIT 200")]
     ids = [first_ids[i] for i in WRITE_LAYOUTS[layout]]
     run_sql(filled_db, f"UPDATE conversation_history SET importance = 0.25 WHERE id = {ids[4]}")
-    before = {r.id: tuple(r) for r in run_sql(filled_db, "SELECT id, token_count, importance FROM conversation_history")}
+    before = {r.id: tuple(r)
+              for r in run_sql(filled_db, "SELECT id, token_count, importance FROM conversation_history")}
     calls_before = stored_calls(filled_db)
     importances = [0.1, 1 / 3, 5e-324, 0.6, None]
     engine = database.create_engine(filled_db)
@@ -438,7 +443,8 @@ def pg_seeded(pg_head_db: sa.URL) -> sa.URL:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_resumes_after_kill_9(pg_seeded: sa.URL, workers: str) -> None:
     url = pg_seeded
-    process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--batch-pause", "0.05", "--workers", workers)
+    process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--batch-pause", "0.05",
+                             "--workers", workers)
     wait_for(lambda: (run_sql(url, "SELECT max(rows_scanned) FROM backfill_runs")[0][0] or 0) >= 100)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -479,7 +485,8 @@ def test_the_same_command_on_two_hosts_cooperates(pg_seeded: sa.URL) -> None:
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_run_with_other_options_is_refused_while_one_runs(pg_seeded: sa.URL, workers: str) -> None:
     url = pg_seeded
-    first = start_backfill(url, "--only", "messages", "--batch-size", "10", "--batch-pause", "0.1", "--workers", workers)
+    first = start_backfill(url, "--only", "messages", "--batch-size", "10", "--batch-pause", "0.1",
+                           "--workers", workers)
     wait_for(lambda: run_sql(url, "SELECT count(*) FROM backfill_runs")[0][0] == 1)
     second = start_backfill(url, "--only", "messages", "--recompute")
     out, err = second.communicate(timeout=60)
@@ -496,7 +503,8 @@ def test_the_guides_module_entry_points(head_db: sa.URL, module: str, backfill_n
     seed(head_db, calls=5)
     env = {**os.environ, "DATABASE_URL": django_url(head_db), "SECRET_KEY": "t",
            "DJANGO_SETTINGS_MODULE": "reautomation.settings"}
-    result = subprocess.run([sys.executable, "-m", f"migrations_alembic.data_migrations.{module}", "--batch-size", "50"],
+    result = subprocess.run([sys.executable, "-m", f"migrations_alembic.data_migrations.{module}",
+                             "--batch-size", "50"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"{backfill_name}: " in result.stdout and "complete" in result.stdout
@@ -511,7 +519,8 @@ def test_the_guides_module_entry_points(head_db: sa.URL, module: str, backfill_n
 ], ids=lambda a: "".join(a))
 def test_out_of_range_options_are_one_line_and_run_nothing(tmp_path: Path, args: list[str]) -> None:
     url = f"sqlite:///{tmp_path}/db.sqlite3"
-    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": "backfill-test", "DJANGO_SETTINGS_MODULE": "reautomation.settings"}
+    env = {**os.environ, "DATABASE_URL": url, "SECRET_KEY": "backfill-test",
+           "DJANGO_SETTINGS_MODULE": "reautomation.settings"}
     result = subprocess.run([sys.executable, "manage.py", "backfill_context", *args], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1

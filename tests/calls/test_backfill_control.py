@@ -108,7 +108,8 @@ def test_cancel_stops_the_run_and_a_later_run_starts_afresh(seeded: sa.URL) -> N
     later = call(seeded, "backfill_context", "--only", "messages")
     assert later.returncode == 0, later.stderr
     row = run_row(seeded)
-    assert (row.status, row.resumed_from_id, row.rows_scanned) == ("succeeded", None, left)  # afresh: only what needs it
+    # afresh: only what needs it
+    assert (row.status, row.resumed_from_id, row.rows_scanned) == ("succeeded", None, left)
     assert run_sql(seeded, "SELECT count(*) FROM backfill_batches")[0][0] == 0  # none of the cancelled run's left
 
 

@@ -1,4 +1,5 @@
-"""``calls/backfill/workers.py``: a batch that hits a lock or statement timeout, or a deadlock, is halved and retried."""
+"""``calls/backfill/workers.py``: a batch that hits a lock or statement timeout, or a deadlock,
+is halved and retried."""
 from __future__ import annotations
 
 import math
@@ -24,7 +25,8 @@ def test_a_batch_behind_a_row_lock_is_halved_until_only_that_row_waits(seeded: s
     try:
         with pytest.raises(backfill.BackfillFailed,
                            match=rf"row {locked} of conversation_history failed 3 times: .*lock timeout"):
-            backfill.backfill_context(url=seeded, only=("messages",), options=backfill.BackfillOptions(batch_size=BATCH))
+            backfill.backfill_context(url=seeded, only=("messages",),
+                                      options=backfill.BackfillOptions(batch_size=BATCH))
     finally:
         holder.rollback()
         holder.close()

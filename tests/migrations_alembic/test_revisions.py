@@ -55,8 +55,8 @@ ADDS: dict[str, dict[str, object]] = {
     },
     "004_performance_indexes": {
         "indexes": {
-            "calls": {"ix_calls_created_at_covering", "ix_calls_status_created_at", "ix_calls_tier_created_at", "ix_calls_pruned_created_at",
-                      "ix_calls_context_pending"},
+            "calls": {"ix_calls_created_at_covering", "ix_calls_status_created_at", "ix_calls_tier_created_at",
+                      "ix_calls_pruned_created_at", "ix_calls_context_pending"},
             "conversation_history": {"ix_conversation_history_tokens_pending"},
             "performance_metrics": {"ix_performance_metrics_recorded_at"},
             "system_metrics": {"ix_system_metrics_recorded_at"},
@@ -99,7 +99,8 @@ def test_revision_reads_like_the_guide(revision: str) -> None:
 
 @pytest.mark.parametrize("revision", REVISIONS)
 def test_upgrade_adds_and_downgrade_removes(empty_db: sa.URL, revision: str) -> None:
-    """Each revision adds what ``ADDS`` says (when it says), and its downgrade gives back exactly the schema before it."""
+    """Each revision adds what ``ADDS`` says (when it says), and its downgrade gives back exactly
+    the schema before it."""
     commands.upgrade(revision=previous(revision), url=empty_db) if previous(revision) != "base" else None
     before = snapshot(empty_db)
 
@@ -153,7 +154,8 @@ def test_data_survives_every_upgrade_and_downgrade(empty_db: sa.URL) -> None:
     now = _now(empty_db)
     commands.upgrade(revision="002_voice_agent_integration", url=empty_db)
     run_sql(empty_db, "INSERT INTO contacts (phone_number, first_name) VALUES ('+15555550001', 'Ana')")
-    run_sql(empty_db, f"INSERT INTO calls (phone_number, status, tier, created_at, contact_id, call_sid, current_agent) "
+    run_sql(empty_db, f"INSERT INTO calls "
+                      f"(phone_number, status, tier, created_at, contact_id, call_sid, current_agent) "
                       f"VALUES ('+15555550001', 'completed', 'tier2', {now}, 1, 'CA1', 'scheduler')")
     run_sql(empty_db, f"INSERT INTO calls (phone_number, status, tier, created_at) "
                       f"VALUES ('+15555550002', 'failed', 'tier1', {now})")
@@ -164,7 +166,8 @@ def test_data_survives_every_upgrade_and_downgrade(empty_db: sa.URL) -> None:
     commands.upgrade(revision="head", url=empty_db)
     assert run_sql(empty_db, "SELECT count(*) FROM calls")[0][0] == 2
     assert run_sql(empty_db, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0] == 2
-    run_sql(empty_db, "UPDATE calls SET total_context_tokens = 17, context_pruned = TRUE, pruning_count = 2 WHERE id = 1")
+    run_sql(empty_db, "UPDATE calls SET total_context_tokens = 17, context_pruned = TRUE, pruning_count = 2 "
+                      "WHERE id = 1")
     run_sql(empty_db, "UPDATE conversation_history SET token_count = 5, importance = 0.25")
 
     commands.downgrade(revision="002_voice_agent_integration", url=empty_db)

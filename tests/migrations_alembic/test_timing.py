@@ -1,4 +1,5 @@
-"""The migration timing benchmark runs and reports every step (figures: docs/benchmarks.md; no timed assertions here)."""
+"""The migration timing benchmark runs and reports every step
+(figures: docs/benchmarks.md; no timed assertions here)."""
 from __future__ import annotations
 
 import subprocess

@@ -67,7 +67,8 @@ def test_the_add_call_page_answers_and_adds(admin_client: Client) -> None:
     Call.objects.filter(phone_number="+15555550123").delete()
 
 
-@pytest.mark.parametrize("model", [m for m in apps.get_models() if admin.site.is_registered(m)], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("model", [m for m in apps.get_models() if admin.site.is_registered(m)],
+                         ids=lambda m: m.__name__)
 def test_every_add_page_answers(admin_client: Client, model: type) -> None:
     opts = model._meta
     response = admin_client.get(reverse(f"admin:{opts.app_label}_{opts.model_name}_add"))

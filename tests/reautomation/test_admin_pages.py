@@ -97,7 +97,8 @@ def test_backfill_runs_are_listed_with_progress(admin_client: Client, operator_d
 
 
 def test_history_is_read_only(admin_client: Client, operator_data: None) -> None:
-    for name in ("calls_conversationmessage", "monitoring_workflowtrace", "monitoring_systemmetric", "calls_backfillrun"):
+    for name in ("calls_conversationmessage", "monitoring_workflowtrace", "monitoring_systemmetric",
+                 "calls_backfillrun"):
         assert admin_client.get(reverse(f"admin:{name}_add")).status_code == 403
 
 
@@ -106,7 +107,8 @@ def test_anonymous_users_are_sent_to_the_login_page(client: Client) -> None:
     assert response.status_code == 302 and reverse("admin:login") in response["Location"]
 
 
-def test_big_unfiltered_lists_use_the_estimate_not_count(admin_client: Client, operator_data: None, monkeypatch) -> None:
+def test_big_unfiltered_lists_use_the_estimate_not_count(admin_client: Client, operator_data: None,
+                                                         monkeypatch) -> None:
     monkeypatch.setattr(operator_kit.admin, "ESTIMATE_ABOVE_ROWS", 10)  # the sample is small; the rule is the same
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE conversation_history")
@@ -144,7 +146,8 @@ def test_operations_page_names_a_revision_file_that_cannot_be_imported(admin_cli
                      r"SyntaxError: [^<]+</p>", schema)
 
 
-def test_operations_page_lists_pending_and_changed_revisions_and_invalid_indexes(admin_client: Client, operator_data: None) -> None:
+def test_operations_page_lists_pending_and_changed_revisions_and_invalid_indexes(admin_client: Client,
+                                                                                 operator_data: None) -> None:
     status = state.status()
     previous = state.script_directory().get_revision(status.heads[0]).down_revision
     with connection.cursor() as cursor:
@@ -247,12 +250,14 @@ def test_operator_pages_are_staff_only(client: Client, name: str) -> None:
 
 def test_call_search_by_phone_number_call_sid_or_contact_last_name(admin_client: Client, operator_data: None) -> None:
     url = reverse("admin:calls_call_changelist")
-    call = Call.objects.filter(contact__isnull=False, call_sid__isnull=False).select_related("contact").order_by("pk").first()
+    call = (Call.objects.filter(contact__isnull=False, call_sid__isnull=False)
+            .select_related("contact").order_by("pk").first())
 
     def found(term: str) -> set[int]:
         return {c.pk for c in admin_client.get(url, {"q": term}).context["cl"].result_list}
 
-    assert found(call.phone_number) == set(Call.objects.filter(phone_number=call.phone_number).values_list("pk", flat=True))
+    same_number = Call.objects.filter(phone_number=call.phone_number).values_list("pk", flat=True)
+    assert found(call.phone_number) == set(same_number)
     assert found(call.call_sid) == {call.pk}
     by_name = set(Call.objects.filter(contact__last_name=call.contact.last_name).values_list("pk", flat=True))
     assert call.pk in by_name and found(call.contact.last_name) == by_name

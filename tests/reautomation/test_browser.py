@@ -59,8 +59,8 @@ def production_server(pg_head_db: sa.URL, tmp_path: Path) -> Iterator[tuple[str,
     for args in (["collectstatic", "--noinput"],
                  ["createsuperuser", "--noinput", "--username", OPERATOR, "--email", "ops@example.com"]):
         subprocess.run([python, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True)
-    server = subprocess.Popen([str(Path(python).with_name("gunicorn")), "reautomation.wsgi", "--bind", f"127.0.0.1:{port}",
-                               "--workers", "2", "--log-level", "warning"],
+    server = subprocess.Popen([str(Path(python).with_name("gunicorn")), "reautomation.wsgi",
+                               "--bind", f"127.0.0.1:{port}", "--workers", "2", "--log-level", "warning"],
                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -103,7 +103,8 @@ def test_operator_logs_in_and_reads_a_calls_conversation(production_server: tupl
             expect(conversation).to_be_visible()
             rows = conversation.locator("tbody tr.has_original, tbody tr.form-row")
             assert rows.count() > 5
-            turns = [int(t) for t in conversation.locator("td.field-turn_index p").all_inner_texts() if t.strip().isdigit()]
+            turns = [int(t) for t in conversation.locator("td.field-turn_index p").all_inner_texts()
+                     if t.strip().isdigit()]
             assert turns == sorted(turns) and turns[0] == 0
             tokens = conversation.locator("td.field-token_count p").all_inner_texts()
             assert tokens and all(t.strip().isdigit() for t in tokens)  # every message backfilled

@@ -70,7 +70,8 @@ def test_sql_preview_starts_from_the_current_revision_and_changes_nothing(on_db:
     assert "context_pruned" in preview and "ix_calls_created_at_covering" in preview
     assert "CREATE TABLE contacts" not in preview  # already applied: not in the preview
     if on_db.get_backend_name() == "postgresql":
-        assert "CREATE INDEX CONCURRENTLY ix_calls_created_at_covering ON calls (created_at) INCLUDE (status, tier, total_cost)" in preview
+        assert ("CREATE INDEX CONCURRENTLY ix_calls_created_at_covering "
+                "ON calls (created_at) INCLUDE (status, tier, total_cost)") in preview
     assert state.status(url=on_db).current == ("002_voice_agent_integration",)
     if on_db.get_backend_name() == "sqlite":
         with pytest.raises(CommandError, match="--sql cannot render this step on SQLite"):
@@ -125,7 +126,8 @@ BAD_INPUT = [
 
 
 @pytest.mark.parametrize(("args", "url", "message"), BAD_INPUT)
-def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path: Path, args: list[str], url: str | None, message: str) -> None:
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path: Path, args: list[str], url: str | None,
+                                                  message: str) -> None:
     url = url or f"sqlite:///{tmp_path}/empty.sqlite3"
     result = run_cli(sys.executable, "manage.py", "migrate_schema", *args, database_url=url)
     assert result.returncode != 0
@@ -158,7 +160,8 @@ def test_plain_alembic_cli_works_on_the_same_database(tmp_path: Path) -> None:
 
 
 def progress_lines(output: str, *, logged: bool) -> list[str]:
-    """Return the progress lines of a run, durations masked: ``migrate_schema``'s indented lines, or the plain CLI's log."""
+    """Return the progress lines of a run, durations masked: ``migrate_schema``'s indented lines,
+    or the plain CLI's log."""
     if logged:
         lines = [line.split("[alembic.env] ", 1)[1] for line in output.splitlines() if "[alembic.env] " in line]
         lines = [line for line in lines if not line.startswith("Database: ")]

@@ -1,4 +1,5 @@
-"""Production settings as docs/admin.md ("Production") documents them: DEBUG off, a secret required, HTTPS, static files."""
+"""Production settings as docs/admin.md ("Production") documents them: DEBUG off, a secret required,
+HTTPS, static files."""
 from __future__ import annotations
 
 import os
@@ -39,7 +40,8 @@ def test_check_deploy_is_clean_with_the_documented_production_settings() -> None
 def test_debug_is_off_unless_set() -> None:
     env = {"PATH": os.environ["PATH"], "ENV_FILE": "/dev/null", "SECRET_KEY": secrets.token_urlsafe(50),
            "DATABASE_URL": "postgresql://ops@127.0.0.1:5432/reautomation"}
-    result = manage(env, "shell", "-v", "0", "-c", "from django.conf import settings; print(settings.DEBUG, settings.SECURE_SSL_REDIRECT)")
+    result = manage(env, "shell", "-v", "0", "-c",
+                    "from django.conf import settings; print(settings.DEBUG, settings.SECURE_SSL_REDIRECT)")
     assert result.stdout.split() == ["False", "True"], result.stderr
 
 

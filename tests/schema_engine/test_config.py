@@ -34,7 +34,8 @@ def test_the_plain_cli_gets_the_options_of_its_command() -> None:
 
 
 def test_a_connection_passed_the_cookbook_way_is_lent(tmp_path: Path) -> None:
-    """pytest-alembic puts its engine (or wrapped connection) in config.attributes: env.py uses it, never commits for it."""
+    """pytest-alembic puts its engine (or wrapped connection) in config.attributes: env.py uses it,
+    never commits for it."""
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'lent.sqlite3'}")
     given = Config(str(config.ALEMBIC_INI), attributes={"connection": engine})
     options = config.EnvOptions.of(given)

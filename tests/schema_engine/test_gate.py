@@ -54,7 +54,8 @@ def contract_chain(scratch_migrations: Path) -> Path:
 def token_count_nullable(url: sa.URL) -> bool:
     engine = database.create_engine(url)
     try:
-        return next(c for c in sa.inspect(engine).get_columns("conversation_history") if c["name"] == "token_count")["nullable"]
+        columns = sa.inspect(engine).get_columns("conversation_history")
+        return next(c for c in columns if c["name"] == "token_count")["nullable"]
     finally:
         engine.dispose()
 
@@ -88,7 +89,8 @@ def test_a_revision_waits_for_its_backfill(contract_chain: Path, empty_db: sa.UR
 
 def test_not_null_uses_a_not_valid_check_then_validate_on_postgresql(contract_chain: Path) -> None:
     sql = commands.revision_sql(REVISION, HEAD, url=sa.make_url("postgresql+psycopg://offline@x/offline"))
-    add = sql.index("ADD CONSTRAINT ck_conversation_history_token_count_not_null CHECK (token_count IS NOT NULL) NOT VALID")
+    add = sql.index("ADD CONSTRAINT ck_conversation_history_token_count_not_null "
+                    "CHECK (token_count IS NOT NULL) NOT VALID")
     validate = sql.index("VALIDATE CONSTRAINT ck_conversation_history_token_count_not_null")
     set_not_null = sql.index("ALTER COLUMN token_count SET NOT NULL")
     assert add < sql.index("COMMIT", add) < validate < set_not_null  # validated in a later transaction
@@ -109,8 +111,8 @@ def test_plan_is_one_exit_code_and_json(contract_chain: Path, django_database, m
     planned = json.loads(out.getvalue())
     assert planned["safe"] is False and planned["current"] == [HEAD]
     assert planned["pending"] == [{"revision": REVISION, "doc": planned["pending"][0]["doc"],
-                                   "requires_backfills": ["messages"], "lint_findings": [], "accepted_lint_findings": [],
-                                   "data_checks": []}]
+                                   "requires_backfills": ["messages"], "lint_findings": [],
+                                   "accepted_lint_findings": [], "data_checks": []}]
 
     backfill.backfill_context(url=url, only=("messages",))
     out = io.StringIO()
@@ -133,7 +135,8 @@ def test_the_alembic_cli_refuses_the_same_revisions(contract_chain: Path, make_d
         generate_sample_data(connection=conn, calls=3, seed=2)
     refused = alembic_cli(url, "-c", str(ini), "upgrade", "head", ALEMBIC_SCRIPT_LOCATION=str(contract_chain))
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
-    assert "needs the messages backfill finished" in refused.stdout and "backfill_context --only messages" in refused.stdout
+    assert "needs the messages backfill finished" in refused.stdout
+    assert "backfill_context --only messages" in refused.stdout
     assert state.status(url=url).current == (HEAD,)
 
     backfill.backfill_context(url=url, only=("messages",))

@@ -83,8 +83,8 @@ def test_ddl_behind_a_long_transaction_retries_then_gives_up_with_nothing_half_a
         pg_db: sa.URL, other_session: sa.Connection) -> None:
     commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
     other_session.execute(sa.text("SELECT count(*) FROM calls"))  # a transaction left open: ACCESS SHARE on calls
-    result = call(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="100ms", MIGRATION_LOCK_RETRIES="2",
-                  MIGRATION_RETRY_PAUSE_SECONDS="0.05")
+    result = call(pg_db, "migrate_schema", "upgrade", "head",
+                  MIGRATION_LOCK_TIMEOUT="100ms", MIGRATION_LOCK_RETRIES="2", MIGRATION_RETRY_PAUSE_SECONDS="0.05")
     other_session.rollback()
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
@@ -139,7 +139,8 @@ def test_a_lock_retry_is_an_event_naming_the_blockers(pg_db: sa.URL, idle_blocke
 def test_ddl_succeeds_once_the_long_transaction_ends(pg_db: sa.URL, other_session: sa.Connection) -> None:
     commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
     other_session.execute(sa.text("SELECT count(*) FROM calls"))
-    upgrade = start_manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="200ms", MIGRATION_LOCK_RETRIES="1000",
+    upgrade = start_manage(pg_db, "migrate_schema", "upgrade", "head",
+                           MIGRATION_LOCK_TIMEOUT="200ms", MIGRATION_LOCK_RETRIES="1000",
                            MIGRATION_RETRY_PAUSE_SECONDS="0.05")
     seen = []
     for line in upgrade.stderr:  # type: ignore[union-attr]  # until the first retry: the DDL gave up once
@@ -162,7 +163,8 @@ def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL, 
     # leaves the index INVALID, as a killed or failed build does.
     other_session.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
     other_session.execute(sa.text("SELECT count(*) FROM contacts"))
-    failed = call(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms", MIGRATION_LOCK_RETRIES="0")
+    failed = call(pg_db, "migrate_schema", "upgrade", "head",
+                  MIGRATION_LOCK_TIMEOUT="300ms", MIGRATION_LOCK_RETRIES="0")
     assert failed.returncode == 1
     assert "could not lock a table within lock_timeout=300ms, 1 tries" in failed.stderr
     invalid = run_sql(pg_db, "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
@@ -186,7 +188,8 @@ def test_a_failed_concurrent_index_build_is_reported_and_rebuilt(pg_db: sa.URL, 
 def test_a_statement_over_statement_timeout_stops_with_one_line(pg_db: sa.URL, other_session: sa.Connection) -> None:
     commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
     other_session.execute(sa.text("SELECT count(*) FROM calls"))  # 003's ALTER TABLE calls waits on it...
-    result = call(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="30s", MIGRATION_STATEMENT_TIMEOUT="500ms")
+    result = call(pg_db, "migrate_schema", "upgrade", "head",
+                  MIGRATION_LOCK_TIMEOUT="30s", MIGRATION_STATEMENT_TIMEOUT="500ms")
     other_session.rollback()  # ... longer than statement_timeout, well within lock_timeout
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("CommandError")]
@@ -255,7 +258,8 @@ def session_state(url: sa.URL, pid: int) -> str | None:
 @pytest.mark.parametrize("application", [health.APPLICATION_NAME, f"{guard.MIGRATION_APPLICATION_PREFIX}other-host"],
                          ids=["backfill", "another-migrator"])
 def test_the_projects_own_sessions_are_never_terminated(pg_db: sa.URL, application: str) -> None:
-    """A backfill worker idle in its transaction while it counts tokens is the project's own: ending it fails its run."""
+    """A backfill worker idle in its transaction while it counts tokens is the project's own:
+    ending it fails its run."""
     commands.upgrade(revision="002_voice_agent_integration", url=pg_db)
     with idle_in_transaction_on_calls(pg_db, application_name=application) as blocker_pid:
         result = manage(pg_db, "migrate_schema", "upgrade", "head", MIGRATION_LOCK_TIMEOUT="300ms",

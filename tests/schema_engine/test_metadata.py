@@ -90,5 +90,6 @@ def test_check_is_loud_when_the_databases_check_constraints_drift(pg_head_db: sa
 
 def test_check_ignores_the_not_null_checks_set_not_null_leaves(pg_head_db: sa.URL) -> None:
     # helpers.set_not_null keeps its validated CHECK (column IS NOT NULL) beside the NOT NULL.
-    run_sql(pg_head_db, "ALTER TABLE calls ADD CONSTRAINT ck_calls_phone_number_not_null CHECK (phone_number IS NOT NULL)")
+    run_sql(pg_head_db, "ALTER TABLE calls ADD CONSTRAINT ck_calls_phone_number_not_null "
+                        "CHECK (phone_number IS NOT NULL)")
     commands.check(url=pg_head_db)

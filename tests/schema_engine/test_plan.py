@@ -69,7 +69,8 @@ def test_a_finding_the_revision_accepts_is_shown_with_its_reason(at_head: sa.URL
                                       'ACCEPTED_LINT_FINDINGS = ["require-concurrent-index-creation"]'])
 def test_an_acceptance_without_its_reason_is_one_line(at_head: sa.URL, scratch_migrations: Path, accepted: str) -> None:
     add_revision(scratch_migrations, accepted=accepted)
-    with pytest.raises(errors.InvalidAcceptedFindings, match="^revision 007_summary_index: ACCEPTED_LINT_FINDINGS must"):
+    with pytest.raises(errors.InvalidAcceptedFindings,
+                       match="^revision 007_summary_index: ACCEPTED_LINT_FINDINGS must"):
         plan.plan(url=at_head)
 
 

@@ -74,7 +74,8 @@ def test_every_command_says_which_revision_file_is_broken_in_one_line(make_datab
     assert f"{name}:{line}: SyntaxError" in line_shown
 
 
-@pytest.mark.parametrize("message", ['say """hi"""', 'C:\\new\\table', 'a quote at the end"', "a backslash at the end\\"])
+@pytest.mark.parametrize("message", ['say """hi"""', 'C:\\new\\table', 'a quote at the end"',
+                                     "a backslash at the end\\"])
 def test_no_revision_message_can_break_the_file_it_is_written_into(scratch_migrations: Path, message: str) -> None:
     (revision,) = commands.create_revision(message=message)
     written = state.script_directory().get_revision(revision)

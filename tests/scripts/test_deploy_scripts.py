@@ -140,7 +140,8 @@ def test_a_failure_after_the_stop_says_the_application_is_stopped(make_database,
 
 
 @pytest.mark.parametrize(("name", "args"), [("deploy", ["now"]), ("rollback", ["--bogus"]),
-                                            ("rollback", ["-1", "003_context_management"]), ("rollback", ["--restore"])])
+                                            ("rollback", ["-1", "003_context_management"]),
+                                            ("rollback", ["--restore"])])
 def test_unknown_arguments_are_refused(tmp_path: Path, name: str, args: list[str]) -> None:
     result = script(name, "postgresql://postgres@127.0.0.1:1/none", *args, backups=tmp_path)
     assert result.returncode == 2

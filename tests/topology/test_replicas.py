@@ -215,7 +215,8 @@ def test_the_operations_page_names_the_grant_for_a_replica_hidden_from_its_role(
     assert created.returncode == 0, created.stderr
     blind = operations_replicas(unprivileged_db, DATABASE_REPLICA_URL="")
     role = unprivileged_db.primary.username
-    hidden = f'<td colspan="3" class="replica-hidden">replay hidden from this role (<code>GRANT pg_monitor TO {role}</code>'
+    hidden = (f'<td colspan="3" class="replica-hidden">replay hidden from this role '
+              f'(<code>GRANT pg_monitor TO {role}</code>')
     assert hidden in blind, blind
     assert "None" not in blind and "bytes" not in blind and " s</td>" not in blind, blind
     # With DATABASE_REPLICA_URL the replica tells its own replay.

@@ -56,15 +56,17 @@ def test_a_backfill_joined_from_two_hosts_through_the_topology_finishes_once(top
     assert manage(topology_db, "migrate_schema").returncode == 0
     assert manage(topology_db, "generate_sample_data", "--calls", "60").returncode == 0
     env = topology_db.environment()
-    hosts = [start_manage(django_url(topology_db.pooler), "backfill_context", "--only", "messages", "--batch-size", "25",
-                          **env) for _ in range(2)]
+    hosts = [start_manage(django_url(topology_db.pooler), "backfill_context", "--only", "messages",
+                          "--batch-size", "25", **env)
+             for _ in range(2)]
     outputs = [host.communicate(timeout=600) for host in hosts]
     assert [host.returncode for host in hosts] == [0, 0], outputs
     assert sum("joining run 1" in out for out, _ in outputs) <= 1
 
 
 def _pool_mode_unset(topology: Topology) -> dict[str, str]:
-    """An application host whose DATABASE_URL goes through PgBouncer, with neither DATABASE_POOL_MODE nor MIGRATION_DATABASE_URL."""
+    """An application host whose DATABASE_URL goes through PgBouncer, with neither DATABASE_POOL_MODE
+    nor MIGRATION_DATABASE_URL."""
     env = host_env(topology)
     for name in ("DATABASE_POOL_MODE", "MIGRATION_DATABASE_URL"):
         env.pop(name, None)
@@ -72,7 +74,8 @@ def _pool_mode_unset(topology: Topology) -> dict[str, str]:
 
 
 def _left_on_the_pooler(topology: Topology) -> tuple[tuple[str, ...], int]:
-    """What a pooled connection's session settings read, and the advisory locks held in the database (on the primary)."""
+    """What a pooled connection's session settings read, and the advisory locks held in the database
+    (on the primary)."""
     with psycopg.connect(django_url(topology.pooler), autocommit=True, prepare_threshold=None) as pooled:
         shown = tuple(pooled.execute(f"SHOW {name}").fetchone()[0]
                       for name in ("lock_timeout", "statement_timeout", "synchronous_commit"))
@@ -94,8 +97,10 @@ def test_through_pgbouncer_with_the_pool_mode_unset_the_engine_refuses_and_leave
     with database.connect(topology_db.primary) as conn:
         generate_sample_data(connection=conn, calls=5, seed=6)
     before = state.status(url=topology_db.primary).current
-    program = [sys.executable, *command] if command[0] == "manage.py" else [str(Path(sys.executable).parent / "alembic"),
-                                                                           *command[1:]]
+    if command[0] == "manage.py":
+        program = [sys.executable, *command]
+    else:
+        program = [str(Path(sys.executable).parent / "alembic"), *command[1:]]
     result = subprocess.run(program, cwd=ROOT, capture_output=True, text=True, env=_pool_mode_unset(topology_db),
                             timeout=600)
     # manage.py: one line on stderr; the alembic CLI: its one FAILED line on stdout (and its log's copy).
