@@ -110,12 +110,19 @@ def test_a_failing_check_is_refused_by_plan_and_upgrade_with_its_rows(
     assert commands.upgrade(revision="head", url=head_db).current == ("007_unique_phone",)
 
 
-def test_a_check_on_what_an_earlier_pending_revision_adds_runs_just_before_its_own(
-        pg_head_db: sa.URL, scratch_migrations: Path) -> None:
+@pytest.fixture
+def region_then_its_check(pg_head_db: sa.URL, scratch_migrations: Path) -> sa.URL:
+    """Two pending revisions, 007 adding calls.region and 008 checking it (a deferred check); a call without one."""
     add_column_revision(scratch_migrations, revision="007_add_region", column="region",
                         why="filled by the dialler from now on")
     add(scratch_migrations, "008_region_checked", REGION_CHECKED)
     insert_calls(pg_head_db, "+15550000001")
+    return pg_head_db
+
+
+def test_a_check_on_what_an_earlier_pending_revision_adds_runs_just_before_its_own(
+        region_then_its_check: sa.URL) -> None:
+    pg_head_db = region_then_its_check
 
     (check,) = plan.plan(url=pg_head_db).pending[1].data_checks
     assert check.status == "deferred" and check.deferred.startswith("runs before 008_region_checked is applied: ")
@@ -160,11 +167,8 @@ def test_the_plain_alembic_upgrade_runs_the_same_checks(head_db: sa.URL, scratch
 
 
 def test_the_plain_alembic_upgrade_runs_a_deferred_check_just_before_its_revision(
-        pg_head_db: sa.URL, scratch_migrations: Path) -> None:
-    add_column_revision(scratch_migrations, revision="007_add_region", column="region",
-                        why="filled by the dialler from now on")
-    add(scratch_migrations, "008_region_checked", REGION_CHECKED)
-    insert_calls(pg_head_db, "+15550000001")
+        region_then_its_check: sa.URL, scratch_migrations: Path) -> None:
+    pg_head_db = region_then_its_check
 
     refused = scratch_alembic_cli(scratch_migrations, pg_head_db, "upgrade", "head")
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
