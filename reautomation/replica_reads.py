@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 
 from schema_engine import database, replicas
 
-REPLICA = "replica"
+REPLICA = replicas.REPLICA_ALIAS  # the settings' alias of DATABASE_REPLICA_URL
 REPLICA_APPS = frozenset({"calls", "monitoring"})
 # The backfills' runs stay on the primary: an operator who pauses a run must see it paused at once.
 PRIMARY_MODELS = frozenset({"backfillrun", "backfillbatch"})

@@ -7,6 +7,7 @@ import environ
 
 from reautomation import setting_values
 from schema_engine.database import database_config
+from schema_engine.replicas import REPLICA_ALIAS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -46,10 +47,10 @@ MIGRATION_DATABASE = (database_config(env.str("MIGRATION_DATABASE_URL"), sqlite_
 # through reautomation/replica_reads.py while it answers and lags at most DATABASE_REPLICA_MAX_LAG
 # seconds; otherwise from the primary, and the page says so. Direct, not through the pooler.
 if env.str("DATABASE_REPLICA_URL", default=""):
-    DATABASES["replica"] = database_config(env.str("DATABASE_REPLICA_URL"), sqlite_path=BASE_DIR / "db.sqlite3",
+    DATABASES[REPLICA_ALIAS] = database_config(env.str("DATABASE_REPLICA_URL"), sqlite_path=BASE_DIR / "db.sqlite3",
                                            setting="DATABASE_REPLICA_URL")
-    DATABASES["replica"].setdefault("OPTIONS", {})["connect_timeout"] = 3
-    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+    DATABASES[REPLICA_ALIAS].setdefault("OPTIONS", {})["connect_timeout"] = 3
+    DATABASES[REPLICA_ALIAS]["TEST"] = {"MIRROR": "default"}
 DATABASE_ROUTERS = ["reautomation.replica_reads.ReplicaRouter"]
 DATABASE_REPLICA_MAX_LAG = setting_values.seconds(env, "DATABASE_REPLICA_MAX_LAG", default=10)
 # migrate_schema upgrade waits this long for every streaming replica to replay each revision.
