@@ -8,10 +8,12 @@ trust auth). Each test that needs a database gets a new one, empty or a copy of 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -33,6 +35,10 @@ from django.test import override_settings
 from schema_engine import commands, config, database, errors, scratch, state
 
 ROOT = Path(__file__).resolve().parents[1]
+# pytest-xdist's workers (./scripts/test runs two) start with SIGINT ignored, and their children would
+# inherit that: give the commands that tests interrupt (Ctrl-C is SIGINT) the default back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["postgresql", "sqlite"]
 
@@ -84,6 +90,30 @@ def default_database(url: sa.URL) -> Iterator[None]:
         connections["default"] = original
 
 
+class ServerActivity:
+    """A lock the test processes share (pytest-xdist's workers): making or dropping a database takes it
+    shared, a test that needs the server quiet (``quiet_server``) exclusive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextlib.contextmanager
+    def held(self, *, exclusive: bool) -> Iterator[None]:
+        with open(self.path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests of the one production topology (a shared replica, whose replay some pause) on one worker."""
+    for item in items:
+        if item.path.parent.name == "topology" or item.path.name == "test_topology.py":
+            item.add_marker(pytest.mark.xdist_group("topology"))
+
+
 class PostgresDatabases:
     """The tests' PostgreSQL databases, each made one ahead and dropped behind on a thread while tests run.
 
@@ -93,16 +123,21 @@ class PostgresDatabases:
     once a session, so that each test at head gets a copy of it instead of running every revision.
     """
 
-    def __init__(self, admin: sa.Engine) -> None:
+    def __init__(self, admin: sa.Engine, activity: ServerActivity) -> None:
         self.admin = admin
+        self.activity = activity
         self.worker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-databases")
         self.spares: dict[str | None, Future[sa.URL]] = {}
         self.drops: list[Future[None]] = []
         self.head_template: sa.URL | None = None
 
     def _create(self, template: str | None) -> Future[sa.URL]:
-        return self.worker.submit(scratch.create_database, self.admin, scratch.unique_name("test_reautomation"),
-                                  template=template)
+        return self.worker.submit(self._shared, scratch.create_database, self.admin,
+                                  scratch.unique_name("test_reautomation"), template=template)
+
+    def _shared(self, work: Callable[..., sa.URL | None], *args: object, **kwargs: object) -> sa.URL | None:
+        with self.activity.held(exclusive=False):
+            return work(*args, **kwargs)
 
     def take(self, template: str | None = None) -> sa.URL:
         """A new database (empty, or a copy of ``template``, which nothing may be connected to)."""
@@ -122,7 +157,7 @@ class PostgresDatabases:
             pending.exception()
 
     def drop(self, url: sa.URL) -> None:
-        self.drops.append(self.worker.submit(scratch.drop_database, self.admin, url))
+        self.drops.append(self.worker.submit(self._shared, scratch.drop_database, self.admin, url))
 
     def close(self) -> None:
         for spare in self.spares.values():
@@ -135,19 +170,28 @@ class PostgresDatabases:
 
 
 @pytest.fixture(scope="session")
-def postgres_databases(postgres_admin: sa.Engine) -> Iterator[PostgresDatabases]:
-    databases = PostgresDatabases(postgres_admin)
+def server_activity(tmp_path_factory: pytest.TempPathFactory) -> ServerActivity:
+    # The parent of this process's temporary folder is the one pytest-xdist's workers share.
+    return ServerActivity(tmp_path_factory.getbasetemp().parent / "reautomation-server-activity.lock")
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_admin: sa.Engine, server_activity: ServerActivity) -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases(postgres_admin, server_activity)
     yield databases
     databases.close()
 
 
 @pytest.fixture
-def quiet_server(postgres_databases: PostgresDatabases) -> None:
-    """No database being made or dropped on the server while the test runs (request it after its databases).
+def quiet_server(postgres_databases: PostgresDatabases, server_activity: ServerActivity) -> Iterator[None]:
+    """No database being made or dropped on the server, by any test process, while the test runs
+    (request it after its databases).
 
     A CREATE DATABASE running beside a test's VACUUM (FREEZE) leaves it nothing to freeze, so it does not wait.
     """
-    postgres_databases.settle()
+    postgres_databases.settle()  # first: this process's own pending work takes the lock shared
+    with server_activity.held(exclusive=True):
+        yield
 
 
 @pytest.fixture(scope="session")
