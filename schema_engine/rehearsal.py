@@ -112,7 +112,8 @@ def _schema_copy(url: sa.URL) -> Iterator[sa.URL]:
             yield copy
         return
     admin = scratch.admin_engine(url)
-    name = scratch.unique_name(f"{SCRATCH_PREFIX}_{(url.database or 'db')[:20]}")
+    # The source's name, as much as fits in 63 bytes, says whose copy it is (one left by a killed run, too).
+    name = scratch.unique_name(f"{SCRATCH_PREFIX}_{(url.database or 'db')[:40]}")
     try:
         copy = scratch.create_database(admin, name)
     except sa.exc.DBAPIError as exc:

@@ -90,9 +90,8 @@ def default_database(url: sa.URL) -> Iterator[None]:
         connections["default"] = original
 
 
-class ServerActivity:
-    """A lock the test processes share (pytest-xdist's workers): making or dropping a database takes it
-    shared, a test that needs the server quiet (``quiet_server``) exclusive."""
+class SharedLock:
+    """A lock the test processes share (pytest-xdist's workers), through a file: held shared or exclusive."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -107,11 +106,10 @@ class ServerActivity:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the tests of the one production topology (a shared replica, whose replay some pause) on one worker."""
-    for item in items:
-        if item.path.parent.name == "topology" or item.path.name == "test_topology.py":
-            item.add_marker(pytest.mark.xdist_group("topology"))
+def shared_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> SharedLock:
+    """The lock called ``name`` of this test run: the parent of a process's temporary folder is the one
+    pytest-xdist's workers share."""
+    return SharedLock(tmp_path_factory.getbasetemp().parent / f"reautomation-{name}.lock")
 
 
 class PostgresDatabases:
@@ -123,7 +121,7 @@ class PostgresDatabases:
     once a session, so that each test at head gets a copy of it instead of running every revision.
     """
 
-    def __init__(self, admin: sa.Engine, activity: ServerActivity) -> None:
+    def __init__(self, admin: sa.Engine, activity: SharedLock) -> None:
         self.admin = admin
         self.activity = activity
         self.worker = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-databases")
@@ -170,22 +168,32 @@ class PostgresDatabases:
 
 
 @pytest.fixture(scope="session")
-def server_activity(tmp_path_factory: pytest.TempPathFactory) -> ServerActivity:
-    # The parent of this process's temporary folder is the one pytest-xdist's workers share.
-    return ServerActivity(tmp_path_factory.getbasetemp().parent / "reautomation-server-activity.lock")
+def server_activity(tmp_path_factory: pytest.TempPathFactory) -> SharedLock:
+    """Each test, and each database made or dropped, holds it shared; a test needing the server quiet exclusive."""
+    return shared_lock(tmp_path_factory, "server-activity")
 
 
 @pytest.fixture(scope="session")
-def postgres_databases(postgres_admin: sa.Engine, server_activity: ServerActivity) -> Iterator[PostgresDatabases]:
+def postgres_databases(postgres_admin: sa.Engine, server_activity: SharedLock) -> Iterator[PostgresDatabases]:
     databases = PostgresDatabases(postgres_admin, server_activity)
     yield databases
     databases.close()
 
 
+@pytest.fixture(autouse=True)
+def _sharing_the_server(request: pytest.FixtureRequest, server_activity: SharedLock) -> Iterator[None]:
+    """Every test holds the server shared, so that one needing it quiet (``quiet_server``) runs alone."""
+    if "quiet_server" in request.fixturenames:
+        yield
+        return
+    with server_activity.held(exclusive=False):
+        yield
+
+
 @pytest.fixture
-def quiet_server(postgres_databases: PostgresDatabases, server_activity: ServerActivity) -> Iterator[None]:
-    """No database being made or dropped on the server, by any test process, while the test runs
-    (request it after its databases).
+def quiet_server(postgres_databases: PostgresDatabases, server_activity: SharedLock) -> Iterator[None]:
+    """No other test running and no database being made or dropped, by any test process, while the test
+    runs (request it after its databases).
 
     A CREATE DATABASE running beside a test's VACUUM (FREEZE) leaves it nothing to freeze, so it does not wait.
     """

@@ -10,9 +10,11 @@ from tests.conftest import HEAD, REVISIONS, call, previous, run_sql
 
 
 def rehearsal_databases(url: sa.URL) -> list[str]:
+    """The rehearsals' copies of ``url``'s database on its server (other tests' are named for theirs)."""
     if url.get_backend_name() != "postgresql":
         return []
-    return [name for (name,) in run_sql(url, "SELECT datname FROM pg_database WHERE datname LIKE 'rehearsal%'")]
+    return [name for (name,) in run_sql(url, "SELECT datname FROM pg_database WHERE starts_with(datname, "
+                                             "'rehearsal_' || current_database() || '_')")]
 
 
 def test_the_pending_revisions_apply_to_a_copy_of_the_schema_and_leave_the_database_as_it_was(

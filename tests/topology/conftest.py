@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from schema_engine import scratch
-from tests.conftest import ROOT, cli_environment, django_url, wait_for
+from tests.conftest import ROOT, cli_environment, django_url, shared_lock, wait_for
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,13 @@ def manage(topology: Topology, *args: str, **env: str) -> subprocess.CompletedPr
     """``manage.py ARGS`` on an application host of the topology."""
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env=host_env(topology, **env), timeout=600)
+
+
+@pytest.fixture(autouse=True)
+def _one_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One topology test at a time across the test processes: they share its replica, whose replay some pause."""
+    with shared_lock(tmp_path_factory, "topology").held(exclusive=True):
+        yield
 
 
 @pytest.fixture(scope="session")
