@@ -4,7 +4,8 @@ What to do comes as one ``EnvOptions`` (``schema_engine/config.py``): the caller
 command from ``migrate_schema`` and the tests, the defaults of its command for the plain CLI, which
 connects to the configured database (``schema_engine.database``); a connection or engine passed in
 (pytest-alembic's) is the only database used then. Both spellings get the same checks, in this
-order: what ``alembic_version`` records; for an upgrade, the backfill gate, the applied revisions'
+order: what ``alembic_version`` records; for an upgrade, the backfill gate, a contract while the
+release before its expand is connected (``versioning.py``), the applied revisions'
 checksums and the pending revisions' data checks (``commands.refuse_unsafe_upgrade``); for a
 downgrade, the checksums (a changed downgrade must not run); then on PostgreSQL the migration lock
 and the timeouts (writing commands). Each revision applied records its checksums, in its own
@@ -36,7 +37,16 @@ try:
 except Exception as exc:  # settings errors reach the alembic CLI as one line, not a traceback
     raise CommandError(f"Django settings could not be loaded: {exc}") from exc
 
-from schema_engine import checksums, database, gate, guard, metadata, permissions, prechecks  # noqa: E402  (after django.setup())
+from schema_engine import (  # noqa: E402  (after django.setup())
+    checksums,
+    database,
+    gate,
+    guard,
+    metadata,
+    permissions,
+    prechecks,
+    versioning,
+)
 from schema_engine.commands import (  # noqa: E402
     ArchiveNote,
     RevisionApplied,
@@ -200,6 +210,8 @@ def _run(connection: sa.Connection) -> None:
         # Before any lock: a revision that needs an unfinished backfill, a changed applied revision,
         # or a revision whose data is not fit is refused, not started.
         gate.refuse_blocked(pending, url=connection.engine.url)
+        # A contract drops the old shape: not while a release that reads it is connected.
+        versioning.refuse_contract_while_old_release(connection, pending, context.script)
         if not options.guarded:  # migrate_schema, one revision at a time, ran these for all of them
             deferred = refuse_unsafe_upgrade(connection, pending)
     elif options.command == "downgrade":

@@ -17,6 +17,7 @@ from django.conf import settings
 
 from schema_engine import autogenerate
 from schema_engine.progress import Reporter
+from schema_engine.versioning import VERSIONS_TABLE
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 # Tables that downgrades fill with the data of dropped columns and tables; not part of the models.
@@ -84,9 +85,9 @@ def alembic_config(*, stdout: TextIO | None = None, options: EnvOptions | None =
 
 
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    """Leave archive tables (data kept by downgrades) and the checksums out of autogenerate comparisons."""
+    """Leave archive tables (data kept by downgrades), the checksums and the expands' bookkeeping out of comparisons."""
     return not (type_ == "table" and reflected and name
-                and (name.startswith(ARCHIVE_TABLE_PREFIX) or name == CHECKSUM_TABLE))
+                and (name.startswith(ARCHIVE_TABLE_PREFIX) or name in (CHECKSUM_TABLE, VERSIONS_TABLE)))
 
 
 def process_revision_directives(context: Any, revision: Any, directives: list[Any]) -> None:

@@ -290,3 +290,15 @@ def _shown_path(path: str) -> str:
         return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return path
+
+
+class InvalidExpandStep(SchemaError):
+    """An expand revision's steps cannot be run: a name that is no plain identifier, a column changed twice, ..."""
+
+
+class OldReleaseConnected(SchemaError):
+    """A contract would drop the old shape while sessions of a release that reads it are connected."""
+
+    def __init__(self, message: str, *, revision: str, expand_revision: str, pids: tuple[int, ...]) -> None:
+        super().__init__(message)
+        self.revision, self.expand_revision, self.pids = revision, expand_revision, pids

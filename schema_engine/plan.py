@@ -1,12 +1,14 @@
 """Deploy planning: what ``upgrade head`` would do, and whether it is safe to do now (``migrate_schema plan``).
 
 Safe means: no applied revision has changed since it was applied (``checksums.py``), no pending
-revision waits for an unfinished backfill (``gate.py``) or has a data pre-check that finds rows
-(``prechecks.py``), squawk finds nothing unaccepted in the pending SQL (``lint.py``), no INVALID
-index is left from a failed build, no streaming replica is further behind than the upgrade would
-wait for it (``MIGRATION_REPLICA_WAIT_SECONDS``, ``replicas.py``), a database that records head
-matches the models (the drift check), and, with ``rehearse``, the pending revisions apply to a
-copy of the schema (``rehearsal.py``). ``scripts/deploy`` stops at step 2 when it is not.
+revision waits for an unfinished backfill (``gate.py``), no pending contract would drop the old
+shape while the release before its expand is connected (``versioning``), no pending revision has a
+data pre-check that finds rows (``prechecks.py``), squawk finds nothing unaccepted in the pending
+SQL (``lint.py``), no INVALID index is left from a failed build, no streaming replica is further
+behind than the upgrade would wait for it (``MIGRATION_REPLICA_WAIT_SECONDS``, ``replicas.py``), a
+database that records head matches the models (the drift check), and, with ``rehearse``, the
+pending revisions apply to a copy of the schema (``rehearsal.py``). ``scripts/deploy`` stops at
+step 2 when it is not.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from django.conf import settings
 
-from schema_engine import checksums, database, gate, guard, lint, prechecks, rehearsal, replicas
+from schema_engine import checksums, database, gate, guard, lint, prechecks, rehearsal, replicas, versioning
 from schema_engine.commands import check, revision_sql
 from schema_engine.errors import MultipleHeads, SchemaDrift, alembic_errors
 from schema_engine.progress import Reporter, ignore
@@ -52,10 +54,14 @@ class Plan:
     rehearsal: rehearsal.Rehearsal | None = None  # --rehearse: the pending revisions applied to a schema copy
     long_transactions: tuple[tuple[str, guard.Blocker], ...] = ()  # (table a pending revision touches, session)
     long_transaction_seconds: float = 0.0
+    contract_blockers: tuple[str, ...] = ()  # a pending contract, while the release before its expand is connected
+    # SQLite with pending expand or contract revisions: how they apply there
+    sqlite_versions: bool = False
 
     @property
     def warnings(self) -> list[str]:
-        return [f"{blocker} has held a lock on {table} for longer than MIGRATION_LONG_TRANSACTION_SECONDS "
+        notes = ["SQLite: no versioned schemas, expand and contract apply in order"] if self.sqlite_versions else []
+        return notes + [f"{blocker} has held a lock on {table} for longer than MIGRATION_LONG_TRANSACTION_SECONDS "
                 f"({self.long_transaction_seconds:g}s), and a pending revision alters {table}: its DDL would wait "
                 "for it (lock_timeout, retries); end that transaction or wait for it before upgrading"
                 for table, blocker in self.long_transactions]
@@ -64,6 +70,7 @@ class Plan:
     def problems(self) -> list[str]:
         found = [checksums.changed_message(list(self.changed_revisions))] if self.changed_revisions else []
         found += list(self.backfill_blockers)
+        found += list(self.contract_blockers)
         found += [f"revision {rev.revision}: squawk: {finding}"
                   for rev in self.pending for finding in rev.lint_findings]
         found += [check.problem for rev in self.pending for check in rev.data_checks if check.failed]
@@ -105,6 +112,7 @@ class Plan:
                               for r in self.rehearsal.revisions],
                 "drift": self.rehearsal.drift},
             "backfill_blockers": list(self.backfill_blockers),
+            "contract_blockers": list(self.contract_blockers),
             "invalid_indexes": [{"index": i, "table": t} for i, t in self.invalid_indexes],
             "replicas": [{"name": r.name, "state": r.state, "replay_lag_seconds": r.replay_lag,
                           "wal_bytes_not_replayed": r.bytes_behind, "readable": r.readable} for r in self.replicas],
@@ -140,6 +148,10 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False, reporter: R
                                            accepted_found,
                                            tuple(o for o in outcomes if o.check.revision == rev.revision)))
         blockers = tuple(why for _rev, _names, why in gate.blockers(scripts, url=url))
+        contract_blockers = tuple(why for _rev, why, _sessions in
+                                  versioning.contract_refusals(conn, scripts, script_directory()))
+        sqlite_versions = url.get_backend_name() == "sqlite" and any(
+            versioning.is_expand(rev) or versioning.contracted_by(rev) for rev in scripts)
         streaming = tuple(replicas.replicas(conn))
         unreadable = replicas.unreadable_problem(conn) or ""
         changed = tuple(c.revision for c in checksums.compare(conn) if c.changed)
@@ -158,4 +170,5 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False, reporter: R
                 invalid_indexes=state.invalid_indexes, replicas=streaming, replicas_unreadable=unreadable,
                 replica_wait=settings.MIGRATION_REPLICA_WAIT_SECONDS, changed_revisions=changed, drift=drift,
                 rehearsal=rehearsed, long_transactions=held,
-                long_transaction_seconds=settings.MIGRATION_LONG_TRANSACTION_SECONDS)
+                long_transaction_seconds=settings.MIGRATION_LONG_TRANSACTION_SECONDS,
+                contract_blockers=contract_blockers, sqlite_versions=sqlite_versions)

@@ -32,7 +32,7 @@ from django.db import connections
 from django.db.utils import load_backend
 from django.test import override_settings
 
-from schema_engine import commands, config, database, errors, scratch, state
+from schema_engine import commands, config, database, errors, scratch, state, versioning
 
 ROOT = Path(__file__).resolve().parents[1]
 # pytest-xdist's workers (./scripts/test runs two) start with SIGINT ignored, and their children would
@@ -112,6 +112,11 @@ def shared_lock(tmp_path_factory: pytest.TempPathFactory, name: str) -> SharedLo
     return SharedLock(tmp_path_factory.getbasetemp().parent / f"reautomation-{name}.lock")
 
 
+def real_chain() -> contextlib.AbstractContextManager[None]:
+    """The project's own revisions, whatever revisions a test added (``scratch_migrations``): what "head" means here."""
+    return override_settings(ALEMBIC_SCRIPT_LOCATION=str(ROOT / "migrations_alembic"))
+
+
 class PostgresDatabases:
     """The tests' PostgreSQL databases, each made one ahead and dropped behind on a thread while tests run.
 
@@ -146,7 +151,8 @@ class PostgresDatabases:
     def head(self) -> sa.URL:
         if self.head_template is None:
             self.head_template = self.take()
-            commands.upgrade(revision="head", url=self.head_template)
+            with real_chain():  # whichever test asks first, maybe with revisions of its own (scratch_migrations)
+                commands.upgrade(revision="head", url=self.head_template)
         return self.head_template
 
     def settle(self) -> None:
@@ -206,7 +212,8 @@ def quiet_server(postgres_databases: PostgresDatabases, server_activity: SharedL
 def sqlite_head(tmp_path_factory: pytest.TempPathFactory) -> sa.URL:
     """A SQLite database that the real revisions upgraded to head, once a session; tests get copies of the file."""
     url = sa.URL.create("sqlite", database=str(tmp_path_factory.mktemp("head") / "head.sqlite3"))
-    commands.upgrade(revision="head", url=url)
+    with real_chain():
+        commands.upgrade(revision="head", url=url)
     return url
 
 
@@ -387,14 +394,16 @@ def error_lines(stderr: str) -> list[str]:
 def snapshot(url: sa.URL) -> dict[str, dict[str, object]]:
     """Return every table's columns (name, type, nullability), indexes and unique constraints.
 
-    Archive tables are data a downgrade kept (``archives`` lists them), not schema; the engine's own tables neither.
+    Archive tables are data a downgrade kept (``archives`` lists them), not schema; the engine's own tables
+    (checksums, the expands' bookkeeping) neither.
     """
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         inspector = sa.inspect(engine)
         result = {}
         for table in sorted(inspector.get_table_names()):
-            if table in ("alembic_version", config.CHECKSUM_TABLE) or table.startswith(config.ARCHIVE_TABLE_PREFIX):
+            if (table in ("alembic_version", config.CHECKSUM_TABLE, versioning.VERSIONS_TABLE)
+                    or table.startswith(config.ARCHIVE_TABLE_PREFIX)):
                 continue
             result[table] = {
                 "columns": sorted((c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)),

@@ -29,10 +29,10 @@ def downgrade() -> None:
 '''
 
 
-def add_column_revision(migrations: Path, *, revision: str, column: str, why: str) -> None:
-    """Write revision ``revision`` into ``migrations``: add ``calls.column`` (nullable) on today's head."""
+def add_column_revision(migrations: Path, *, revision: str, column: str, why: str, down: str = HEAD) -> None:
+    """Write revision ``revision`` into ``migrations``: add ``calls.column`` (nullable) on ``down`` (today's head)."""
     (migrations / "versions" / f"{revision}.py").write_text(
-        ADD_COLUMN.format(revision=revision, column=column, why=why, down=HEAD))
+        ADD_COLUMN.format(revision=revision, column=column, why=why, down=down))
 
 
 def _added_to_calls(name: str, field: models.Field) -> Iterator[models.Field]:
