@@ -3,9 +3,11 @@
 A revision that tightens what a backfill fills (the guide's phase 4, NOT NULL) declares
 ``requires_backfills = ("messages",)`` at module level. The engine knows no backfill itself: the
 app that owns one registers it here from its ``AppConfig.ready()`` (``calls/apps.py``), with how
-to count the rows still needing it. ``migrations_alembic/env.py`` runs the gate before every
-upgrade, so ``alembic upgrade`` and ``migrate_schema upgrade`` refuse the same revisions; ``plan``
-reports the same blockers.
+to count the rows still needing it; backfills named at run time (the fills ``expand_<revision>``
+that the code's expand revisions declare, ``schema_engine.versioning``) are answered by a source
+the app registers (``register_backfill_source``). ``migrations_alembic/env.py`` runs the gate
+before every upgrade, so ``alembic upgrade`` and ``migrate_schema upgrade`` refuse the same
+revisions; ``plan`` reports the same blockers.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ class RegisteredBackfill:
 
 
 _REGISTRY: dict[str, RegisteredBackfill] = {}
+# Each answers a name with its backfill, or None: for names known only at run time.
+_SOURCES: list[Callable[[str], RegisteredBackfill | None]] = []
 
 
 def register_backfill(name: str, *, pending_rows: Callable[[sa.URL], int], command: str) -> None:
@@ -35,9 +39,22 @@ def register_backfill(name: str, *, pending_rows: Callable[[sa.URL], int], comma
     _REGISTRY[name] = RegisteredBackfill(name=name, pending_rows=pending_rows, command=command)
 
 
+def register_backfill_source(find: Callable[[str], RegisteredBackfill | None]) -> None:
+    """Let an app answer for backfills it knows only at run time (called from its ``ready()``), once."""
+    if find not in _SOURCES:
+        _SOURCES.append(find)
+
+
 def registered() -> set[str]:
-    """Return the names of the backfills the installed apps registered."""
+    """Return the names of the backfills the installed apps registered (not those a source answers for)."""
     return set(_REGISTRY)
+
+
+def registered_backfill(name: str) -> RegisteredBackfill | None:
+    """Return the backfill called ``name``, as an app registered it or a source answers for it; None if none does."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    return next((found for find in _SOURCES if (found := find(name)) is not None), None)
 
 
 def requires_backfills(script: Script) -> tuple[str, ...]:
@@ -53,23 +70,27 @@ def blockers(pending: list[Script], *, url: sa.URL) -> list[tuple[Script, tuple[
         names = requires_backfills(rev)
         if not names:
             continue
-        unknown = [name for name in names if name not in _REGISTRY]
+        known = {name: registered_backfill(name) for name in names}
+        unknown = [name for name, backfill in known.items() if backfill is None]
         if unknown:
             found.append((rev, names, f"revision {rev.revision} needs the {', '.join(unknown)} backfill, which no "
                                       "installed app registers; check the revision's requires_backfills"))
-        elif rev.down_revision in pending_ids:
-            first = _REGISTRY[names[0]]
+            continue
+        if rev.down_revision in pending_ids:
+            # Nor can a fill whose expand revision is pending (an ancestor of this one's parent),
+            # whose count (0: no column to fill yet) would say nothing.
+            first = known[names[0]]
             found.append((rev, names, (
                 f"revision {rev.revision} needs the {', '.join(names)} backfill finished, which cannot have run "
                 f"yet: 'manage.py migrate_schema upgrade {rev.down_revision}', then '{first.command}', then "
                 "upgrade again")))
-        else:
-            for name in names:
-                rows = _REGISTRY[name].pending_rows(url)
-                if rows:
-                    found.append((rev, names, (
-                        f"revision {rev.revision} needs the {name} backfill finished: {rows:,} rows still need it; "
-                        f"run '{_REGISTRY[name].command}', then upgrade again")))
+            continue
+        for name, backfill in known.items():
+            rows = backfill.pending_rows(url)
+            if rows:
+                found.append((rev, names, (
+                    f"revision {rev.revision} needs the {name} backfill finished: {rows:,} rows still need it; "
+                    f"run '{backfill.command}', then upgrade again")))
     return found
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from calls.backfill.errors import IllegalMove, NoRunToControl
 from calls.backfill.runs import ALLOWED_MOVES, Run, moves_to, run_tables
-from calls.backfill.specs import BACKFILLS, in_run_order
+from calls.backfill.specs import in_run_order
 from calls.models import BackfillRun, BackfillStatus
 from schema_engine import database
 
@@ -67,7 +67,7 @@ def refusal(*, run_id: int, backfill: str, status: str, current: int, action: st
     return f"nothing to {action}: run {run_id} of {backfill} is {status}; nothing was {DONE[action]}"
 
 
-def pause(*, by: str, only: Sequence[str] = BACKFILLS, run_id: int | None = None,
+def pause(*, by: str, only: Sequence[str] | None = None, run_id: int | None = None,
           url: sa.URL | str | None = None) -> list[ControlOutcome]:
     """running -> paused: the run's workers finish their batch and wait; ``resume`` lets them go on.
 
@@ -76,21 +76,22 @@ def pause(*, by: str, only: Sequence[str] = BACKFILLS, run_id: int | None = None
     return _brake("pause", only=only, run_id=run_id, url=url, by=by)
 
 
-def resume(*, only: Sequence[str] = BACKFILLS, run_id: int | None = None,
+def resume(*, only: Sequence[str] | None = None, run_id: int | None = None,
            url: sa.URL | str | None = None) -> list[ControlOutcome]:
     """paused -> running: waiting workers go on from the cursor (a new invocation may join them)."""
     return _brake("resume", only=only, run_id=run_id, url=url)
 
 
-def cancel(*, by: str, only: Sequence[str] = BACKFILLS, run_id: int | None = None,
+def cancel(*, by: str, only: Sequence[str] | None = None, run_id: int | None = None,
            url: sa.URL | str | None = None) -> list[ControlOutcome]:
     """running or paused -> cancelled: workers stop at their next batch; a later run starts afresh."""
     return _brake("cancel", only=only, run_id=run_id, url=url, by=by)
 
 
-def _brake(action: str, *, only: Sequence[str], run_id: int | None, url: sa.URL | str | None,
+def _brake(action: str, *, only: Sequence[str] | None, run_id: int | None, url: sa.URL | str | None,
            by: str = "") -> list[ControlOutcome]:
-    """Make ``action``'s move on the runs of ``only`` that may make it (or on run ``run_id``, refused if it may not)."""
+    """Make ``action``'s move on the runs of ``only`` (default: every backfill; a fill's name: each of its tables'
+    runs) that may make it (or on run ``run_id``, refused if it may not)."""
     only = in_run_order(only)
     engine = database.create_engine(database.resolve_url(url))
     runs, _ = run_tables(engine.dialect.name)

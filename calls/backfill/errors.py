@@ -42,6 +42,10 @@ class UnknownBackfill(BackfillError):
     """A name no backfill answers to (``specs.backfill_named``); nothing ran."""
 
 
+class InvalidFill(BackfillError):
+    """An expand revision declares a fill the backfill cannot run (a name too long for its runs, an odd identifier)."""
+
+
 class IllegalMove(BackfillError):
     """A run's status may not move where asked (``runs.ALLOWED_MOVES``):
     it was not, or is no longer, where the move starts."""

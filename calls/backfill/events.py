@@ -23,6 +23,7 @@ class BackfillStarted(Event):
     workers_why: str  # "given", or what the choice rests on ("2 cores")
     batch_size: int | None  # None: sized to take target_seconds
     target_seconds: float
+    fills: str = ""  # a declared fill's columns, for the operator (specs.ColumnFill.describes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +35,15 @@ class BackfillProgress(Event):
     changed: int
     total: int | None
     note: str | None = None  # why it is slower or stopped, for the progress line ("paused by ...")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackfillSkipped(Event):
+    """A declared fill has nothing to fill in this database (not expanded yet, contracted, or SQLite); no run."""
+
+    backfill: str
+    why: str
+    named: bool  # the caller asked for it by name (else it was one of every backfill)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -29,7 +29,7 @@ from calls.backfill.events import BackfillProgress, BackfillStarted
 from calls.backfill.options import BackfillOptions, BackfillResult
 from calls.backfill.pacing import INITIAL_BATCH_SIZE, SLOW_BATCH_FACTOR, WorkerChoice, choose_workers
 from calls.backfill.runs import Run
-from calls.backfill.specs import Backfill, count_needing
+from calls.backfill.specs import Backfill, ColumnFill, count_needing
 from calls.backfill.workers import BatchReport, Crew, Worker, WorkerFailed, WorkerMessage
 from calls.models import BackfillStatus
 from schema_engine.progress import Reporter
@@ -55,7 +55,8 @@ def run_backfill(engine: sa.Engine, spec: Backfill, options: BackfillOptions, re
     supervisor = Supervisor(run=run, options=options, workers=choice.workers, reporter=reporter, started=started)
     reporter(BackfillStarted(backfill=spec.name, run_id=run.run_id, joined=run.joined, resumed_from=run.resumed_from,
                              workers=choice.workers, workers_why=choice.why, batch_size=options.batch_size,
-                             target_seconds=settings.BACKFILL_BATCH_SECONDS))
+                             target_seconds=settings.BACKFILL_BATCH_SECONDS,
+                             fills=spec.describes if isinstance(spec, ColumnFill) else ""))
     supervisor.supervise()
     return supervisor.end()
 

@@ -1,4 +1,5 @@
-"""``manage.py backfill_context``: token counts, importance and call context fields for existing data."""
+"""``manage.py backfill_context``: token counts, importance and call context fields for existing data, and the
+columns expand revisions declare."""
 from __future__ import annotations
 
 import getpass
@@ -24,16 +25,17 @@ EXIT_CODES = {backfill.BackfillInterrupted: 130, backfill.BackfillCancelled: 3}
 class Command(BaseCommand):
     help = (
         "Fill conversation_history.token_count/importance, then calls.total_context_tokens/"
-        "context_pruned/pruning_count, for rows that lack them. Batched, idempotent, resumable; "
-        "several workers or hosts cooperate on one run."
+        "context_pruned/pruning_count, for rows that lack them; then the new columns of applied expand "
+        "revisions (expand_<revision>). Batched, idempotent, resumable; several workers or hosts cooperate on one run."
     )
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--batch-size", type=int, default=None,
                             help="ids per batch (default: sized so that a batch takes BACKFILL_BATCH_SECONDS)")
-        parser.add_argument("--only", help=f"run one backfill: {' or '.join(backfill.BACKFILLS)} "
-                                           "(default: every one, in that order)")
+        parser.add_argument("--only", "--backfill", dest="only",
+                            help=f"run one backfill: {', '.join(backfill.BACKFILLS)} or a fill expand_<revision> "
+                                 "(default: every one, in that order, then the fills of applied expand revisions)")
         parser.add_argument("--recompute", action="store_true", help="recompute rows that already have values")
         parser.add_argument("--dry-run", action="store_true", help="count what would change; write nothing")
         parser.add_argument("--workers", type=int, default=None,
@@ -54,7 +56,7 @@ class Command(BaseCommand):
                            help="cancel the running or paused run: its workers stop; a later run starts afresh")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        only = [options["only"]] if options["only"] else list(backfill.BACKFILLS)
+        only = [options["only"]] if options["only"] else None
         self.verbosity = options["verbosity"]
         try:
             settings = backfill.BackfillOptions(
@@ -80,7 +82,7 @@ class Command(BaseCommand):
         finally:
             self._close_bar()
 
-    def _apply_brake(self, action: str, only: list[str]) -> None:
+    def _apply_brake(self, action: str, only: list[str] | None) -> None:
         """Pause, resume or cancel the runs of ``only``; say which."""
         who = f"{getpass.getuser()}@{socket.gethostname()}"
         backfill.ensure_schema()
@@ -104,6 +106,9 @@ class Command(BaseCommand):
                 self._progress(event)
             case backfill.BackfillFinished():
                 self._finished(event.result)
+            case backfill.BackfillSkipped():
+                if event.named or self.verbosity > 1:
+                    self.stdout.write(f"{event.backfill}: skipped: {event.why}")
 
     def _started(self, start: backfill.BackfillStarted) -> None:
         if self.verbosity:
@@ -113,7 +118,8 @@ class Command(BaseCommand):
             workers = f"{start.workers} worker{'s' if start.workers != 1 else ''} ({start.workers_why})"
             batches = (f"batches of {start.batch_size:,} ids" if start.batch_size else
                        f"batches sized to take {start.target_seconds:g}s")
-            self.stdout.write(f"{start.backfill}: {how}, {workers}, {batches}")
+            fills = f"; fills {start.fills}" if start.fills else ""
+            self.stdout.write(f"{start.backfill}: {how}, {workers}, {batches}{fills}")
 
     def _progress(self, progress: backfill.BackfillProgress) -> None:
         if not self.verbosity:
