@@ -160,8 +160,8 @@ _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 class ColumnFill:
     """Fill one table's new physical columns of one expand revision: ``new = up(old)`` where new is still NULL.
 
-    The UPDATE and the pending condition are ``versioning.fill_sql``'s. Each batch's transaction
-    sets the setting ``'reautomation.fill'`` on (locally) first, so the expand's sync trigger keeps
+    The UPDATE and the pending condition are ``versioning.fill_sql`` and ``pending_sql``. Each batch's
+    transaction sets the setting ``'reautomation.fill'`` on (locally) first, so the expand's sync trigger keeps
     out of the fill's writes. ``recompute`` rewrites every new value that differs from ``up(old)``
     (the step's ``up`` reads the old column by its own name, which it keeps until the contract).
     """
@@ -170,9 +170,8 @@ class ColumnFill:
                  steps: tuple[versioning.ChangeType, ...]) -> None:
         self.name, self.fill, self.revision, self.table, self.steps = name, fill, revision, table, steps
         self.columns = tuple(versioning.physical_name(revision, step.column) for step in steps)
-        fills = [versioning.fill_sql(revision, step) for step in steps]
-        self.updates = tuple(update.strip().rstrip(";") for update, _ in fills)
-        self.pending = " OR ".join(f"({pending})" for _, pending in fills)
+        self.update = versioning.fill_sql(revision, table, steps)  # ids in (:lo, :hi]
+        self.pending = versioning.pending_sql(revision, table, steps)
         # No index lists the rows still to fill: batch bounds probe the primary key (batching.next_bounds).
         self.indexed_pending = self.pending
         differs = [(f'"{column}"', f"({step.up})") for column, step in zip(self.columns, steps)]
@@ -189,11 +188,15 @@ class ColumnFill:
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         in_batch = f"FROM {self.table} WHERE id > {{p}} AND id <= {{p}}"
-        if write:
+        if write and not recompute:
             if conn.dialect.name == "postgresql":
-                driver_sql(conn, "SELECT set_config('reautomation.fill', 'on', true)", ())
+                conn.execute(sa.text(versioning.FILL_SETTING_SQL))  # the sync trigger stands aside
+            changed = conn.execute(sa.text(self.update), {"lo": lo, "hi": hi}).rowcount
+        elif write:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text(versioning.FILL_SETTING_SQL))
             filled: set[int] = set()
-            for update in self.recompute_updates if recompute else self.updates:
+            for update in self.recompute_updates:
                 filled.update(id_ for id_, in driver_sql(conn, f"{update} RETURNING id", (lo, hi)))
             changed = len(filled)
         else:

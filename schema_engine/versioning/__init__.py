@@ -33,7 +33,14 @@ from schema_engine.versioning.bookkeeping import (
     record_sql,
     was_not_null,
 )
-from schema_engine.versioning.fill import fill_range, fill_sql, fill_tables, pending_fill_rows
+from schema_engine.versioning.fill import (
+    declared_fills,
+    fill_range,
+    fill_sql,
+    fill_tables,
+    pending_fill_rows,
+    pending_sql,
+)
 from schema_engine.versioning.names import (
     RELEASE_PREFIX,
     SCHEMA,
@@ -104,10 +111,10 @@ __all__ = [
     "ChangeType", "DropColumn", "Expand", "ReleaseSession", "RenameColumn", "Step", "add_column_sql",
     "add_not_null_check_sql", "allow_null_sql", "archive_name", "archive_sql", "changed_tables", "check_steps",
     "contract_refusals", "contract_table_sql", "contracted_by", "contracted_sql", "contracted_versions",
-    "create_schema_sql", "down_sql", "drop_new_column_sql", "drop_older_views_sql", "drop_sync_sql",
+    "create_schema_sql", "declared_fills", "down_sql", "drop_new_column_sql", "drop_older_views_sql", "drop_sync_sql",
     "drop_version_sql", "expands", "fill_name", "fill_range", "fill_sql", "fill_tables", "forget_sql",
     "has_column_sql", "is_expand", "none_null_sql", "not_null_check", "null_allowed_by_expand", "null_rows_sql",
-    "old_release_sessions", "pending_fill_rows", "physical_name", "read_schemas", "record_facts_sql",
+    "old_release_sessions", "pending_fill_rows", "pending_sql", "physical_name", "read_schemas", "record_facts_sql",
     "record_sql", "refuse_contract_while_old_release", "refuse_unfit_sql", "release_application_name",
     "removed_columns", "restore_older_views_sql", "substitute", "sync_function", "sync_function_sql",
     "sync_trigger", "sync_trigger_sql", "uncontract_table_sql", "up_sql", "validate_not_null_sql",

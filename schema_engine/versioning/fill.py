@@ -11,10 +11,12 @@ from __future__ import annotations
 from typing import Iterable
 
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 
 from schema_engine.errors import InvalidExpandStep
-from schema_engine.versioning.names import physical_name, quoted, table_name
+from schema_engine.versioning.names import fill_name, physical_name, quoted, table_name
 from schema_engine.versioning.phases import has_column_sql
+from schema_engine.versioning.releases import expands
 from schema_engine.versioning.steps import ChangeType, Step, changed_tables, of_table, up_sql
 from schema_engine.versioning.sync import FILL_SETTING_SQL
 
@@ -34,6 +36,17 @@ def _unfilled(changes: list[tuple[ChangeType, str]], *, expanded: bool = True) -
     """Return the condition of a row still to fill (before expand: any row with a value to convert)."""
     return " OR ".join(f"({quoted(new)} IS NULL AND {quoted(step.column)} IS NOT NULL)" if expanded
                        else f"{quoted(step.column)} IS NOT NULL" for step, new in changes)
+
+
+def pending_sql(revision: str, table: str, steps: Iterable[Step]) -> str:
+    """Return the condition of a row of ``table`` that expand ``revision``'s fill has still to write."""
+    return _unfilled(_changes(revision, table, steps))
+
+
+def declared_fills(script_directory: ScriptDirectory) -> dict[str, tuple[ChangeType, ...]]:
+    """Return each fill the code's expand revisions declare (its name: its type changes), newest expand first."""
+    return {fill_name(expand.revision): changes for expand in expands(script_directory)
+            if (changes := tuple(step for step in expand.steps if isinstance(step, ChangeType)))}
 
 
 def fill_sql(revision: str, table: str, steps: Iterable[Step]) -> str:
