@@ -21,7 +21,7 @@ steps (revisions never import each other) and, when a step changes a type, waits
 ``undo_contract(contracts, expand_steps)``.
 
 On PostgreSQL, expand publishes the version schema ``v_<E>`` and keeps old and new columns in
-step (``schema_engine/versioning.py``): undone, it drops only what it added, so nothing either
+step (``schema_engine/versioning/``): undone, it drops only what it added, so nothing either
 release wrote is lost. Contract archives the old columns' values, then drops them; undone, it
 puts them back from the archive. On SQLite (the embedded default) there are no versioned
 schemas: expand applies the whole change at once (a batch table rebuild), contract does nothing.

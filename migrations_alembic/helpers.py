@@ -188,6 +188,37 @@ def drop_check_constraint(name: str, table: str) -> None:
         batch.drop_constraint(name, type_="check")
 
 
+def add_unique_constraint(name: str, table: str, columns: list[str]) -> None:
+    """Make the unique index ``name`` that ``build_index(..., unique=True)`` built the table's UNIQUE constraint.
+
+    On PostgreSQL ``ADD CONSTRAINT ... UNIQUE USING INDEX``: no scan, the index already holds every
+    row (built ``CONCURRENTLY``, without blocking writes). A rerun after an interruption skips it.
+    Elsewhere (SQLite): the constraint in a batch-mode table rebuild, in place of the index.
+    """
+    if op.get_context().dialect.name != "postgresql":
+        op.drop_index(name, table_name=table)
+        with op.batch_alter_table(table) as batch:
+            batch.create_unique_constraint(name, columns)
+        return
+    if _constraint_exists(table, name) is not True:
+        op.execute(f'ALTER TABLE "{table}" ADD CONSTRAINT {name} UNIQUE USING INDEX {name}')
+
+
+def drop_unique_constraint(name: str, table: str, columns: list[str]) -> None:
+    """Undo ``add_unique_constraint``: the constraint goes, the unique index ``name`` stays as it was before.
+
+    On PostgreSQL dropping the constraint drops its index: it is built again without blocking writes.
+    """
+    if op.get_context().dialect.name != "postgresql":
+        with op.batch_alter_table(table) as batch:
+            batch.drop_constraint(name, type_="unique")
+        op.create_index(name, table, columns, unique=True)
+        return
+    op.execute(f'ALTER TABLE "{table}" DROP CONSTRAINT IF EXISTS {name}')
+    with op.get_context().autocommit_block():
+        build_index(name, table, columns, unique=True)
+
+
 def _constraint_exists(table: str, name: str) -> bool | None:
     if op.get_context().as_sql:
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import sqlalchemy as sa
 from alembic import command
@@ -18,9 +18,11 @@ from alembic.util import CommandError as AlembicCommandError
 from django.conf import settings
 
 from schema_engine import checksums, database, prechecks, replicas
+from schema_engine.autogenerate import ConfirmRename, Rename
 from schema_engine.config import EnvOptions, alembic_config
 from schema_engine.errors import (
     Interrupted,
+    InvalidRename,
     InvalidRevisionRange,
     MultipleHeads,
     SchemaDrift,
@@ -356,18 +358,25 @@ def merge(*, revisions: list[str], message: str | None, stdout: TextIO | None = 
 
 
 def create_revision(
-    *, message: str, autogenerate: bool = False, url: sa.URL | str | None = None, stdout: TextIO | None = None
+    *, message: str, autogenerate: bool = False, url: sa.URL | str | None = None, stdout: TextIO | None = None,
+    renames: Sequence[Rename] = (), confirm_rename: ConfirmRename | None = None,
 ) -> tuple[str, ...]:
     """Create a revision file (compared with the models if ``autogenerate``); return the ids written.
 
-    Autogenerate writes none when nothing changed, and two for a NOT NULL column added to an
-    existing table: its expand and contract steps (``autogenerate.py``).
+    Autogenerate writes none when nothing changed, and two for a change that needs the old and the
+    new shape side by side (a rename, a type change, a removed column, NOT NULL on an existing table):
+    its expand and contract steps (``autogenerate.py``). A removed and an added column are a rename
+    only if ``renames`` names them or ``confirm_rename`` says yes; a rename naming none raises
+    ``InvalidRename`` and writes nothing.
     """
+    if renames and not autogenerate:
+        raise InvalidRename("--rename goes with --autogenerate: it says what a comparison with the models found")
     with alembic_errors():
         if not autogenerate:
             return (command.revision(alembic_config(stdout=stdout), message=message).revision,)
         with database.connect(url) as connection:
-            options = EnvOptions(command="revision", connection=connection, skip_empty_autogenerate=True)
+            options = EnvOptions(command="revision", connection=connection, skip_empty_autogenerate=True,
+                                 renames=tuple(renames), confirm_rename=confirm_rename)
             written = command.revision(alembic_config(stdout=stdout, options=options), message=message,
                                        autogenerate=True)
     scripts = written if isinstance(written, list) else [written]  # a list when directives were rewritten

@@ -45,6 +45,10 @@ class EnvOptions:
     starting_revisions: tuple[str, ...] = ()  # offline: start here, not at the range's FROM (a merge's parents)
     skip_recorded_check: bool = False  # stamp --purge: alembic_version may hold anything
     skip_empty_autogenerate: bool = False  # revision --autogenerate: no file when nothing changed
+    # revision --autogenerate: the renames the author named (--rename), and who is asked of the other
+    # candidates (a terminal; None: nobody, a removal and an addition stay what they are)
+    renames: tuple[autogenerate.Rename, ...] = ()
+    confirm_rename: autogenerate.ConfirmRename | None = None
     # upgrade: the caller ran commands.refuse_unsafe_upgrade for the whole upgrade and runs the deferred
     # data checks itself (migrate_schema, one revision at a time for the replicas): env.py runs the gate only
     guarded: bool = False
@@ -97,4 +101,5 @@ def process_revision_directives(context: Any, revision: Any, directives: list[An
     if options.skip_empty_autogenerate and directives and directives[0].upgrade_ops.is_empty():
         directives[:] = []
     if options.command == "revision":  # not check: it compares, and writes nothing
-        autogenerate.deployable(context, revision, directives)
+        autogenerate.deployable(context, revision, directives, renames=options.renames,
+                                confirm_rename=options.confirm_rename)

@@ -169,6 +169,10 @@ class UnsupportedModelField(SchemaError):
     """A model uses a field type the metadata translator does not know; add it to ``metadata.column_type``."""
 
 
+class InvalidRename(SchemaError):
+    """A ``--rename TABLE.OLD=NEW`` that is malformed, or names no column this autogenerate removes and adds."""
+
+
 def first_line(exc: BaseException) -> str:
     """Return the first line of ``exc``'s message (for a database error, the database's own), or its type."""
     text = str(getattr(exc, "orig", None) or exc).strip()

@@ -21,6 +21,7 @@ from django.db.models.sql import Query
 from django.db.utils import ConnectionHandler, load_backend
 from sqlalchemy.dialects import postgresql
 
+from schema_engine.autogenerate import MODEL_FIELD_INFO
 from schema_engine.errors import UnsupportedModelField
 
 NAMING_CONVENTION = {
@@ -137,6 +138,7 @@ def _columns(model: type[models.Model]) -> list[sa.Column]:
                 index=field.db_index and not field.unique and not field.primary_key,
                 server_default=server_default(field),
                 autoincrement=field.get_internal_type().endswith("AutoField") or "auto",
+                info={MODEL_FIELD_INFO: type(field).__name__},  # named in autogenerate's rename question
             )
         )
     return columns

@@ -55,3 +55,73 @@ def priority_field() -> Iterator[models.Field]:
 def region_field() -> Iterator[models.Field]:
     """A NOT NULL column without a default: existing rows have no value for it."""
     yield from _added_to_calls("scratch_region", models.CharField(max_length=8))
+
+
+def _replace_fields(model: type[models.Model], changes: dict[str, models.Field | None],
+                    added: dict[str, models.Field]) -> Iterator[None]:
+    """Change ``model``'s fields as an edit of its class would, and put them back after.
+
+    ``changes`` maps a field's name to its new definition (None: removed); ``added`` are new fields.
+    """
+    opts = model._meta
+    before = list(opts.local_fields)
+    attributes = {name: model.__dict__[name] for name in [*changes, *added] if name in model.__dict__}
+    for name, field in changes.items():
+        opts.local_fields.remove(opts.get_field(name))
+        opts._expire_cache()
+        if field is not None:
+            field.contribute_to_class(model, name)
+    for name, field in added.items():
+        assert name not in {f.name for f in opts.get_fields()}, f"{model.__name__} has a field {name!r} already"
+        field.contribute_to_class(model, name)
+    opts._expire_cache()
+    yield
+    opts.local_fields[:] = before
+    for name in [*changes, *added]:
+        if name in attributes:
+            setattr(model, name, attributes[name])
+        elif name in model.__dict__:
+            delattr(model, name)
+    opts._expire_cache()
+
+
+@pytest.fixture
+def operators_change() -> Iterator[None]:
+    """Issue 25's example: ``Call.outcome`` renamed ``call_outcome``, ``duration_seconds`` widened to a
+    BigIntegerField, ``voice_id`` removed."""
+    yield from _replace_fields(
+        Call,
+        {"outcome": None, "duration_seconds": models.BigIntegerField(null=True, blank=True), "voice_id": None},
+        {"call_outcome": models.CharField(max_length=64, null=True, blank=True)})
+
+
+@pytest.fixture
+def outcome_renamed_voice_id_removed() -> Iterator[None]:
+    """Issue 25's example without the widening: nothing to fill between expand and contract."""
+    yield from _replace_fields(Call, {"outcome": None, "voice_id": None},
+                               {"call_outcome": models.CharField(max_length=64, null=True, blank=True)})
+
+
+@pytest.fixture
+def summary_required() -> Iterator[None]:
+    """``Call.summary`` made NOT NULL (no default): rows written before may hold NULL."""
+    yield from _replace_fields(Call, {"summary": models.TextField()}, {})
+
+
+@pytest.fixture
+def phone_number_renamed() -> Iterator[None]:
+    """``Call.phone_number`` (indexed) renamed ``phone``: its index gets the new name too."""
+    yield from _replace_fields(Call, {"phone_number": None}, {"phone": models.CharField(max_length=32, db_index=True)})
+
+
+@pytest.fixture
+def phone_number_removed() -> Iterator[None]:
+    """``Call.phone_number`` (NOT NULL, no default, indexed) removed."""
+    yield from _replace_fields(Call, {"phone_number": None}, {})
+
+
+@pytest.fixture
+def voice_id_unique() -> Iterator[None]:
+    """``Call.voice_id`` made unique: rows written before may share a value."""
+    yield from _replace_fields(Call, {"voice_id": models.CharField(max_length=64, null=True, blank=True, unique=True)},
+                               {})

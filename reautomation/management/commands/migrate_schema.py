@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,6 +18,7 @@ from operator_kit.output import RawOutput
 from operator_kit.signals import sigterm_as_ctrl_c
 from schema_engine import backup, checksums, commands, database, errors, guard, progress, state
 from schema_engine import plan as deploy_plan
+from schema_engine.autogenerate import Rename, RenameCandidate
 
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT; SIGTERM too (it takes the same path)
@@ -68,6 +70,11 @@ class Command(BaseCommand):
         rev = sub.add_parser("revision", help="create a new revision file")
         rev.add_argument("-m", "--message", required=True)
         rev.add_argument("--autogenerate", action="store_true", help="compare the models with the database")
+        rev.add_argument("--rename", action="append", default=[], metavar="TABLE.OLD=NEW", dest="renames",
+                         help="with --autogenerate: column OLD of TABLE is the one the models now call NEW (its data "
+                              "kept), not a removal and an addition; repeatable. Without it a terminal is asked")
+        rev.add_argument("--noinput", "--no-input", action="store_false", dest="interactive",
+                         help="ask nothing, even on a terminal: only --rename makes a rename")
         sub.add_parser("check", help="fail if the models and the database (at head) differ")
         rst = sub.add_parser("restore", help="replace the whole database with a backup (made by --backup, or a "
                                              "plain pg_dump .sql file), in one transaction")
@@ -164,14 +171,45 @@ class Command(BaseCommand):
         revision = commands.merge(revisions=revisions, message=message, stdout=self._alembic_out)
         self.stdout.write(self.style.SUCCESS(f"Created merge revision {revision}"))
 
-    def _revision(self, *, message: str, autogenerate: bool = False, **_: Any) -> None:
+    def _revision(self, *, message: str, autogenerate: bool = False, renames: list[str] | None = None,
+                  interactive: bool = True, **_: Any) -> None:
         if autogenerate:
             self._name_database(quiet_stdout=False)
-        written = commands.create_revision(message=message, autogenerate=autogenerate, stdout=self._alembic_out)
+        unasked: list[RenameCandidate] = []
+
+        def not_asked(candidate: RenameCandidate) -> bool:
+            unasked.append(candidate)
+            return False  # never guessed: asked on a terminal, or named by --rename
+
+        asking = autogenerate and interactive and sys.stdin.isatty()
+        written = commands.create_revision(message=message, autogenerate=autogenerate, stdout=self._alembic_out,
+                                           renames=[Rename.parse(text) for text in renames or ()],
+                                           confirm_rename=self._ask_rename if asking else not_asked)
         if not written:
             self.stdout.write("No changes between the models and the database; no revision written")
         for revision in written:
             self.stdout.write(self.style.SUCCESS(f"Created revision {revision}: review it before applying"))
+        for candidate in unasked:
+            self.stderr.write(f"warning: {candidate.table}.{candidate.old} is removed and {candidate.table}."
+                              f"{candidate.new} added, alike but for the name: not taken for a rename (not asked: no "
+                              "terminal, or --noinput); if it is one, delete the revisions written and run again with "
+                              f"--rename {candidate.rename}")
+
+    def _ask_rename(self, candidate: RenameCandidate) -> bool:
+        """Ask the terminal whether ``candidate`` is a rename, as ``makemigrations`` does; no answer is no."""
+        while True:
+            self.stdout.write(f"{candidate.question} ", ending="")
+            self.stdout.flush()
+            try:
+                answer = input().strip().lower()
+            except EOFError:
+                self.stdout.write("")
+                return False
+            if answer in ("", "n", "no"):
+                return False
+            if answer in ("y", "yes"):
+                return True
+            self.stdout.write("Please answer y or n.")
 
     def _restore(self, *, backup_file: Path, yes: bool = False, **_: Any) -> None:
         if not yes:
