@@ -82,7 +82,7 @@ def configure_options(dialect_name: str) -> dict:
         raise CommandError(f"cannot compare with the models: {exc}") from exc
     return {
         "target_metadata": target_metadata,
-        "include_object": include_object,
+        "include_object": lambda *compared: include_object(*compared, leave_out=options.in_flight),
         "compare_type": True,
         "compare_server_default": True,
         "render_as_batch": dialect_name == "sqlite",  # SQLite cannot ALTER most things in place
@@ -216,6 +216,10 @@ def _run(connection: sa.Connection) -> None:
             deferred = refuse_unsafe_upgrade(connection, pending)
     elif options.command == "downgrade":
         checksums.refuse_changed(connection)  # a changed downgrade() is not what was reviewed with its upgrade
+    if not lent and connection.in_transaction():
+        # What the checks read ends here: Alembic takes a connection already in a transaction for its
+        # caller's, and would then run each revision in it (no autocommit block, no commit per revision).
+        connection.commit()
     configured = {"connection": connection, **configure_options(connection.dialect.name)}
     clock = RevisionClock()
     moves = options.command in ("upgrade", "downgrade")

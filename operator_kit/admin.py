@@ -30,8 +30,11 @@ class EstimatedCountPaginator(Paginator):
         connection = connections[self.object_list.db]
         if connection.vendor == "postgresql" and not query.where:
             with connection.cursor() as cursor:
+                # The table as declared: a release reading through a version schema's view
+                # (reautomation/release.py) has it qualified, and a view has no estimate.
+                opts = self.object_list.model._meta
                 cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                               [self.object_list.model._meta.db_table])
+                               [opts.original_attrs.get("db_table", opts.db_table)])
                 row = cursor.fetchone()
             if row and row[0] > ESTIMATE_ABOVE_ROWS:
                 return int(row[0])

@@ -49,6 +49,8 @@ class EnvOptions:
     # candidates (a terminal; None: nobody, a removal and an addition stay what they are)
     renames: tuple[autogenerate.Rename, ...] = ()
     confirm_rename: autogenerate.ConfirmRename | None = None
+    # check, autogenerate: columns an expand not yet contracted holds in two shapes, compared after its contract
+    in_flight: frozenset[tuple[str, str]] = frozenset()
     # upgrade: the caller ran commands.refuse_unsafe_upgrade for the whole upgrade and runs the deferred
     # data checks itself (migrate_schema, one revision at a time for the replicas): env.py runs the gate only
     guarded: bool = False
@@ -88,8 +90,12 @@ def alembic_config(*, stdout: TextIO | None = None, options: EnvOptions | None =
     return config
 
 
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    """Leave archive tables (data kept by downgrades), the checksums and the expands' bookkeeping out of comparisons."""
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any, *,
+                   leave_out: frozenset[tuple[str, str]] = frozenset()) -> bool:
+    """Leave archive tables (data kept by downgrades), the checksums and the expands' bookkeeping out of comparisons,
+    and the columns in ``leave_out`` ((table, column): those an expand holds in two shapes until its contract)."""
+    if type_ == "column" and (obj.table.name, name) in leave_out:
+        return False
     return not (type_ == "table" and reflected and name
                 and (name.startswith(ARCHIVE_TABLE_PREFIX) or name in (CHECKSUM_TABLE, VERSIONS_TABLE)))
 

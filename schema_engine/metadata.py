@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql
 
 from schema_engine.autogenerate import MODEL_FIELD_INFO
 from schema_engine.errors import UnsupportedModelField
+from schema_engine.versioning import declared_table
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -120,7 +121,7 @@ def _columns(model: type[models.Model]) -> list[sa.Column]:
             target = field.related_model._meta
             column_args.append(
                 sa.ForeignKey(
-                    f"{target.db_table}.{field.target_field.column}",
+                    f"{declared_table(target.db_table)}.{field.target_field.column}",
                     ondelete=_ON_DELETE.get(field.remote_field.on_delete),
                     # Django expects its constraints to be checked at commit.
                     deferrable=True,
@@ -193,9 +194,10 @@ def build_metadata(dialect_name: str, tables: Collection[str] | None = None) -> 
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
     for model in apps.get_models(include_auto_created=True):
         opts = model._meta
-        if opts.proxy or opts.concrete_model is not model or (tables is not None and opts.db_table not in tables):
+        name = declared_table(opts.db_table)  # a release reading through a version schema qualifies it
+        if opts.proxy or opts.concrete_model is not model or (tables is not None and name not in tables):
             continue
-        table = sa.Table(opts.db_table, metadata, *_columns(model))
+        table = sa.Table(name, metadata, *_columns(model))
         _indexes(model, table, connection)
         _constraints(model, table, connection)
     return metadata

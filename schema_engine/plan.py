@@ -20,7 +20,18 @@ from typing import Any
 import sqlalchemy as sa
 from django.conf import settings
 
-from schema_engine import checksums, database, gate, guard, lint, prechecks, rehearsal, replicas, versioning
+from schema_engine import (
+    checksums,
+    contracts,
+    database,
+    gate,
+    guard,
+    lint,
+    prechecks,
+    rehearsal,
+    replicas,
+    versioning,
+)
 from schema_engine.commands import check, revision_sql
 from schema_engine.errors import MultipleHeads, SchemaDrift, alembic_errors
 from schema_engine.progress import Reporter, ignore
@@ -57,10 +68,12 @@ class Plan:
     contract_blockers: tuple[str, ...] = ()  # a pending contract, while the release before its expand is connected
     # SQLite with pending expand or contract revisions: how they apply there
     sqlite_versions: bool = False
+    deferred_contract: str = ""  # defer_contracts: the contract left pending, and why
 
     @property
     def warnings(self) -> list[str]:
         notes = ["SQLite: no versioned schemas, expand and contract apply in order"] if self.sqlite_versions else []
+        notes += [self.deferred_contract] if self.deferred_contract else []
         return notes + [f"{blocker} has held a lock on {table} for longer than MIGRATION_LONG_TRANSACTION_SECONDS "
                 f"({self.long_transaction_seconds:g}s), and a pending revision alters {table}: its DDL would wait "
                 "for it (lock_timeout, retries); end that transaction or wait for it before upgrading"
@@ -119,11 +132,14 @@ class Plan:
         }
 
 
-def plan(*, url: sa.URL | str | None = None, rehearse: bool = False, reporter: Reporter = ignore) -> Plan:
+def plan(*, url: sa.URL | str | None = None, rehearse: bool = False, reporter: Reporter = ignore,
+         defer_contracts: bool = False) -> Plan:
     """Return the plan for ``upgrade head``: pending revisions, backfills they need, squawk's findings, INVALID indexes.
 
     With ``rehearse``, also apply the pending revisions to a copy of the schema (``rehearsal.py``);
-    ``reporter`` hears of each as it is done (``rehearsal.RevisionRehearsed``).
+    ``reporter`` hears of each as it is done (``rehearsal.RevisionRehearsed``). With
+    ``defer_contracts``, the plan of ``upgrade head --defer-contracts``: up to the first contract that
+    must wait (``contracts.py``), which is a warning, not a problem.
     """
     url = database.resolve_url(url)
     database.require_session(url)  # the upgrade it plans would be refused through a transaction pooler
@@ -133,6 +149,9 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False, reporter: R
                             "'manage.py migrate_schema merge heads -m \"merge heads\"'")
     with alembic_errors(), database.connect(url) as conn:
         scripts = pending_scripts(script_directory(), state.current, "head")
+        deferred = contracts.waiting_contract(conn, scripts, url) if defer_contracts else None
+        if deferred is not None:
+            scripts = scripts[:scripts.index(deferred[0])]
         outcomes = prechecks.run_pending(conn, scripts)
         pending, pending_sql = [], []
         for rev in scripts:
@@ -171,4 +190,5 @@ def plan(*, url: sa.URL | str | None = None, rehearse: bool = False, reporter: R
                 replica_wait=settings.MIGRATION_REPLICA_WAIT_SECONDS, changed_revisions=changed, drift=drift,
                 rehearsal=rehearsed, long_transactions=held,
                 long_transaction_seconds=settings.MIGRATION_LONG_TRANSACTION_SECONDS,
-                contract_blockers=contract_blockers, sqlite_versions=sqlite_versions)
+                contract_blockers=contract_blockers, sqlite_versions=sqlite_versions,
+                deferred_contract=(f"contract {deferred[0].revision} deferred: {deferred[1]}" if deferred else ""))

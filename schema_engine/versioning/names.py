@@ -54,6 +54,16 @@ def version_schema(revision: str) -> str:
     return f"v_{revision_id(revision)}"
 
 
+def qualified_table(schema: str, table: str) -> str:
+    """Return a Django model's ``db_table`` that reads ``table`` through ``schema``: ``"v_0a1b"."calls"``."""
+    return f"{quoted(identifier(schema, 'schema'))}.{quoted(identifier(table, 'table'))}"
+
+
+def declared_table(db_table: str) -> str:
+    """Return the table a model's ``db_table`` names, without the version schema ``qualified_table`` put before it."""
+    return db_table.rsplit(".", 1)[-1].strip('"') if db_table.startswith('"') else db_table
+
+
 def physical_name(revision: str, column: str) -> str:
     """Return the name of the new-typed copy of ``column`` that expand ``revision`` adds: ``_<revision>_<column>``."""
     return f"_{revision_id(revision)}_{identifier(column, 'column')}"[:MAX_IDENTIFIER]

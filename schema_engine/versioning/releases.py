@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from alembic.script import Script, ScriptDirectory
 
 from schema_engine.errors import OldReleaseConnected
-from schema_engine.versioning.names import RELEASE_PREFIX, version_schema
-from schema_engine.versioning.steps import Step, changed_tables, check_steps
+from schema_engine.versioning.names import RELEASE_PREFIX, VERSIONS_TABLE, physical_name, version_schema
+from schema_engine.versioning.steps import ChangeType, DropColumn, RenameColumn, Step, changed_tables, check_steps
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,28 @@ def refuse_contract_while_old_release(connection: sa.Connection, pending: list[S
         script, why, sessions = found[0]
         raise OldReleaseConnected(why, revision=script.revision, expand_revision=contracted_by(script) or "",
                                   pids=tuple(session.pid for session in sessions))
+
+
+def in_flight_columns(connection: sa.Connection, script_directory: ScriptDirectory) -> frozenset[tuple[str, str]]:
+    """Return the (table, column) pairs that expands applied here and not yet contracted hold in two shapes.
+
+    Between expand and contract the tables keep the old shape and the new release's models the
+    new one (through the version schema): a drift check compares those columns after the contract.
+    """
+    if not sa.inspect(connection).has_table(VERSIONS_TABLE):
+        return frozenset()
+    open_expands = set(connection.execute(sa.text(
+        f"SELECT revision FROM {VERSIONS_TABLE} WHERE contracted_at IS NULL")).scalars())
+    pairs: set[tuple[str, str]] = set()
+    for expand in expands(script_directory):
+        if expand.revision not in open_expands:
+            continue
+        for step in expand.steps:
+            if isinstance(step, RenameColumn):
+                pairs |= {(step.table, step.old), (step.table, step.new)}
+            elif isinstance(step, ChangeType):
+                pairs |= {(step.table, step.column), (step.table, physical_name(expand.revision, step.column))}
+            elif isinstance(step, DropColumn):
+                pairs.add((step.table, step.column))
+    return frozenset(pairs)
+

@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from operator_kit.output import RawOutput
 from operator_kit.signals import sigterm_as_ctrl_c
-from schema_engine import backup, checksums, commands, database, errors, guard, progress, state
+from schema_engine import backup, checksums, commands, contracts, database, errors, guard, progress, state
 from schema_engine import plan as deploy_plan
 from schema_engine.autogenerate import Rename, RenameCandidate
 
@@ -46,6 +46,9 @@ class Command(BaseCommand):
         up.add_argument("--sql", action="store_true", help="print the SQL from the current revision instead")
         up.add_argument("--backup", metavar="DIR", type=Path, default=None, dest="backup_dir",
                         help="first write a backup of the database into DIR (pg_dump) and print how to restore it")
+        up.add_argument("--defer-contracts", action="store_true",
+                        help="stop before a contract that must wait (its fill, the release before it) and say so, "
+                             "instead of refusing (scripts/deploy)")
         down = sub.add_parser("downgrade", help="downgrade to REV (-1, base, or an id)")
         down.add_argument("revision")
         down.add_argument("--sql", action="store_true", help="print the SQL instead of running it")
@@ -82,6 +85,8 @@ class Command(BaseCommand):
         rst.add_argument("--yes", action="store_true", help="confirm: everything written since the backup is lost")
         pln = sub.add_parser("plan", help="what 'upgrade head' would do and whether it is safe now (exit 0) or not (3)")
         pln.add_argument("--json", action="store_true", dest="as_json", help="print the plan as JSON")
+        pln.add_argument("--defer-contracts", action="store_true",
+                         help="plan 'upgrade head --defer-contracts': a contract that must wait is a warning")
         pln.add_argument("--rehearse", action="store_true",
                          help="also apply the pending revisions to a copy of the schema (no data) in a scratch "
                               "database, and report each one's outcome and duration")
@@ -117,7 +122,7 @@ class Command(BaseCommand):
         return RawOutput(self.stdout)  # type: ignore[return-value]
 
     def _upgrade(self, *, revision: str = "head", sql: bool = False, backup_dir: Path | None = None,
-                 **_: Any) -> None:
+                 defer_contracts: bool = False, **_: Any) -> None:
         if sql:
             commands.write_sql("upgrade", revision=revision, stdout=self._alembic_out)
             return
@@ -125,7 +130,7 @@ class Command(BaseCommand):
             saved = backup.back_up_before_migrating(backup_dir)
             self.stdout.write(f"Backup written: {saved.path}")
             self.stdout.write(f"To restore it: {saved.restore_command}")
-        self._move("upgrade", commands.upgrade, revision)
+        self._move("upgrade", contracts.upgrade_deferring_contracts if defer_contracts else commands.upgrade, revision)
 
     def _downgrade(self, *, revision: str, sql: bool = False, check: bool = False, **_: Any) -> None:
         if sql:
@@ -217,11 +222,12 @@ class Command(BaseCommand):
         recorded = backup.restore(backup_file)
         self.stdout.write(self.style.SUCCESS(f"Restored {backup_file}; database is at {'; '.join(recorded)}"))
 
-    def _plan(self, *, as_json: bool = False, rehearse: bool = False, **_: Any) -> None:
+    def _plan(self, *, as_json: bool = False, rehearse: bool = False, defer_contracts: bool = False, **_: Any) -> None:
         if rehearse and not as_json:
             self.stdout.write("Rehearsal: the pending revisions on a copy of the schema (no data), dropped afterwards")
         reporter = progress.ignore if as_json else self._report
-        self._print_plan(deploy_plan.plan(rehearse=rehearse, reporter=reporter), as_json=as_json)
+        self._print_plan(deploy_plan.plan(rehearse=rehearse, reporter=reporter, defer_contracts=defer_contracts),
+                         as_json=as_json, defer_contracts=defer_contracts)
 
     def _verify(self, *, accept: list[str] | None = None, **_: Any) -> None:
         if accept:
@@ -243,7 +249,7 @@ class Command(BaseCommand):
         commands.check(stdout=self._alembic_out)
         self.stdout.write(self.style.SUCCESS("The database matches the models"))
 
-    def _print_plan(self, plan: deploy_plan.Plan, *, as_json: bool) -> None:
+    def _print_plan(self, plan: deploy_plan.Plan, *, as_json: bool, defer_contracts: bool = False) -> None:
         if as_json:
             self.stdout.write(json.dumps(plan.as_dict(), indent=2))
         else:
@@ -269,7 +275,8 @@ class Command(BaseCommand):
             for problem in plan.problems:
                 self.stdout.write(f"  problem: {problem}")
             if plan.safe:
-                self.stdout.write(self.style.SUCCESS("Safe to apply: 'manage.py migrate_schema upgrade head'"))
+                upgrade = "upgrade head --defer-contracts" if defer_contracts else "upgrade head"
+                self.stdout.write(self.style.SUCCESS(f"Safe to apply: 'manage.py migrate_schema {upgrade}'"))
         if not plan.safe:
             raise CommandError(f"not safe to apply: {plan.problems[0]}"
                                + (f" (and {len(plan.problems) - 1} more)" if len(plan.problems) > 1 else ""),
