@@ -55,10 +55,14 @@ def admin_engine(server: str = SERVER) -> sa.Engine:
     return scratch.admin_engine(sqlalchemy_url(server))
 
 
-def fresh_database(name: str, *, template: str | None = None) -> str:
-    """(Re)create database ``name`` on the server, empty or a copy of ``template``; return its libpq URL."""
+def fresh_database(name: str, *, template: str | None = None, file_copy: bool = False) -> str:
+    """(Re)create database ``name`` on the server, empty or a copy of ``template``; return its libpq URL.
+
+    ``file_copy``: copy the template's files after a checkpoint rather than through the WAL (a large
+    copy then floods no measurement that follows with its WAL).
+    """
     scratch.drop_database(admin_engine(), name)
-    scratch.create_database(admin_engine(), name, template=template)
+    scratch.create_database(admin_engine(), name, template=template, file_copy=file_copy)
     return database_url(name)
 
 
