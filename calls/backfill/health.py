@@ -41,7 +41,8 @@ NOTE_SECONDS = 5.0
 
 # The signals that slow a worker's batches (``BackfillResult.slowed``), and what each means.
 SLOWING_SIGNALS = {"locks": "sessions waiting on its locks", "vacuum": "vacuum on the table",
-                   "latency": "batches over the target duration"}
+                   "latency": "batches over the target duration",
+                   "live": "live traffic (a fill works half the time beside it)"}
 
 _FORK = multiprocessing.get_context("fork")
 
@@ -83,6 +84,7 @@ class Signals:
     # Workers numbered from this up hold: live traffic gets the cores they would take.
     workers_allowed: multiprocessing.sharedctypes.Synchronized = field(
         default_factory=lambda: _FORK.Value("i", 1 << 30))
+    live: multiprocessing.sharedctypes.Synchronized = field(default_factory=lambda: _FORK.Value("b", False))
 
 
 class ReplayClock:
@@ -192,6 +194,7 @@ class HealthWatch:
         workers (the same CPU on average, in bursts) did not.
         """
         allowed = max(1, self.workers // 2) if reading.live_sessions else self.workers
+        self.signals.live.value = bool(reading.live_sessions)
         if allowed != self.signals.workers_allowed.value:
             self.signals.workers_allowed.value = allowed
         if allowed < self.workers:

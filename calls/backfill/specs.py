@@ -42,6 +42,8 @@ class Backfill(Protocol):
     table: str
     pending: str  # SQL condition: a row still needs this backfill
     indexed_pending: str  # the part of ``pending`` a partial index lists (revision 004), for batch bounds
+    # Beside live traffic, a working worker also waits as long as its batch took (throttle.Throttle).
+    half_duty_beside_traffic: bool
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         """Fill the rows with ``lo < id <= hi`` that need it (all with ``recompute``); return (scanned, changed)."""
@@ -60,6 +62,7 @@ def count_needing(conn: sa.Connection, spec: Backfill, recompute: bool, after: i
 
 
 class MessagesBackfill:
+    half_duty_beside_traffic = False  # its Python work leaves the database room; holding half the workers is enough
     name = "messages"
     table = "conversation_history"
     pending = "(token_count IS NULL OR importance IS NULL)"
@@ -84,6 +87,7 @@ class MessagesBackfill:
 
 
 class CallsBackfill:
+    half_duty_beside_traffic = False
     name = "calls"
     table = "calls"
     pending = "total_context_tokens IS NULL"
@@ -165,6 +169,9 @@ class ColumnFill:
     out of the fill's writes. ``recompute`` rewrites every new value that differs from ``up(old)``
     (the step's ``up`` reads the old column by its own name, which it keeps until the contract).
     """
+    # One UPDATE per batch, all of it the database's work: with half the workers held, its one worker
+    # still kept a core busy beside the writers (docs/benchmarks.md, "Zero-downtime changes").
+    half_duty_beside_traffic = True
 
     def __init__(self, *, name: str, fill: str, revision: str, table: str,
                  steps: tuple[versioning.ChangeType, ...]) -> None:

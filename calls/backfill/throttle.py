@@ -24,8 +24,11 @@ class AfterBatch:
 class Throttle:
     """One worker's pace: its batch size, its waits, and its holds."""
 
-    def __init__(self, *, pace: Pace, signals: health.Signals, rate: float | None, pause: float) -> None:
+    def __init__(self, *, pace: Pace, signals: health.Signals, rate: float | None, pause: float,
+                 half_duty_beside_traffic: bool = False) -> None:
         self.pace, self.signals, self.rate, self.pause = pace, signals, rate, pause
+        # The spec's: beside live traffic, a working worker also waits as long as its batch took.
+        self.half_duty_beside_traffic = half_duty_beside_traffic
         self.lock_waits_seen = 0
 
     def after_batch(self, *, scanned: int, span: int, seconds: float) -> AfterBatch:
@@ -43,6 +46,8 @@ class Throttle:
             slowed_by.append("vacuum")
         if self.pace.slow:  # slow batches even at the smallest size: the database is struggling
             slowed_by.append("latency")
+        if self.half_duty_beside_traffic and self.signals.live.value:
+            slowed_by.append("live")
         if slowed_by:
             wait = max(wait, seconds)
         return AfterBatch(wait=wait, slowed_by=tuple(slowed_by))

@@ -13,6 +13,8 @@ import sqlalchemy as sa
 
 from calls import backfill
 from calls.backfill import health
+from calls.backfill.pacing import Pace
+from calls.backfill.throttle import AfterBatch, Throttle
 from schema_engine.progress import Event
 from tests.conftest import django_url, run_sql, wait_for
 
@@ -153,6 +155,19 @@ def test_live_sessions_hold_half_the_workers_until_they_are_gone() -> None:
     alone = health.HealthWatch("conversation_history", health.Signals(), max_replica_lag=10, workers=1)
     alone.judge(health.Reading(0, 0, 0.0, None, live_sessions=3))
     assert alone.signals.workers_allowed.value == 1  # one worker always works
+
+
+@pytest.mark.parametrize("half_duty", [True, False], ids=["a fill", "the built-ins"])
+def test_beside_live_traffic_a_fill_also_waits_as_long_as_its_batch_took(half_duty: bool) -> None:
+    signals = health.Signals()
+    watch = health.HealthWatch("calls", signals, max_replica_lag=10, workers=2)
+    throttle = Throttle(pace=Pace(100, 0.2), signals=signals, rate=None, pause=0.0, half_duty_beside_traffic=half_duty)
+    assert throttle.after_batch(scanned=100, span=100, seconds=0.2) == AfterBatch(wait=0.0, slowed_by=())
+    watch.judge(health.Reading(0, 0, 0.0, None, live_sessions=1))
+    beside = throttle.after_batch(scanned=100, span=100, seconds=0.2)
+    assert beside == (AfterBatch(wait=0.2, slowed_by=("live",)) if half_duty else AfterBatch(wait=0.0, slowed_by=()))
+    watch.judge(health.Reading(0, 0, 0.0, None, live_sessions=0))
+    assert throttle.after_batch(scanned=100, span=100, seconds=0.2).wait == 0.0
 
 
 def test_the_replay_clock_ages_what_a_stalled_replica_has_not_replayed() -> None:
