@@ -42,7 +42,7 @@ NOTE_SECONDS = 5.0
 # The signals that slow a worker's batches (``BackfillResult.slowed``), and what each means.
 SLOWING_SIGNALS = {"locks": "sessions waiting on its locks", "vacuum": "vacuum on the table",
                    "latency": "batches over the target duration",
-                   "live": "live traffic (a fill works half the time beside it)"}
+                   "live": "live traffic (a fill works a quarter of the time beside it)"}
 
 _FORK = multiprocessing.get_context("fork")
 

@@ -42,8 +42,8 @@ class Backfill(Protocol):
     table: str
     pending: str  # SQL condition: a row still needs this backfill
     indexed_pending: str  # the part of ``pending`` a partial index lists (revision 004), for batch bounds
-    # Beside live traffic, a working worker also waits as long as its batch took (throttle.Throttle).
-    half_duty_beside_traffic: bool
+    # Beside live traffic, the share of its time a working worker spends on batches (throttle.Throttle).
+    duty_beside_traffic: float
 
     def process(self, conn: sa.Connection, lo: int, hi: int, *, recompute: bool, write: bool) -> tuple[int, int]:
         """Fill the rows with ``lo < id <= hi`` that need it (all with ``recompute``); return (scanned, changed)."""
@@ -62,7 +62,7 @@ def count_needing(conn: sa.Connection, spec: Backfill, recompute: bool, after: i
 
 
 class MessagesBackfill:
-    half_duty_beside_traffic = False  # its Python work leaves the database room; holding half the workers is enough
+    duty_beside_traffic = 1.0  # its Python work leaves the database room: holding half the workers is enough
     name = "messages"
     table = "conversation_history"
     pending = "(token_count IS NULL OR importance IS NULL)"
@@ -87,7 +87,7 @@ class MessagesBackfill:
 
 
 class CallsBackfill:
-    half_duty_beside_traffic = False
+    duty_beside_traffic = 1.0
     name = "calls"
     table = "calls"
     pending = "total_context_tokens IS NULL"
@@ -169,9 +169,10 @@ class ColumnFill:
     out of the fill's writes. ``recompute`` rewrites every new value that differs from ``up(old)``
     (the step's ``up`` reads the old column by its own name, which it keeps until the contract).
     """
-    # One UPDATE per batch, all of it the database's work: with half the workers held, its one worker
-    # still kept a core busy beside the writers (docs/benchmarks.md, "Zero-downtime changes").
-    half_duty_beside_traffic = True
+    # One UPDATE per batch, all of it the database's work: with only half the workers held, its one
+    # worker still kept a core busy beside the writers; at a quarter of the time it leaves them theirs
+    # (docs/benchmarks.md, "Zero-downtime changes").
+    duty_beside_traffic = 0.25
 
     def __init__(self, *, name: str, fill: str, revision: str, table: str,
                  steps: tuple[versioning.ChangeType, ...]) -> None:

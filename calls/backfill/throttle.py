@@ -25,10 +25,10 @@ class Throttle:
     """One worker's pace: its batch size, its waits, and its holds."""
 
     def __init__(self, *, pace: Pace, signals: health.Signals, rate: float | None, pause: float,
-                 half_duty_beside_traffic: bool = False) -> None:
+                 duty_beside_traffic: float = 1.0) -> None:
         self.pace, self.signals, self.rate, self.pause = pace, signals, rate, pause
-        # The spec's: beside live traffic, a working worker also waits as long as its batch took.
-        self.half_duty_beside_traffic = half_duty_beside_traffic
+        # The spec's: beside live traffic, the share of its time a working worker spends on batches.
+        self.duty_beside_traffic = duty_beside_traffic
         self.lock_waits_seen = 0
 
     def after_batch(self, *, scanned: int, span: int, seconds: float) -> AfterBatch:
@@ -46,8 +46,9 @@ class Throttle:
             slowed_by.append("vacuum")
         if self.pace.slow:  # slow batches even at the smallest size: the database is struggling
             slowed_by.append("latency")
-        if self.half_duty_beside_traffic and self.signals.live.value:
+        if self.duty_beside_traffic < 1 and self.signals.live.value:
             slowed_by.append("live")
+            wait = max(wait, seconds * (1 - self.duty_beside_traffic) / self.duty_beside_traffic)
         if slowed_by:
             wait = max(wait, seconds)
         return AfterBatch(wait=wait, slowed_by=tuple(slowed_by))

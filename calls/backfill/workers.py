@@ -85,7 +85,7 @@ class Worker:
         self.parent_pid = parent_pid  # set in a worker process: the invoking process's
         self.throttle = Throttle(pace=Pace(options.batch_size, settings.BACKFILL_BATCH_SECONDS),
                                  signals=crew.signals, rate=rate, pause=options.pause,
-                                 half_duty_beside_traffic=run.spec.half_duty_beside_traffic)
+                                 duty_beside_traffic=run.spec.duty_beside_traffic)
         self.single_row_failures: dict[int, int] = {}  # row id -> tries that failed, in this worker
 
     def work(self) -> None:

@@ -157,15 +157,16 @@ def test_live_sessions_hold_half_the_workers_until_they_are_gone() -> None:
     assert alone.signals.workers_allowed.value == 1  # one worker always works
 
 
-@pytest.mark.parametrize("half_duty", [True, False], ids=["a fill", "the built-ins"])
-def test_beside_live_traffic_a_fill_also_waits_as_long_as_its_batch_took(half_duty: bool) -> None:
+@pytest.mark.parametrize(("duty", "wait"), [(0.25, 0.6), (0.5, 0.2), (1.0, 0.0)],
+                         ids=["a fill", "half the time", "the built-ins"])
+def test_beside_live_traffic_a_fill_works_its_share_of_the_time(duty: float, wait: float) -> None:
     signals = health.Signals()
     watch = health.HealthWatch("calls", signals, max_replica_lag=10, workers=2)
-    throttle = Throttle(pace=Pace(100, 0.2), signals=signals, rate=None, pause=0.0, half_duty_beside_traffic=half_duty)
+    throttle = Throttle(pace=Pace(100, 0.2), signals=signals, rate=None, pause=0.0, duty_beside_traffic=duty)
     assert throttle.after_batch(scanned=100, span=100, seconds=0.2) == AfterBatch(wait=0.0, slowed_by=())
     watch.judge(health.Reading(0, 0, 0.0, None, live_sessions=1))
     beside = throttle.after_batch(scanned=100, span=100, seconds=0.2)
-    assert beside == (AfterBatch(wait=0.2, slowed_by=("live",)) if half_duty else AfterBatch(wait=0.0, slowed_by=()))
+    assert beside.wait == pytest.approx(wait) and beside.slowed_by == (("live",) if duty < 1 else ())
     watch.judge(health.Reading(0, 0, 0.0, None, live_sessions=0))
     assert throttle.after_batch(scanned=100, span=100, seconds=0.2).wait == 0.0
 
