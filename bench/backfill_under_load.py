@@ -11,7 +11,7 @@ with no token counts), vacuumed, then on fresh copies of it (CREATE DATABASE ...
 - idle: ``manage.py backfill_context --only messages`` with its defaults, nothing else running;
 - baseline: ``--writers`` threads that each, every ``--interval-ms``, insert a call, insert two
   messages for it, update a random call and update a random message (each statement its own
-  transaction, as the agents' requests are; bench/writer_stall.py's writers), for as long as the
+  transaction, as the agents' requests are; calls/workload.py's writers), for as long as the
   idle backfill took;
 - loaded: the same writers, and the same backfill started once they write.
 
@@ -35,7 +35,7 @@ environment.set_up()
 import psycopg
 
 from bench.seeding import reported_rate, seed_before_backfill
-from bench.writer_stall import Writer
+from calls.workload import Writer
 
 TEMPLATE = "bench_backfill_load_template"
 TARGET = "bench_backfill_load"

@@ -9,7 +9,8 @@ Seeds a PostgreSQL database at revision 003 with calls/sample_data.py (400k call
 messages with ``--max-turns 13``), then for each variant copies it (CREATE DATABASE ... TEMPLATE),
 starts ``--writers`` threads that each, every ``--interval-ms``, insert a call, insert two
 messages for it, update a random call and update a random message (each statement its own
-transaction, as the application's requests are), and while they write runs the upgrade to head:
+transaction, as the application's requests are: ``calls/workload.py``, also the forecast's default
+workload), and while they write runs the upgrade to head:
 
 - ``concurrent``: ``manage.py migrate_schema upgrade head``, exactly as a deploy runs it
   (revision 004's indexes built CONCURRENTLY);
@@ -25,13 +26,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 
 import environment
 
@@ -43,8 +42,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql
 
 from bench.seeding import seed_before_backfill
+from calls.workload import Writer
 from schema_engine import config, database, state
-from schema_engine.errors import first_line
 
 TEMPLATE = "bench_writer_stall_template"
 TARGET = "bench_writer_stall"
@@ -71,56 +70,6 @@ def plain_index_builds() -> list[str]:
         index = sa.Index(name, *(target.c[c] for c in columns), **pg_options)
         statements.append(str(sa.schema.CreateIndex(index).compile(dialect=postgresql.dialect())))
     return statements
-
-
-@dataclass(eq=False)  # a Thread must stay hashable
-class Writer(threading.Thread):
-    dsn: str
-    interval: float
-    max_call_id: int
-    max_message_id: int
-    stop: threading.Event
-    samples: list[tuple[float, float]] = field(default_factory=list)  # (finished at, seconds)
-    errors: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        threading.Thread.__init__(self, daemon=True)
-
-    def timed(self, conn: psycopg.Connection, sql: str, params: tuple) -> psycopg.Cursor:
-        started = time.perf_counter()
-        cursor = conn.execute(sql, params)
-        finished = time.perf_counter()
-        self.samples.append((finished, finished - started))
-        return cursor
-
-    def run(self) -> None:
-        rng = random.Random(threading.get_ident())
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            contact_id = conn.execute("SELECT min(id) FROM contacts").fetchone()[0]
-            while not self.stop.is_set():
-                try:
-                    call_id = self.timed(
-                        conn,
-                        "INSERT INTO calls (contact_id, phone_number, direction, status, tier, created_at, "
-                        "updated_at, escalation_count, total_cost, context_pruned, pruning_count) "
-                        "VALUES (%s, '+15550100000', 'outbound', 'in_progress', 'tier1', now(), now(), 0, 0, "
-                        "false, 0) RETURNING id",
-                        (contact_id,),
-                    ).fetchone()[0]
-                    self.timed(
-                        conn,
-                        "INSERT INTO conversation_history (call_id, role, content, turn_index, created_at) "
-                        "VALUES (%s, 'assistant', 'Hi, this is Ava from the agency.', 0, now()), "
-                        "(%s, 'user', 'Yes, I am still looking.', 1, now())",
-                        (call_id, call_id),
-                    )
-                    self.timed(conn, "UPDATE calls SET status = 'completed', updated_at = now() WHERE id = %s",
-                               (rng.randint(1, self.max_call_id),))
-                    self.timed(conn, "UPDATE conversation_history SET token_count = %s WHERE id = %s",
-                               (rng.randint(1, 200), rng.randint(1, self.max_message_id)))
-                except psycopg.Error as exc:  # counted, not hidden: a failed write is worse than a slow one
-                    self.errors.append(first_line(exc))
-                time.sleep(self.interval)
 
 
 def run_variant(variant: str, args: argparse.Namespace) -> dict[str, object]:

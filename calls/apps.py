@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 from schema_engine import gate
+from schema_engine.forecast import replay
 
 
 class CallsConfig(AppConfig):
@@ -20,6 +21,10 @@ class CallsConfig(AppConfig):
                 pending_rows=lambda url, name=name: backfill.pending_rows(url=url, only=(name,))[name])
         # The fills (expand_<revision>) are declared by the revisions the code has when the gate asks.
         gate.register_backfill_source(declared_fill)
+        # A forecast with no capture to replay runs the agents' writes against its copy.
+        from calls import workload
+
+        replay.register_default_workload(workload.start_writers)
 
 
 def declared_fill(name: str) -> gate.RegisteredBackfill | None:

@@ -306,3 +306,43 @@ class OldReleaseConnected(SchemaError):
     def __init__(self, message: str, *, revision: str, expand_revision: str, pids: tuple[int, ...]) -> None:
         super().__init__(message)
         self.revision, self.expand_revision, self.pids = revision, expand_revision, pids
+
+
+class ForecastUnavailable(SchemaError):
+    """The forecast cannot make what it needs (a copy of the primary, a capture, a replay); the message says why."""
+
+
+class ProgramMissing(ForecastUnavailable):
+    """A program the forecast runs (pg_basebackup, pg_ctl, pgreplay) is not installed where it was looked for."""
+
+    def __init__(self, message: str, *, program: str) -> None:
+        super().__init__(message)
+        self.program = program
+
+
+class ReplicationRefused(ForecastUnavailable):
+    """The role may not stream a base backup: no REPLICATION attribute, or no ``replication`` line in pg_hba.conf."""
+
+
+class NotEnoughDisk(ForecastUnavailable):
+    """The folder for the copy has less free space than the primary's size and the headroom asked."""
+
+    def __init__(self, message: str, *, folder: str, needed: int, free: int) -> None:
+        super().__init__(message)
+        self.folder, self.needed, self.free = folder, needed, free
+
+
+class PortInUse(ForecastUnavailable):
+    """The port asked for the copy's server is taken by another program."""
+
+    def __init__(self, message: str, *, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+
+class CaptureNotAllowed(ForecastUnavailable):
+    """The role may not switch the server's statement logging (ALTER SYSTEM, pg_reload_conf, pg_file_settings)."""
+
+
+class ServerLogUnreadable(ForecastUnavailable):
+    """The server's log cannot be found or read from here, or holds no statements pgreplay can replay."""

@@ -1,0 +1,12 @@
+"""The forecast's parts: a copy of the primary with its data, its traffic captured, and that traffic replayed.
+
+- ``programs``: PostgreSQL's own programs, found for the server's version and run as an OS user
+  that may run a server, with the connection in their environment (never on a command line);
+- ``leftovers``: the scratch folders a run makes, each naming its run, and what a killed run left;
+- ``clone``: a physical copy of a running primary (``pg_basebackup``), started on a free port and
+  removed afterwards;
+- ``capture``: the primary's statements for a window, through its own logging switched on and
+  back, or from a log the operator has;
+- ``replay``: a capture replayed against the copy at its recorded pace (``pgreplay``), or the
+  default workload an app registers when there is no capture.
+"""
