@@ -251,7 +251,8 @@ def uncontract_table_sql(revision: str, contract_revision: str, table: str, step
 
     Renames undone; a type-changed column's new copy gets its expand name back (nullable, no
     default) and the old column returns (its type and default as expand recorded them), filled
-    with the new values converted down, then the archived ones put back exactly; a removed column
+    with the new values converted down, then the archived ones put back exactly where the new value
+    has not changed since the contract (``up(archived)`` is still the new value); a removed column
     returns with its archived values. The archive is dropped. The sync trigger is not there yet:
     nothing is converted twice. Each change only while the contracted shape is there.
     """
@@ -278,7 +279,18 @@ def uncontract_table_sql(revision: str, contract_revision: str, table: str, step
     columns = removed_columns(steps, table)
     if columns:
         archive = f"{SCHEMA}.{quoted(archive_name(contract_revision, table))}"
-        assignments = ", ".join(f"{quoted(c)} = a.{quoted(c)}" for c in columns)
+        changed = {step.column: step for step in of_table(steps, table) if isinstance(step, ChangeType)}
+
+        def restored(column: str) -> str:
+            if column not in changed:  # a removed column: only the archive has its values
+                return f"{quoted(column)} = a.{quoted(column)}"
+            # An old value put back exactly only where the row's new value is still what it converts to:
+            # a row the release after updated since the contract keeps its new value converted down.
+            step, new = changed[column], quoted(physical_name(revision, column))
+            return (f"{quoted(column)} = CASE WHEN {up_sql(step, f'a.{quoted(column)}')} IS NOT DISTINCT FROM t.{new} "
+                    f"THEN a.{quoted(column)} ELSE t.{quoted(column)} END")
+
+        assignments = ", ".join(restored(c) for c in columns)
         lines.append(f"    IF to_regclass({literal(archive)}) IS NOT NULL THEN\n"
                      f"        UPDATE {table_sql} t SET {assignments} FROM {archive} a WHERE t.id = a.id;\n"
                      f"        DROP TABLE {archive};\n"
