@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.apps import AppConfig
 
 from schema_engine import gate
-from schema_engine.forecast import replay
+from schema_engine.forecast import backfills, replay
 
 
 class CallsConfig(AppConfig):
@@ -25,6 +25,10 @@ class CallsConfig(AppConfig):
         from calls import workload
 
         replay.register_default_workload(workload.start_writers)
+        # A forecast runs a sample of the backfills the pending revisions declare on its copy.
+        from calls import backfill_sample
+
+        backfills.register_backfill_sampler(backfill_sample.sample)
 
 
 def declared_fill(name: str) -> gate.RegisteredBackfill | None:

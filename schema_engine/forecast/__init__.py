@@ -8,5 +8,10 @@
 - ``capture``: the primary's statements for a window, through its own logging switched on and
   back, or from a log the operator has;
 - ``replay``: a capture replayed against the copy at its recorded pace (``pgreplay``), or the
-  default workload an app registers when there is no capture.
+  default workload an app registers when there is no capture;
+- ``run``: ``forecast()``, the pending revisions applied to the copy under that traffic, one by one;
+- ``measure``: one revision measured (its duration, WAL, tables rewritten, size change), with
+  ``sampler`` (the locks it holds, the statements waiting on them) and ``latency`` (the replayed
+  statements' latencies); ``backfills``: the declared backfills' samples, through a sampler an app
+  registers; ``result``: what a forecast found, the types its readers share.
 """
