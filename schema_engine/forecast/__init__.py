@@ -8,5 +8,11 @@
 - ``capture``: the primary's statements for a window, through its own logging switched on and
   back, or from a log the operator has;
 - ``replay``: a capture replayed against the copy at its recorded pace (``pgreplay``), or the
-  default workload an app registers when there is no capture.
+  default workload an app registers when there is no capture;
+- ``result``: what a forecast measured (plain data); ``measure``: ``forecast()``, which measures it;
+- ``verdict``: the limits it is judged by and the problems found; ``chart``: its SVG picture;
+  ``stored``: the last forecast, kept for the admin's schema page.
 """
+from schema_engine.forecast.measure import forecast
+
+__all__ = ["forecast"]
