@@ -7,6 +7,8 @@ from datetime import datetime, timedelta
 from django.db.models import Avg, Model
 from django.db.models.functions import Trunc
 
+from operator_kit.svg import Box, fraction
+
 # Windows an operator can pick, each with the bucket that keeps a chart between 24 and 360 points.
 WINDOWS: dict[str, tuple[timedelta, str]] = {
     "6h": (timedelta(hours=6), "minute"),
@@ -20,6 +22,7 @@ MAX_SERIES = 12  # one small chart per metric name; a page of dozens helps nobod
 CHART_WIDTH = 560
 CHART_HEIGHT = 140
 PADDING = 4
+BOX = Box(CHART_WIDTH, CHART_HEIGHT, left=PADDING, right=PADDING, top=PADDING, bottom=PADDING)
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,10 @@ class Series:
     def polyline(self, start: datetime, end: datetime) -> str:
         """Return SVG ``points`` for this series, time on x from ``start`` to ``end``, value on y."""
         span = (end - start).total_seconds() or 1.0
-        low, high = self.low, self.high
-        rise = (high - low) or 1.0
-        inner_w, inner_h = CHART_WIDTH - 2 * PADDING, CHART_HEIGHT - 2 * PADDING
         coords = []
         for at, value in self.points:
-            x = PADDING + inner_w * (at - start).total_seconds() / span
-            # A flat series sits mid-height rather than on the floor.
-            y = PADDING + inner_h * (1 - ((value - low) / rise if high > low else 0.5))
+            # A flat series sits mid-height rather than on the floor (``fraction``).
+            x, y = BOX.x((at - start).total_seconds() / span), BOX.y(fraction(value, self.low, self.high))
             coords.append(f"{x:.1f},{y:.1f}")
         return " ".join(coords)
 

@@ -10,6 +10,7 @@ from django.db.models import Max
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path
+from django.utils.safestring import mark_safe
 
 from calls import backfill
 from calls.backfill import control
@@ -18,6 +19,8 @@ from monitoring import charts
 from monitoring.models import PerformanceMetric, SystemMetric
 from reautomation import replica_reads
 from schema_engine import checksums, database, errors, replicas, state
+from schema_engine.forecast import chart as forecast_chart
+from schema_engine.forecast import stored
 
 # What each of the site's own pages needs: the view permission of what it shows.
 OPERATIONS_PERMISSION = "calls.view_backfillrun"
@@ -45,7 +48,7 @@ class OperatorAdminSite(admin.AdminSite):
 
     def operations_view(self, request: HttpRequest) -> HttpResponse:
         """Schema state (current revision, head, pending, changed applied revisions, INVALID indexes),
-        each backfill's latest run."""
+        the last forecast (``migrate_schema forecast``) with its chart, each backfill's latest run."""
         require_any(request, OPERATIONS_PERMISSION)
         context: dict[str, Any] = {**self.each_context(request), "title": "Schema and backfills"}
         try:
@@ -57,6 +60,7 @@ class OperatorAdminSite(admin.AdminSite):
                     context["monitor_grant"] = replicas.monitor_grant(conn)
         except errors.SchemaError as exc:
             context["schema_error"] = str(exc)
+        context.update(last_forecast_context())
         if replica_reads.REPLICA in settings.DATABASES:
             context["replica_view"] = replicas.replica_view(
                 database.sqlalchemy_url(settings.DATABASES[replica_reads.REPLICA]))
@@ -98,3 +102,15 @@ class OperatorAdminSite(admin.AdminSite):
             "height": charts.CHART_HEIGHT,
         }
         return TemplateResponse(request, "admin/metrics.html", context)
+
+
+def last_forecast_context() -> dict[str, Any]:
+    """The last forecast kept (FORECAST_LAST_FILE) and its chart, or why it cannot be shown; nothing when none ran."""
+    try:
+        last = stored.load(settings.FORECAST_LAST_FILE)
+    except errors.StoredForecastUnreadable as exc:
+        return {"forecast_error": str(exc)}
+    if last is None:
+        return {}
+    # The chart escapes every text it takes from the forecast (revision names, docs, the database's display URL).
+    return {"last_forecast": last, "forecast_chart": mark_safe(forecast_chart.svg(last.forecast))}

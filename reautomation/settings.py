@@ -172,6 +172,19 @@ BACKFILL_NICE = setting_values.count(env, "BACKFILL_NICE", default=10, maximum=1
 # The workers hold while a streaming replica is further behind than this (seconds; 0: never hold).
 BACKFILL_MAX_REPLICA_LAG = setting_values.seconds(env, "BACKFILL_MAX_REPLICA_LAG", default=10)
 
+# migrate_schema forecast (schema_engine/forecast/verdict.py) refuses a deploy (exit 3) whose forecast passes one:
+# - the longest a replayed statement waited on a revision's locks: 5s, the lock_timeout the revisions
+#   themselves get (MIGRATION_LOCK_TIMEOUT), past which a request is an error to its caller, not a slow page;
+# - all pending revisions together: 10 minutes, a deploy window an operator watches, a third of
+#   MIGRATION_STATEMENT_TIMEOUT so that the copy's slower disk does not hide a timeout;
+# - the replica lag a revision causes: 30s, three times DATABASE_REPLICA_MAX_LAG (reads move to the primary
+#   for that long) and well inside MIGRATION_REPLICA_WAIT_SECONDS (the upgrade would refuse).
+FORECAST_MAX_WRITER_WAIT_SECONDS = setting_values.seconds(env, "FORECAST_MAX_WRITER_WAIT_SECONDS", default=5)
+FORECAST_MAX_DURATION_SECONDS = setting_values.seconds(env, "FORECAST_MAX_DURATION_SECONDS", default=600)
+FORECAST_MAX_REPLICA_LAG_SECONDS = setting_values.seconds(env, "FORECAST_MAX_REPLICA_LAG_SECONDS", default=30)
+# The last forecast (JSON, 0600, in a 0700 folder) that the admin's schema page shows beside the plan.
+FORECAST_LAST_FILE = env.path("FORECAST_LAST_FILE", default=BASE_DIR / "var" / "forecast" / "last.json")
+
 # Token counting and the context policy (calls/tokens.py, calls/context_policy.py).
 TOKEN_ENCODING = env.str("TOKEN_ENCODING", default="cl100k_base")
 CONTEXT_MAX_TOKENS = setting_values.count(env, "CONTEXT_MAX_TOKENS", default=8192, minimum=1)

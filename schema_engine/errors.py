@@ -346,3 +346,11 @@ class CaptureNotAllowed(ForecastUnavailable):
 
 class ServerLogUnreadable(ForecastUnavailable):
     """The server's log cannot be found or read from here, or holds no statements pgreplay can replay."""
+
+
+class StoredForecastUnreadable(SchemaError):
+    """The last forecast's file (FORECAST_LAST_FILE) is not a forecast this version wrote: run the forecast again."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path

@@ -14,4 +14,9 @@
   ``sampler`` (the locks it holds, the statements waiting on them) and ``latency`` (the replayed
   statements' latencies); ``backfills``: the declared backfills' samples, through a sampler an app
   registers; ``result``: what a forecast found, the types its readers share.
+- ``verdict``: the limits a forecast is judged by and the problems found; ``chart``: its SVG
+  picture; ``stored``: the last forecast, kept for the admin's schema page.
 """
+from schema_engine.forecast.run import forecast
+
+__all__ = ["forecast"]

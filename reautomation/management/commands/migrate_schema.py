@@ -1,29 +1,35 @@
 """``manage.py migrate_schema``: the Alembic revisions, for operators and deploy scripts.
 
 Exit codes: 0 done; 1 an error (one line on stderr saying what to do); 2 ``check`` found drift;
-3 ``plan`` found it unsafe to apply now; 130 interrupted (Ctrl-C or SIGTERM: the revision in flight
-is rolled back and one line says where the database is).
+3 ``plan`` found it unsafe to apply now, or ``forecast`` found a limit passed; 130 interrupted
+(Ctrl-C or SIGTERM: the revision in flight is rolled back and one line says where the database is).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from operator_kit.output import RawOutput
 from operator_kit.signals import sigterm_as_ctrl_c
 from schema_engine import backup, checksums, commands, contracts, database, errors, guard, progress, state
+from schema_engine import forecast as deploy_forecast
 from schema_engine import plan as deploy_plan
 from schema_engine.autogenerate import Rename, RenameCandidate
+from schema_engine.forecast import chart as forecast_chart
+from schema_engine.forecast import stored, verdict
+from schema_engine.forecast.result import Forecast
 
-PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift)
+PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift); `forecast`'s too
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT; SIGTERM too (it takes the same path)
 # Subcommands that act on the database name it (password hidden) before they act.
-ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore", "verify"}
+ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore", "verify", "forecast"}
 # Progress events shown only from this verbosity on; the others always (archived rows, rehearsals).
 SHOWN_FROM_VERBOSITY: dict[type[progress.Event], int] = {
     commands.RevisionStarted: 2, commands.RevisionApplied: 1, commands.WaitingForReplicas: 1}
@@ -90,6 +96,17 @@ class Command(BaseCommand):
         pln.add_argument("--rehearse", action="store_true",
                          help="also apply the pending revisions to a copy of the schema (no data) in a scratch "
                               "database, and report each one's outcome and duration")
+        fct = sub.add_parser("forecast", help="apply the pending revisions to a copy of the database with its data, "
+                                              "under replayed traffic, and measure what the application would feel; "
+                                              "exit 3 when a FORECAST_MAX_* limit is passed (docs/forecast.md)")
+        fct.add_argument("--capture", metavar="FILE", type=Path, default=None,
+                         help="replay this capture of the primary's statements (docs/forecast.md); default: the bench "
+                              "writers' workload")
+        fct.add_argument("--json", action="store_true", dest="as_json", help="print the forecast and problems as JSON")
+        fct.add_argument("--chart", metavar="PATH", type=Path, default=None,
+                         help="also write the latency chart (SVG, 0600) to PATH")
+        fct.add_argument("--sample-batches", type=int, default=20, metavar="N",
+                         help="forecast each declared backfill from N batches (default 20)")
         vrf = sub.add_parser("verify", help="check that no applied revision's file has changed since it was applied")
         vrf.add_argument("--accept", nargs="+", metavar="REV", default=None,
                          help="record the current checksum of these applied revisions: their change is deliberate")
@@ -229,6 +246,47 @@ class Command(BaseCommand):
         self._print_plan(deploy_plan.plan(rehearse=rehearse, reporter=reporter, defer_contracts=defer_contracts),
                          as_json=as_json, defer_contracts=defer_contracts)
 
+    def _forecast(self, *, capture: Path | None = None, as_json: bool = False, chart: Path | None = None,
+                  sample_batches: int = 20, **_: Any) -> None:
+        if sample_batches < 1:
+            raise CommandError(f"--sample-batches must be 1 or more (got {sample_batches})")
+        measured = deploy_forecast.forecast(capture=capture, sample_batches=sample_batches,
+                                            reporter=progress.ignore if as_json else self._report)
+        self.show_forecast(measured, as_json=as_json, chart=chart, last_file=settings.FORECAST_LAST_FILE,
+                           limits=verdict.Limits.from_settings())
+
+    def show_forecast(self, forecast: Forecast, *, as_json: bool, chart: Path | None, last_file: Path | None,
+                      limits: verdict.Limits) -> None:
+        """Print ``forecast`` (a table per revision, or JSON), write its chart, keep it as the last one.
+
+        Exit 3 (CommandError) when it passes a limit, after all that: the refused forecast is kept and shown too.
+        """
+        problems = verdict.problems(forecast, limits)
+        if as_json:
+            self.stdout.write(json.dumps(stored.as_dict(forecast, problems=problems, limits=limits.as_dict()),
+                                         indent=2))
+        else:
+            for line in forecast_lines(forecast):
+                self.stdout.write(line)
+            for problem in problems:
+                self.stdout.write(f"  problem: {problem}")
+        written = []
+        if chart is not None:
+            with _writing(chart, "--chart PATH"):
+                written.append(f"Chart written: {forecast_chart.write_chart(forecast, chart)}")
+        if last_file is not None:
+            with _writing(last_file, "FORECAST_LAST_FILE"):
+                saved = stored.save(last_file, forecast, problems=problems, limits=limits.as_dict())
+                written.append(f"Kept as the last forecast (the admin's schema page shows it): {saved}")
+        for line in written:
+            (self.stderr if as_json else self.stdout).write(line)
+        if problems:
+            raise CommandError(f"forecast passes a limit: {problems[0]}"
+                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                               returncode=PLAN_UNSAFE)
+        if not as_json:
+            self.stdout.write(self.style.SUCCESS("Within every limit (FORECAST_MAX_*): safe to deploy as forecast"))
+
     def _verify(self, *, accept: list[str] | None = None, **_: Any) -> None:
         if accept:
             for found in checksums.accept(accept):
@@ -308,3 +366,51 @@ class Command(BaseCommand):
         for index, table in invalid_indexes:
             self.stderr.write(f"warning: {state.invalid_index_problem(index, table)}")
 
+
+
+@contextlib.contextmanager
+def _writing(path: Path, setting: str) -> Iterator[None]:
+    """Turn a file that cannot be written into one line naming it and what sets it."""
+    try:
+        yield
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}; choose a folder this user may write "
+                           f"({setting})") from exc
+
+
+def forecast_lines(forecast: Forecast) -> list[str]:
+    """The forecast for a person: what was copied and replayed, a table per revision, each backfill's projection."""
+    lines = [f"Forecast on a copy of {forecast.database} ({verdict.size_text(forecast.copy_bytes)}, made in "
+             f"{forecast.copy_seconds:.1f}s); traffic: {forecast.workload}; {len(forecast.samples):,} statements timed"]
+    if not forecast.revisions:
+        lines.append("No revision pending")
+    for rev in forecast.revisions:
+        locks = "; ".join(f"{lock.mode} on {lock.relation} {lock.seconds:.1f}s" for lock in rev.locks) or "none seen"
+        before = ("not measured (no statement before it)" if rev.p50_before is None or rev.p99_before is None
+                  else f"p50 {rev.p50_before * 1000:.1f} ms, p99 {rev.p99_before * 1000:.1f} ms")
+        size = verdict.size_text(rev.size_change)
+        rows = [("duration", f"{rev.seconds:.1f}s (from {rev.started:.1f}s into the replay)"),
+                ("locks held", locks),
+                ("statements waiting", f"{rev.waiting_statements:,}"),
+                ("longest wait", f"{rev.longest_wait:.3f}s"),
+                ("latency before", before),
+                ("WAL written", verdict.size_text(rev.wal_bytes)),
+                ("tables rewritten", ", ".join(rev.rewritten) or "none"),
+                ("size change", size if rev.size_change < 0 else f"+{size}"),
+                ("replica lag", "no replica followed the copy" if rev.replica_lag is None
+                 else f"{rev.replica_lag:.1f}s")]
+        lines.append(f"  revision {rev.revision}: {rev.doc}")
+        if rev.error:
+            lines.append(f"    FAILED on the copy: {rev.error}")
+        lines += [f"    {name:<19} {value}" for name, value in rows]
+    for fill in forecast.backfills:
+        rate = fill.rows / fill.seconds if fill.seconds > 0 else 0.0
+        lines.append(f"  backfill {fill.name}: {fill.batches} batch(es), {fill.rows:,} rows in {fill.seconds:.1f}s "
+                     f"({rate:,.0f} rows/s); {fill.rows_pending:,} rows pending: about "
+                     f"{_duration_text(fill.projected_seconds)} in all")
+    return lines
+
+
+def _duration_text(seconds: float) -> str:
+    return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else \
+        f"{seconds / 3600:.1f} h"
