@@ -1,0 +1,56 @@
+"""``manage.py migrate_schema forecast`` end to end, as an operator runs it on an application host of the topology.
+
+A small database at 005 with sample data; pending: 006. The command copies the primary, runs the
+default workload on the copy, applies 006 there and measures it, prints or writes its verdict, its
+chart and the last forecast; the copy is gone afterwards.
+"""
+from __future__ import annotations
+
+import json
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from calls.sample_data import generate_sample_data
+from schema_engine import commands, database, state
+from tests.conftest import REVISIONS
+from tests.topology.conftest import Topology, manage
+
+AT = REVISIONS[-2]  # 005: 006 pending
+
+
+def prepared(topology: Topology) -> None:
+    commands.upgrade(revision=AT, url=topology.primary)
+    engine = database.create_engine(topology.primary)
+    try:
+        with engine.begin() as conn:
+            generate_sample_data(connection=conn, calls=30, seed=26)
+    finally:
+        engine.dispose()
+
+
+def test_a_forecast_measures_the_pending_revision_on_a_copy_and_keeps_it(topology_db: Topology, tmp_path: Path) -> None:
+    prepared(topology_db)
+    chart, last = tmp_path / "forecast.svg", tmp_path / "last.json"
+    result = manage(topology_db, "migrate_schema", "forecast", "--json", "--chart", str(chart), "--sample-batches", "2",
+                    FORECAST_LAST_FILE=str(last))
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    (revision,) = found["forecast"]["revisions"]
+    assert revision["revision"] == REVISIONS[-1] and not revision["error"]
+    assert revision["seconds"] > 0 and revision["wal_bytes"] > 0
+    assert found["forecast"]["samples"] and found["safe"] is True and found["problems"] == []
+    assert stat.S_IMODE(chart.stat().st_mode) == 0o600 and stat.S_IMODE(last.stat().st_mode) == 0o600
+    assert ET.parse(chart).getroot().tag.endswith("svg")
+    assert json.loads(last.read_text())["forecast"]["revisions"][0]["revision"] == REVISIONS[-1]
+    assert state.status(url=topology_db.primary).current == (AT,)  # the source is untouched
+
+
+def test_a_forecast_past_a_limit_exits_3_naming_the_revision_and_the_limit(topology_db: Topology,
+                                                                           tmp_path: Path) -> None:
+    prepared(topology_db)
+    result = manage(topology_db, "migrate_schema", "forecast", "--sample-batches", "1",
+                    FORECAST_MAX_DURATION_SECONDS="0", FORECAST_LAST_FILE=str(tmp_path / "last.json"))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "FORECAST_MAX_DURATION_SECONDS" in result.stderr and "Traceback" not in result.stderr
+    assert f"revision {REVISIONS[-1]}" in result.stdout
