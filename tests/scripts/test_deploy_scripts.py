@@ -148,6 +148,14 @@ def test_unknown_arguments_are_refused(tmp_path: Path, name: str, args: list[str
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
 
 
+@pytest.mark.parametrize("value", ["yes", "1; touch pwned", "$(touch pwned)"])
+def test_a_forecast_setting_other_than_0_or_1_is_refused_before_anything_runs(tmp_path: Path, value: str) -> None:
+    result = script("deploy", "postgresql://postgres@127.0.0.1:1/none", backups=tmp_path, DEPLOY_FORECAST=value)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"deploy: DEPLOY_FORECAST must be 0 or 1 (got: {value})"]
+    assert not (ROOT / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
 def test_no_setting_becomes_shell_text(make_database, tmp_path: Path) -> None:
     url = make_database("postgresql")
     commands.upgrade(revision="head", url=url)

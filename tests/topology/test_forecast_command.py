@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from calls.sample_data import generate_sample_data
 from schema_engine import commands, database, state
-from tests.conftest import REVISIONS
-from tests.topology.conftest import Topology, manage
+from tests.conftest import REVISIONS, ROOT
+from tests.topology.conftest import Topology, host_env, manage
 
 AT = REVISIONS[-2]  # 005: 006 pending
 
@@ -54,3 +55,21 @@ def test_a_forecast_past_a_limit_exits_3_naming_the_revision_and_the_limit(topol
     assert result.returncode == 3, result.stdout + result.stderr
     assert "FORECAST_MAX_DURATION_SECONDS" in result.stderr and "Traceback" not in result.stderr
     assert f"revision {REVISIONS[-1]}" in result.stdout
+
+
+def test_a_deploy_with_the_forecast_stops_before_applying_when_a_limit_is_passed(topology_db: Topology,
+                                                                                 tmp_path: Path) -> None:
+    prepared(topology_db)
+    env = {**host_env(topology_db), "BACKUP_DIR": str(tmp_path / "backups"), "DEPLOY_FORECAST": "1",
+           "FORECAST_LAST_FILE": str(tmp_path / "last.json")}
+    refused = subprocess.run(["bash", "scripts/deploy"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             env={**env, "FORECAST_MAX_DURATION_SECONDS": "0"})
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "deploy: step 3b (forecast: the pending revisions on a copy with data, under traffic) failed" \
+        in refused.stderr
+    assert state.status(url=topology_db.primary).current == (AT,)  # nothing applied
+    deployed = subprocess.run(["bash", "scripts/deploy"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env=env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "==> step 3b: forecast" in deployed.stdout and "Within every limit" in deployed.stdout
+    assert state.status(url=topology_db.primary).current == (REVISIONS[-1],)
