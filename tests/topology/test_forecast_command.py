@@ -73,3 +73,18 @@ def test_a_deploy_with_the_forecast_stops_before_applying_when_a_limit_is_passed
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "==> step 3b: forecast" in deployed.stdout and "Within every limit" in deployed.stdout
     assert state.status(url=topology_db.primary).current == (REVISIONS[-1],)
+
+
+def test_a_capture_from_the_command_line_feeds_a_forecast(topology_db: Topology, tmp_path: Path) -> None:
+    prepared(topology_db)
+    capture = tmp_path / "capture.log"
+    made = manage(topology_db, "migrate_schema", "capture", str(capture), "--seconds", "0.5")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines()[-1].startswith(f"Captured {capture}: ") and capture.exists()
+    assert stat.S_IMODE(capture.stat().st_mode) == 0o600
+    again = manage(topology_db, "migrate_schema", "capture", str(capture), "--seconds", "0.5")
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1  # never over a file
+    for args in (["--seconds", "0"], []):
+        refused = manage(topology_db, "migrate_schema", "capture", str(tmp_path / "other.log"), *args)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr

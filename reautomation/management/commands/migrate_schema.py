@@ -22,6 +22,7 @@ from schema_engine import backup, checksums, commands, contracts, database, erro
 from schema_engine import forecast as deploy_forecast
 from schema_engine import plan as deploy_plan
 from schema_engine.autogenerate import Rename, RenameCandidate
+from schema_engine.forecast import capture as forecast_capture
 from schema_engine.forecast import chart as forecast_chart
 from schema_engine.forecast import stored, verdict
 from schema_engine.forecast.result import Forecast
@@ -29,7 +30,8 @@ from schema_engine.forecast.result import Forecast
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift); `forecast`'s too
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT; SIGTERM too (it takes the same path)
 # Subcommands that act on the database name it (password hidden) before they act.
-ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore", "verify", "forecast"}
+ACTS_ON_DATABASE = {"upgrade", "downgrade", "current", "stamp", "check", "plan", "restore", "verify", "forecast",
+                    "capture"}
 # Progress events shown only from this verbosity on; the others always (archived rows, rehearsals).
 SHOWN_FROM_VERBOSITY: dict[type[progress.Event], int] = {
     commands.RevisionStarted: 2, commands.RevisionApplied: 1, commands.WaitingForReplicas: 1}
@@ -107,6 +109,12 @@ class Command(BaseCommand):
                          help="also write the latency chart (SVG, 0600) to PATH")
         fct.add_argument("--sample-batches", type=int, default=20, metavar="N",
                          help="forecast each declared backfill from N batches (default 20)")
+        cpt = sub.add_parser("capture", help="record the primary's statements for SECONDS (its statement logging "
+                                             "switched on, then back as it was) into FILE, for forecast --capture")
+        cpt.add_argument("output", metavar="FILE", type=Path, help="the capture file to write (new; 0600)")
+        cpt.add_argument("--seconds", type=float, default=None, help="how long to record")
+        cpt.add_argument("--from-log", metavar="LOG", type=Path, default=None, dest="from_log",
+                         help="instead, take the statements from this server log you already have")
         vrf = sub.add_parser("verify", help="check that no applied revision's file has changed since it was applied")
         vrf.add_argument("--accept", nargs="+", metavar="REV", default=None,
                          help="record the current checksum of these applied revisions: their change is deliberate")
@@ -254,6 +262,16 @@ class Command(BaseCommand):
                                             reporter=progress.ignore if as_json else self._report)
         self.show_forecast(measured, as_json=as_json, chart=chart, last_file=settings.FORECAST_LAST_FILE,
                            limits=verdict.Limits.from_settings())
+
+    def _capture(self, *, output: Path, seconds: float | None = None, from_log: Path | None = None,
+                 **_: Any) -> None:
+        if from_log is not None:
+            made = forecast_capture.from_log(from_log, output)
+        elif seconds is None:
+            raise CommandError("capture needs --seconds N (how long to record), or --from-log LOG")
+        else:
+            made = forecast_capture.capture(output, seconds=seconds, reporter=self._report)
+        self.stdout.write(self.style.SUCCESS(f"Captured {made.describe()}"))
 
     def show_forecast(self, forecast: Forecast, *, as_json: bool, chart: Path | None, last_file: Path | None,
                       limits: verdict.Limits) -> None:
