@@ -289,6 +289,9 @@ def _configure(folder: Path, *, owner: OsUser, port: int, settings: Mapping[str,
         "log_min_duration_statement": "-1", "log_connections": "off", "log_disconnections": "off",
         "archive_mode": "off", "archive_command": "", "restore_command": "", "primary_conninfo": "",
         "primary_slot_name": "", "synchronous_standby_names": "", "ssl": "off", **settings,
+        # Last, so no setting given undoes it: a copy of a subscriber must not apply from the real
+        # publishers (it would consume changes from their slots that production then never gets).
+        "max_logical_replication_workers": "0",
     }
     lines = "".join(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n" for name, value in own.items())
     _write(data / "postgresql.auto.conf", "# the forecast's copy: its own settings (schema_engine/forecast/clone.py)\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import sqlalchemy as sa
 
-from schema_engine import database
+from schema_engine import contracts, database
 from schema_engine.errors import ForecastUnavailable
 from schema_engine.forecast import backfills, clone, latency, replay
 from schema_engine.forecast import capture as captures
@@ -90,6 +90,11 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
     recorded = captures.load(Path(capture)) if isinstance(capture, (str, Path)) else capture
     with database.connect(source) as conn:
         pending = pending_scripts(script_directory(), recorded_revisions(conn), "head")
+        # What a deploy applies: up to a contract that must wait (scripts/deploy defers it, contracts.py).
+        waiting = contracts.waiting_contract(conn, pending, source)
+    declaring = pending  # the backfills of a deferred contract are the deploy's too: its fill runs at step 7
+    if waiting is not None:
+        pending = pending[:pending.index(waiting[0])]
     with clone.cloned(source, root=root, reporter=reporter) as copy:
         conninfo = _conninfo(copy)
         if recorded is not None:  # pgreplay's statements are timed by the copy's own log
@@ -106,7 +111,7 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
                 if revisions[-1].error:
                     break
             fills = []
-            for name in backfills.declared(pending):
+            for name in backfills.declared(declaring):
                 fills.append(backfills.forecast_backfill(copy.local_url, name, batches=sample_batches))
                 reporter(BackfillSampled(forecast=fills[-1]))
             done = running.stop()

@@ -163,7 +163,10 @@ def _drop_not_null(table: str, column: str) -> str:
 # --- contract ----------------------------------------------------------------------------------------
 
 def archive_sql(contract_revision: str, table: str, steps: Iterable[Step]) -> str | None:
-    """Return a DO block keeping ``table``'s removed columns (rows with a value) in the contract's archive, by id.
+    """Return a DO block keeping ``table``'s removed columns in the contract's archive, by id: every row, NULLs too.
+
+    Every row: the undo re-adds a column with its default, which rows written after the contract
+    keep, while the rows the archive lists get back exactly what they held (NULL included).
 
     ``CREATE TABLE AS`` keeps each column's own type; an archive with no row is dropped. Nothing
     is archived once the columns are gone (a contract run again after it committed part-way).
@@ -178,8 +181,7 @@ def archive_sql(contract_revision: str, table: str, steps: Iterable[Step]) -> st
         "archive",
         f"    IF {present} AND to_regclass({literal(archive)}) IS NULL THEN\n"
         f"        CREATE TABLE {archive} AS SELECT id, {', '.join(quoted(c) for c in columns)}\n"
-        f"            FROM {table_name(table)}\n"
-        f"            WHERE {' OR '.join(f'{quoted(c)} IS NOT NULL' for c in columns)};\n"
+        f"            FROM {table_name(table)};\n"
         f"        IF NOT EXISTS (SELECT 1 FROM {archive}) THEN\n"
         f"            DROP TABLE {archive};\n"
         "        END IF;\n"
@@ -238,12 +240,10 @@ def _readd_column(revision: str, table: str, column: str) -> str:
     """Return PL/pgSQL adding ``table.column`` back with the type and default expand recorded."""
     type_, default = (column_fact(revision, table, column, key) for key in ("type", "default"))
     missing = f"undo of the contract of {revision}: {VERSIONS_TABLE} has no record of {table}.{column}"
+    # The default in the ADD itself: rows written since the contract get it, as they would have.
     return (f"        IF {type_} IS NULL THEN\n            {_raise(missing)}\n        END IF;\n"
-            f"        EXECUTE 'ALTER TABLE {table_name(table)} ADD COLUMN {quoted(column)} ' || {type_};\n"
-            f"        IF {default} IS NOT NULL THEN\n"
-            f"            EXECUTE 'ALTER TABLE {table_name(table)} ALTER COLUMN {quoted(column)} SET DEFAULT ' "
-            f"|| {default};\n"
-            "        END IF;\n")
+            f"        EXECUTE 'ALTER TABLE {table_name(table)} ADD COLUMN {quoted(column)} ' || {type_}\n"
+            f"            || coalesce(' DEFAULT ' || {default}, '');\n")
 
 
 def uncontract_table_sql(revision: str, contract_revision: str, table: str, steps: Iterable[Step]) -> str:

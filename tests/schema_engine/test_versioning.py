@@ -295,7 +295,7 @@ def test_contract_archives_drops_renames_and_its_downgrade_restores(
         assert archive not in {name for name, in run_sql(pg_head_db, "SELECT tablename FROM pg_tables")}
     else:
         kept = dict(run_sql(pg_head_db, f'SELECT id, "{change.old}" FROM {archive}'))
-        assert kept == {row: value for row, value in expected.items() if value is not None}
+        assert kept == expected  # every row, NULLs too: the undo puts back exactly what each held
         assert f"archived {len(kept)} row(s) of calls in {archive}; the downgrade puts them back" in notes
     latest = new.insert(change.new, change.values[1])  # written after contract, by the new release only
     expected[latest] = change.values[1] if change.new is not None else None
@@ -423,6 +423,20 @@ def test_a_removed_required_column_lets_the_new_release_insert_and_undo_says_whe
     assert required(pg_head_db, "call_notes")["body"] == (False, False)
     assert ("call_notes.body stays nullable: the new release wrote 1 row(s) without it; fill them, then make it "
             "NOT NULL with helpers.set_not_null") in notes
+
+
+def test_undoing_the_contract_of_a_removed_column_with_a_default_gives_later_rows_the_default(
+        scratch_migrations: Path, pg_head_db: sa.URL, release) -> None:
+    """calls.direction is NOT NULL DEFAULT 'outbound': rows written after the contract get it, earlier ones theirs."""
+    write_revisions(scratch_migrations, "drop calls.direction", 'DropColumn("calls", "direction")')
+    (earlier,) = run_sql(pg_head_db, "INSERT INTO calls (phone_number, direction) VALUES ('+1', 'inbound') "
+                                     "RETURNING id")[0]
+    commands.upgrade(revision="head", url=pg_head_db)
+    new = release(pg_head_db, EXPAND, VIEW)
+    later = new.insert(None, None)  # the release after has no such column
+    commands.downgrade(revision=EXPAND, url=pg_head_db)
+    assert dict(run_sql(pg_head_db, "SELECT id, direction FROM calls")) == {earlier: "inbound", later: "outbound"}
+    assert required(pg_head_db)["direction"] == (True, True)  # NOT NULL and its default, back
 
 
 def view_columns(url: sa.URL, schema: str) -> list[str]:

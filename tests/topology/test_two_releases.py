@@ -187,9 +187,9 @@ def psycopg_url(url: sa.URL) -> str:
     return django_url(url)
 
 
-def deploy(release: Release, backups: Path) -> subprocess.CompletedProcess[str]:
+def deploy(release: Release, backups: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", "scripts/deploy"], cwd=release.root, capture_output=True, text=True, timeout=900,
-                          env={**host_env(release.topology), "BACKUP_DIR": str(backups)})
+                          env={**host_env(release.topology), "BACKUP_DIR": str(backups), **env})
 
 
 def test_two_releases_write_through_pgbouncer_across_expand_rollback_and_contract(
@@ -214,9 +214,13 @@ def test_two_releases_write_through_pgbouncer_across_expand_rollback_and_contrac
     # The release before the change at work, through PgBouncer, all along.
     before.start()
     # The operator deploys the change: expand applied, the contract deferred (the fill, the release before).
-    first = deploy(after, tmp_path / "backups")
+    # With the forecast step: it forecasts what the deploy applies (the expand; the contract waits) and its fill.
+    first = deploy(after, tmp_path / "backups", DEPLOY_FORECAST="1", FORECAST_LAST_FILE=str(tmp_path / "last.json"))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Deferred " in first.stdout and "contract" in first.stdout, first.stdout
+    forecast = json.loads((tmp_path / "last.json").read_text())["forecast"]
+    assert [revision["revision"] for revision in forecast["revisions"]] == [expand]
+    assert f"expand_{expand}" in [fill["name"] for fill in forecast["backfills"]]
     assert after.manage("migrate_schema", "-v", "0", "current").stdout.split()[0] == expand
     before.keeps_writing()
     after.start()
