@@ -117,6 +117,26 @@ def real_chain() -> contextlib.AbstractContextManager[None]:
     return override_settings(ALEMBIC_SCRIPT_LOCATION=str(ROOT / "migrations_alembic"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Spread the topology's tests evenly through the run (a stable order, the same in every worker).
+
+    They take turns (``_one_at_a_time`` in ``tests/topology/conftest.py``): collected last, both of
+    pytest-xdist's workers would end the run on them, one waiting for the other; spread out, the
+    other worker runs the rest meanwhile.
+    """
+    topology = [item for item in items if item.path.parent.name == "topology"]
+    if not topology:
+        return
+    others = [item for item in items if item.path.parent.name != "topology"]
+    every = max(1, len(others) // len(topology))
+    spread: list[pytest.Item] = []
+    for index, item in enumerate(others):
+        if index % every == 0 and topology:
+            spread.append(topology.pop(0))
+        spread.append(item)
+    items[:] = spread + topology
+
+
 class PostgresDatabases:
     """The tests' PostgreSQL databases, each made one ahead and dropped behind on a thread while tests run.
 
