@@ -24,6 +24,7 @@ from calls.sample_data import generate_sample_data
 from calls.tokens import count_tokens
 from schema_engine import commands, database
 from schema_engine.progress import Event
+from tests.calls.conftest import kill_9
 from tests.conftest import ROOT, django_url, run_sql, wait_for
 
 # Small enough that sample conversations get pruned, so the replay is exercised for real.
@@ -446,12 +447,7 @@ def test_resumes_after_kill_9(pg_seeded: sa.URL, workers: str) -> None:
     process = start_backfill(url, "--only", "messages", "--batch-size", "20", "--batch-pause", "0.05",
                              "--workers", workers)
     wait_for(lambda: (run_sql(url, "SELECT max(rows_scanned) FROM backfill_runs")[0][0] or 0) >= 100)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    # Worker processes notice and stop after their batch: nobody is left writing.
-    wait_for(lambda: run_sql(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                  "AND pid <> pg_backend_pid()")[0][0] == 0, timeout=30)
-    (killed,) = run_sql(url, "SELECT id, status FROM backfill_runs")
+    killed = kill_9(url, process)
     assert killed.status == "running"  # nobody could record it: the next run finds out
     assert run_sql(url, "SELECT count(*) FROM conversation_history WHERE token_count IS NULL")[0][0] > 0
 

@@ -8,8 +8,6 @@ the fill. Fills every row, once; resumable after kill -9; the brake; the gate; S
 """
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from calls.sample_data import generate_sample_data
 from schema_engine import commands, database, errors, state
 from schema_engine import plan as deploy_plan
 from schema_engine.progress import Event
+from tests.calls.conftest import kill_9
 from tests.conftest import HEAD, call, manage, run_sql, scratch_alembic_cli, start_manage, wait_for
 
 EXPAND = "0a1b2c3d4e5f"
@@ -265,12 +264,7 @@ def test_a_fill_resumes_after_kill_9(pg_head_db: sa.URL, widen_chain: Path, work
     process = start_manage(url, "backfill_context", "--backfill", FILL, "--batch-size", "10", "--batch-pause", "0.05",
                            "--workers", workers, **location)
     wait_for(lambda: (run_sql(url, "SELECT max(rows_scanned) FROM backfill_runs")[0][0] or 0) >= 100)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    # Worker processes notice and stop after their batch: nobody is left writing.
-    wait_for(lambda: run_sql(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                  "AND pid <> pg_backend_pid()")[0][0] == 0, timeout=30)
-    (killed,) = run_sql(url, "SELECT id, status FROM backfill_runs")
+    killed = kill_9(url, process)
     assert killed.status == "running"  # nobody could record it: the next run finds out
     assert 0 < pending(url) < total
 

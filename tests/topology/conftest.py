@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import psycopg
@@ -18,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from schema_engine import scratch
+from schema_engine.forecast import leftovers
 from tests.conftest import ROOT, cli_environment, django_url, shared_lock, wait_for
 
 
@@ -45,6 +49,17 @@ def manage(topology: Topology, *args: str, **env: str) -> subprocess.CompletedPr
     """``manage.py ARGS`` on an application host of the topology."""
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, capture_output=True, text=True,
                           env=host_env(topology, **env), timeout=600)
+
+
+@pytest.fixture
+def forecast_root() -> Iterator[Path]:
+    """A scratch root of this test's own, which the ``postgres`` user may pass through (pytest's own is 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="forecast-test-", dir="/tmp"))
+    root.chmod(0o711)
+    yield root
+    for folder in root.iterdir():  # a copy a failed test left running
+        leftovers.remove(folder)
+    shutil.rmtree(root)
 
 
 @pytest.fixture(autouse=True)

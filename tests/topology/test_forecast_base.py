@@ -43,17 +43,6 @@ CHILD = Path(__file__).with_name("forecast_child.py")
 
 
 @pytest.fixture
-def forecast_root() -> Iterator[Path]:
-    """A scratch root of this test's own, which the ``postgres`` user may pass through (pytest's own is 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="forecast-test-", dir="/tmp"))
-    root.chmod(0o711)
-    yield root
-    for folder in root.iterdir():  # a copy a failed test left running
-        leftovers.remove(folder)
-    shutil.rmtree(root)
-
-
-@pytest.fixture
 def rows_db(topology_db: Topology) -> Topology:
     """The new database with a table of three rows."""
     sql(topology_db.primary, "CREATE TABLE forecast_rows (id serial PRIMARY KEY, note text NOT NULL)",

@@ -9,11 +9,8 @@ backfill is sampled there).
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -21,7 +18,6 @@ from calls.sample_data import generate_sample_data
 from calls.workload import Writer, Writers
 from schema_engine import commands, database
 from schema_engine.errors import Interrupted
-from schema_engine.forecast import leftovers
 from schema_engine.forecast.result import Forecast
 from schema_engine.forecast.run import BackfillSampled, RevisionMeasured, WarmedUp, forecast
 from schema_engine.forecast.sampler import LockSampler
@@ -71,17 +67,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     pass
 '''
-
-
-@pytest.fixture
-def forecast_root() -> Iterator[Path]:
-    """A scratch root of this test's own, which the ``postgres`` user may pass through (pytest's own is 0700)."""
-    root = Path(tempfile.mkdtemp(prefix="forecast-test-", dir="/tmp"))
-    root.chmod(0o711)
-    yield root
-    for folder in root.iterdir():  # a copy a failed test left running
-        leftovers.remove(folder)
-    shutil.rmtree(root)
 
 
 @pytest.fixture
