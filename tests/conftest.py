@@ -221,7 +221,9 @@ def quiet_server(postgres_databases: PostgresDatabases, server_activity: SharedL
     """No other test running and no database being made or dropped, by any test process, while the test
     runs (request it after its databases).
 
-    A CREATE DATABASE running beside a test's VACUUM (FREEZE) leaves it nothing to freeze, so it does not wait.
+    A test that provokes the server's own work (a VACUUM, its progress rows) sees only its own; the
+    suite's other transactions, a CREATE DATABASE among them, hold back the horizon a VACUUM (FREEZE)
+    freezes up to (what the VACUUM test still waits out: other users of this server hold it back too).
     """
     postgres_databases.settle()  # first: this process's own pending work takes the lock shared
     with server_activity.held(exclusive=True):

@@ -101,14 +101,41 @@ def test_sessions_waiting_on_its_locks_halve_its_batches(seeded: sa.URL, held_ba
     assert result.slowed.get("locks", 0) >= 1
 
 
+def pin_a_page_to_freeze(pinning: psycopg.Connection) -> bool:
+    """Pin the table's first heap page with a cursor, in a snapshot under which its rows are old enough to
+    freeze; False (and rolled back) while some transaction older than those rows still runs.
+
+    VACUUM (FREEZE) waits for a pinned page only when it has rows to freeze, that is rows written before
+    every transaction still running, in any database of the server: one that began before the seeding
+    (another test's, a CREATE DATABASE, anyone's on this shared server) leaves it nothing to freeze, and it
+    finishes without waiting.
+    """
+    # A sequential scan, whatever the planner would choose: an index scan pins index pages, not the heap.
+    pinning.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_indexonlyscan = off;"
+                    " SET LOCAL enable_bitmapscan = off")
+    cursor = pinning.cursor(name="pin")
+    cursor.execute("SELECT id FROM conversation_history")
+    cursor.fetchone()
+    newest_row, oldest_running = pinning.execute(
+        "SELECT (SELECT max(xmin::text::bigint) FROM conversation_history),"
+        " pg_snapshot_xmin(pg_current_snapshot())::text::bigint % 4294967296").fetchone()
+    if newest_row < oldest_running:
+        return True
+    pinning.rollback()
+    return False
+
+
 @pytest.mark.sample_calls(60)
 def test_vacuum_on_its_table_halves_its_speed(seeded: sa.URL, quiet_server: None) -> None:
     with psycopg.connect(django_url(seeded)) as pinning:
-        # A cursor that pins the table's first page: VACUUM (FREEZE) waits for it, and shows in
-        # pg_stat_progress_vacuum all along, as a long autovacuum does.
-        cursor = pinning.cursor(name="pin")
-        cursor.execute("SELECT id FROM conversation_history")
-        cursor.fetchone()
+        # VACUUM (FREEZE) waits for the pinned page, and shows in pg_stat_progress_vacuum all along, as a
+        # long autovacuum does.
+        try:
+            wait_for(lambda: pin_a_page_to_freeze(pinning))
+        except AssertionError:
+            older = run_sql(seeded, "SELECT datname, application_name, state, left(query, 80) FROM pg_stat_activity"
+                                    " WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()")
+            raise AssertionError(f"transactions older than the seeded rows kept running: {older}") from None
         with psycopg.connect(django_url(seeded), autocommit=True) as vacuuming:
             vacuum = threading.Thread(target=vacuuming.execute, args=("VACUUM (FREEZE) conversation_history",))
             vacuum.start()
