@@ -5,7 +5,9 @@ call, inserts two messages for it, marks a random call completed and sets a rand
 token count: each statement its own transaction, as the agents' requests are. It keeps each
 statement's (end, seconds) and the errors it met. ``bench/writer_stall.py`` and
 ``bench/backfill_under_load.py`` measure with these writers; the schema engine's forecast runs them
-against its copy when there is no capture (``register`` in ``CallsConfig.ready``).
+against its copy when there is no capture (``register`` in ``CallsConfig.ready``), and
+``apply_beside`` applies revisions to the real database beside them, timed as the forecast times
+them on its copy, to hold a forecast against what happened (``bench/forecast_honesty.py``).
 """
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import psycopg
 import sqlalchemy as sa
 
+from schema_engine import commands
 from schema_engine.errors import first_line
 from schema_engine.forecast import replay
+from schema_engine.progress import Event
 
 INSERT_CALL = (
     "INSERT INTO calls (contact_id, phone_number, direction, status, tier, created_at, updated_at, escalation_count, "
@@ -116,3 +121,54 @@ class Writers:
 def start_writers(url: sa.URL) -> Writers:
     """Start the default writers against ``url`` (the forecast's copy)."""
     return Writers(url.set(drivername="postgresql").render_as_string(hide_password=False))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppliedBeside:
+    """A revision applied to the real database beside the writers: what happened, in the forecast's terms."""
+
+    revision: str
+    seconds: float  # from its start to the upgrade's return (its replicas' replay included), as a forecast's
+    longest_wait: float  # the longest writer statement that ran while it did
+
+
+def apply_beside(writers: Writers, url: sa.URL, revisions: Sequence[str], *, settle_seconds: float = 60.0
+                 ) -> tuple[AppliedBeside, ...]:
+    """Upgrade ``url`` to each of ``revisions`` in turn while ``writers`` write to it; time each and its writers.
+
+    After each revision, waits until every writer has finished a statement begun after it (the ones
+    it held back have ended and been timed), at most ``settle_seconds``.
+    """
+    applied = []
+    for revision in revisions:
+        started = [time.perf_counter()]
+
+        def heard(event: Event, revision: str = revision, started: list[float] = started) -> None:
+            if isinstance(event, commands.RevisionStarted) and event.revision == revision:
+                started[0] = time.perf_counter()  # the revision itself, after the guards' checks, as measure.py
+
+        commands.upgrade(revision=revision, url=url, reporter=heard)
+        ended = time.perf_counter()
+        deadline = ended + settle_seconds
+        while not all(_began_after(writer, ended) for writer in writers.writers if writer.is_alive()):
+            if time.perf_counter() > deadline:
+                break
+            time.sleep(0.01)
+        longest = max((seconds for writer in writers.writers for at, seconds in list(writer.samples)
+                       if at > started[0] and at - seconds < ended), default=0.0)
+        applied.append(AppliedBeside(revision=revision, seconds=ended - started[0], longest_wait=longest))
+    return tuple(applied)
+
+
+def _began_after(writer: Writer, moment: float) -> bool:
+    samples = list(writer.samples)
+    return bool(samples) and samples[-1][0] - samples[-1][1] > moment
+
+
+def within(forecast: float, real: float, *, factor: float = 2.0, slack: float = 0.25) -> bool:
+    """Whether a forecast figure is within ``factor`` of the real one, or ``slack`` seconds of it.
+
+    The slack is for figures too short for a factor to mean anything (a lock wait of a few ms, a
+    revision that takes 0.1 s): the lock sampler's interval and a connection's start are of that order.
+    """
+    return abs(forecast - real) <= slack or max(forecast, real) <= factor * min(forecast, real)

@@ -30,6 +30,7 @@ from typing import Iterator, Mapping
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.conninfo import make_conninfo
 
 from schema_engine import database
 from schema_engine.errors import ForecastUnavailable, NotEnoughDisk, PortInUse, ReplicationRefused, first_line
@@ -102,6 +103,35 @@ class Clone:
 
 
 @dataclass(frozen=True)
+class FollowerReady(Event):
+    """A streaming replica of the copy answers on its port: the forecast measures the lag each revision causes."""
+
+    port: int
+    socket_folder: str
+    seconds: float
+
+    def describe(self) -> str:
+        return f"a replica follows the copy on port {self.port} (made in {self.seconds:.1f}s)"
+
+
+@dataclass(frozen=True)
+class Follower:
+    """A streaming replica of the copy, in the copy's folder, reached through its own private socket."""
+
+    port: int
+    folder: Path  # the copy's folder / "replica": data/, socket/, server.log
+    user: str | None  # the source's role, as on the copy
+    database: str
+
+    @property
+    def conninfo(self) -> dict[str, str | int]:
+        info: dict[str, str | int] = {"host": str(self.folder / "socket"), "port": self.port, "dbname": self.database}
+        if self.user:
+            info["user"] = self.user
+        return info
+
+
+@dataclass(frozen=True)
 class _Source:
     major: int
     bytes: int
@@ -163,6 +193,58 @@ def cloned(source: sa.URL | str | None = None, *, root: Path | None = None, port
     finally:
         _stop(pg_ctl, folder=folder, owner=owner)
         leftovers.remove(folder)
+
+
+@contextlib.contextmanager
+def follower(copy: Clone, *, bin_dir: Path | None = None, headroom: int | None = None,
+             reporter: Reporter = ignore) -> Iterator[Follower]:
+    """Start a streaming replica of ``copy`` (a base backup of it, in its folder), yield it; stop it after.
+
+    As a production replica follows its primary: ``pg_basebackup`` of the copy, then a standby
+    streaming from it through the copy's private socket (``local replication all trust`` there), with
+    hot standby and a reply each second. It needs the copy's size again on the same disk (checked).
+    Removed with the copy's folder, also when this process is killed (``leftovers.remove`` stops
+    every server in a folder).
+    """
+    owner = programs.server_user(copy.os_user)
+    described = _read_source(copy.local_url)
+    basebackup = programs.program("pg_basebackup", major=described.major, bin_dir=bin_dir)
+    pg_ctl = programs.program("pg_ctl", major=described.major, bin_dir=bin_dir)
+    _check_disk(copy.folder.parent, copy.bytes, headroom)
+    folder = copy.folder / "replica"
+    folder.mkdir(mode=0o700)
+    if not owner.is_me:
+        os.chown(folder, owner.uid, owner.gid)
+    started = time.perf_counter()
+    try:
+        env = programs.connection_environment(copy.local_url, passfile_folder=folder, owner=owner)
+        _copy(basebackup, copy.local_url, folder=folder, owner=owner, env=env, source=described,
+              fast_checkpoint=True, max_rate=None)
+        _write(folder / "data" / "standby.signal", "", owner=owner)
+        primary = make_conninfo(host=str(copy.socket_folder), port=copy.port, user=copy.url.username or "",
+                                application_name="forecast_replica")
+        port = _start(pg_ctl, folder=folder, owner=owner, port=None, settings={
+            "primary_conninfo": primary, "cluster_name": "forecast_replica", "hot_standby": "on",
+            "wal_receiver_status_interval": "1s"})
+        replica = Follower(port=port, folder=folder, user=copy.url.username, database=copy.url.database or "postgres")
+        _wait_streaming(copy, replica)
+        reporter(FollowerReady(port=port, socket_folder=str(folder / "socket"), seconds=time.perf_counter() - started))
+        yield replica
+    finally:
+        _stop(pg_ctl, folder=folder, owner=owner)
+
+
+def _wait_streaming(copy: Clone, replica: Follower) -> None:
+    """Wait until the copy streams to the replica (it shows in the copy's pg_stat_replication)."""
+    deadline = time.monotonic() + START_SECONDS
+    with psycopg.connect(host=str(copy.socket_folder), port=copy.port, user=copy.url.username or None,
+                         dbname=replica.database, autocommit=True) as conn:
+        while not conn.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'forecast_replica' "
+                               "AND state = 'streaming'").fetchone()[0]:
+            if time.monotonic() > deadline:
+                said = _log_problem(replica.folder / "server.log") or "it never streamed"
+                raise ForecastUnavailable(f"the replica of the forecast's copy did not follow it: {said}")
+            time.sleep(0.05)
 
 
 def _read_source(url: sa.URL) -> _Source:
@@ -300,7 +382,7 @@ def _configure(folder: Path, *, owner: OsUser, port: int, settings: Mapping[str,
     rules = hba.read_text() if hba.exists() else (  # the source keeps it elsewhere (Debian's /etc/postgresql)
         "host all all 127.0.0.1/32 md5\nhost replication all 127.0.0.1/32 md5\n")
     _write(hba, "# the forecast's copy: any role on its private socket (schema_engine/forecast/clone.py)\n"
-           "local all all trust\n" + rules, owner=owner)
+           "local all all trust\nlocal replication all trust\n" + rules, owner=owner)
     for name in ("postgresql.conf", "pg_ident.conf"):
         if not (data / name).exists():
             _write(data / name, "", owner=owner)

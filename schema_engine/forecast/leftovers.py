@@ -85,12 +85,12 @@ def stale(root: Path, kind: str) -> list[Path]:
 
 def remove(folder: Path) -> None:
     """End every process still working in ``folder`` (a server, a ``pg_basebackup``), then remove the folder."""
-    postmaster = _postmaster_pid(folder)
+    postmasters = _postmaster_pids(folder)
     working = processes_using(folder)
     for pid in working:
         with contextlib.suppress(ProcessLookupError):
             # A server's immediate shutdown (SIGQUIT); anything else is asked to end.
-            os.kill(pid, signal.SIGQUIT if pid == postmaster else signal.SIGTERM)
+            os.kill(pid, signal.SIGQUIT if pid in postmasters else signal.SIGTERM)
     deadline = time.monotonic() + STOP_SECONDS
     while working and time.monotonic() < deadline:
         working = [pid for pid in working if _exists(pid)]
@@ -140,11 +140,13 @@ def _alive(pid: int, started: str | None) -> bool:
     return started is None or now is None or now == started
 
 
-def _postmaster_pid(folder: Path) -> int | None:
-    for pidfile in folder.glob("*/postmaster.pid"):
+def _postmaster_pids(folder: Path) -> set[int]:
+    """The servers' pids in ``folder``: the copy's (``data/``), and its replica's (``replica/data/``)."""
+    found = set()
+    for pidfile in [*folder.glob("*/postmaster.pid"), *folder.glob("*/*/postmaster.pid")]:
         with contextlib.suppress(OSError, ValueError, IndexError):
-            return int(pidfile.read_text().splitlines()[0])
-    return None
+            found.add(int(pidfile.read_text().splitlines()[0]))
+    return found
 
 
 def processes_using(folder: Path) -> list[int]:

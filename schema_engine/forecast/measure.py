@@ -4,7 +4,8 @@ The revision runs through ``commands.upgrade`` on the copy, with every guard the
 ``rehearsal.py`` applies its revisions). Around it, on connections of their own: the WAL position
 and each table's ``relfilenode`` and total size (``pg_total_relation_size``: heap, indexes, TOAST)
 before and after, and the lock sampler (``sampler.py``) while it runs. The WAL figure is the
-copy's, so it counts the replayed traffic's writes during the revision too.
+copy's, so it counts the replayed traffic's writes during the revision too; so does the lag of a
+replica following the copy (``replica_lag.py``), which is what a production replica would feel.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from alembic.script import Script
 
 from schema_engine import commands
 from schema_engine.errors import Interrupted, SchemaError, first_line
+from schema_engine.forecast.replica_lag import ReplicaLag
 from schema_engine.forecast.result import RevisionForecast
 from schema_engine.forecast.sampler import DEFAULT_INTERVAL, LockSampler
 from schema_engine.progress import Event, Reporter
@@ -52,8 +54,11 @@ def _state(conn: psycopg.Connection) -> _State:
 
 def measure_revision(script: Script, *, url: sa.URL, conninfo: dict[str, str | int], began: float,
                      clock: Callable[[], float] = time.monotonic, reporter: Reporter,
-                     interval: float = DEFAULT_INTERVAL) -> RevisionForecast:
+                     interval: float = DEFAULT_INTERVAL, lag: ReplicaLag | None = None) -> RevisionForecast:
     """Apply ``script`` (the next pending revision) to the copy at ``url``, measured; ``began``: the replay's start.
+
+    ``lag``: the replica following the copy, if one does: the most lag from the revision's start
+    until the replica has replayed what it wrote is its ``replica_lag``.
 
     A revision that fails there is returned with its one line in ``error`` (what it did until then is measured).
     Its latencies before it (``p50_before``, ``p99_before``) are the caller's to fill: a replay's are read after.
@@ -67,7 +72,9 @@ def measure_revision(script: Script, *, url: sa.URL, conninfo: dict[str, str | i
                 started_at[0] = clock()  # the revision itself, after the guards' checks
             reporter(event)
 
-        sampler = LockSampler(conninfo, interval=interval)
+        if lag is not None:
+            lag.reset()
+        sampler = LockSampler(conninfo, interval=interval, lag=lag)
         sampler.start()
         error = ""
         try:
@@ -80,6 +87,8 @@ def measure_revision(script: Script, *, url: sa.URL, conninfo: dict[str, str | i
             ended = clock()
             sampled = sampler.stop()
         after = _state(conn)
+        if lag is not None:
+            lag.catch_up()
         wal = conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint", (after.lsn, before.lsn)
                            ).fetchone()[0]
     rewritten = sorted(table.name for oid, table in after.tables.items()
@@ -93,7 +102,7 @@ def measure_revision(script: Script, *, url: sa.URL, conninfo: dict[str, str | i
         seconds=round(ended - started_at[0], 3), locks=sampled.locks_held(),
         waiting_statements=sampled.waiting_statements, longest_wait=round(sampled.longest_wait, 3),
         p50_before=None, p99_before=None, wal_bytes=int(wal), rewritten=tuple(rewritten),
-        size_change=size_change, replica_lag=None, error=error)
+        size_change=size_change, replica_lag=None if lag is None else round(lag.most, 3), error=error)
 
 
 def _size(state: _State, name: str) -> int:

@@ -11,14 +11,17 @@ the forecast (a failure, Ctrl-C):
 4. a sample of each backfill the pending revisions declare (``backfills.py``), under the same traffic;
 5. the replayed statements' latencies (``latency.py``), and each revision's p50/p99 in the window
    between the previous one's end (or the warm-up's start) and its own start.
-No replica follows the copy: ``replica_lag`` stays None.
+When the primary streams to replicas (or ``replica=True``), a replica follows the copy as they follow
+it (``clone.follower``), and each revision's ``replica_lag`` is measured; else it stays None.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import psycopg
 import sqlalchemy as sa
@@ -29,6 +32,7 @@ from schema_engine.forecast import backfills, clone, latency, replay
 from schema_engine.forecast import capture as captures
 from schema_engine.forecast.capture import Capture
 from schema_engine.forecast.measure import measure_revision
+from schema_engine.forecast.replica_lag import ReplicaLag
 from schema_engine.forecast.result import BackfillForecast, Forecast, RevisionForecast
 from schema_engine.progress import Event, Reporter, ignore
 from schema_engine.state import pending_scripts, recorded_revisions, script_directory
@@ -76,13 +80,15 @@ class BackfillSampled(Event):
 
 def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str | None = None,
              reporter: Reporter = ignore, sample_batches: int = 20, root: Path | None = None,
-             warmup_transactions: int = WARMUP_TRANSACTIONS, warmup_seconds: float = WARMUP_SECONDS) -> Forecast:
+             warmup_transactions: int = WARMUP_TRANSACTIONS, warmup_seconds: float = WARMUP_SECONDS,
+             replica: bool | None = None) -> Forecast:
     """Forecast the pending revisions of the primary at ``url`` on a copy of it, under ``capture`` replayed.
 
     ``capture``: a capture (or its file) to replay at its recorded pace; None: the default
     workload an app registers. ``sample_batches``: batches of each declared backfill to time.
     ``root``: the scratch folder of the copy (``clone.cloned``). ``reporter`` hears the copy's,
-    the revisions' and the forecast's own events.
+    the revisions' and the forecast's own events. ``replica``: a replica follows the copy, to
+    forecast the replica lag (costs the copy's size again); None: when the primary has replicas.
     """
     source = database.resolve_url(url)
     if sample_batches < 1:
@@ -92,11 +98,15 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
         pending = pending_scripts(script_directory(), recorded_revisions(conn), "head")
         # What a deploy applies: up to a contract that must wait (scripts/deploy defers it, contracts.py).
         waiting = contracts.waiting_contract(conn, pending, source)
+        if replica is None:
+            replica = _has_replicas(conn)
     declaring = pending  # the backfills of a deferred contract are the deploy's too: its fill runs at step 7
     if waiting is not None:
         pending = pending[:pending.index(waiting[0])]
-    with clone.cloned(source, root=root, reporter=reporter) as copy:
+    with clone.cloned(source, root=root, reporter=reporter) as copy, \
+            _following(copy, replica, reporter) as follower:
         conninfo = _conninfo(copy)
+        lag = None if follower is None else ReplicaLag(conninfo, follower.conninfo)
         if recorded is not None:  # pgreplay's statements are timed by the copy's own log
             with psycopg.connect(**conninfo, autocommit=True) as conn:
                 latency.log_durations(conn)
@@ -107,7 +117,7 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
             revisions: list[RevisionForecast] = []
             for script in pending:
                 revisions.append(measure_revision(script, url=copy.local_url, conninfo=conninfo, began=began,
-                                                  reporter=reporter))
+                                                  reporter=reporter, lag=lag))
                 if revisions[-1].error:
                     break
             fills = []
@@ -115,6 +125,8 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
                 fills.append(backfills.forecast_backfill(copy.local_url, name, batches=sample_batches))
                 reporter(BackfillSampled(forecast=fills[-1]))
             done = running.stop()
+        if lag is not None:
+            lag.close()
         samples = (latency.from_workload(done.latencies, began=began) if done.latencies
                    else latency.from_log(copy.folder / "server.log", began=began_epoch))
         measured = []
@@ -129,6 +141,21 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
         return Forecast(database=database.display_url(source), workload=workload, copy_bytes=copy.bytes,
                         copy_seconds=copy.seconds, revisions=tuple(measured), backfills=tuple(fills),
                         samples=samples)
+
+
+def _has_replicas(conn: sa.Connection) -> bool:
+    """Whether the primary streams to a replica now (a base backup's stream does not count)."""
+    return bool(conn.execute(sa.text("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                                     "AND application_name <> 'pg_basebackup'")).scalar_one())
+
+
+@contextlib.contextmanager
+def _following(copy: clone.Clone, replica: bool, reporter: Reporter) -> Iterator[clone.Follower | None]:
+    if not replica:
+        yield None
+        return
+    with clone.follower(copy, reporter=reporter) as follower:
+        yield follower
 
 
 def _conninfo(copy: clone.Clone) -> dict[str, str | int]:

@@ -6,6 +6,7 @@ migrates the copy) and the sessions waiting on a lock whose blockers include one
 (``pg_blocking_pids``). A lock counts as held from the first sample that saw it to the last; a
 waiting statement (its pid and ``query_start``) as waiting from its start to the last sample that
 saw it wait. Sampling misses what is shorter than its interval: the figures are lower bounds.
+When a replica follows the copy, its lag (``replica_lag.py``) is sampled at the same beat.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from schema_engine.errors import ForecastUnavailable, first_line
+from schema_engine.forecast.replica_lag import ReplicaLag
 from schema_engine.forecast.result import LockHeld
 from schema_engine.guard import MIGRATION_APPLICATION_PREFIX
 
@@ -62,8 +64,10 @@ class Sampled:
 class LockSampler(threading.Thread):
     """Samples the copy until stopped; ``stop()`` returns what it saw."""
 
-    def __init__(self, conninfo: dict[str, str | int], *, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(self, conninfo: dict[str, str | int], *, interval: float = DEFAULT_INTERVAL,
+                 lag: ReplicaLag | None = None) -> None:
         super().__init__(daemon=True, name="forecast-lock-sampler")
+        self._lag = lag  # sampled at the same beat, when a replica follows the copy
         self._conn = psycopg.connect(**conninfo, autocommit=True, application_name=APPLICATION_NAME)
         self._interval = interval
         self._done = threading.Event()
@@ -82,6 +86,8 @@ class LockSampler(threading.Thread):
 
     def _sample(self) -> None:
         rows = self._conn.execute(_SAMPLE, {"prefix": MIGRATION_APPLICATION_PREFIX + "%"}).fetchall()
+        if self._lag is not None:
+            self._lag.sample()
         now = time.time()
         self.sampled.samples += 1
         for kind, mode, relation, table, pid, started in rows:

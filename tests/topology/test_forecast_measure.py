@@ -12,12 +12,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from calls.sample_data import generate_sample_data
 from calls.workload import Writer, Writers
 from schema_engine import commands, database
 from schema_engine.errors import Interrupted
+from schema_engine.forecast import verdict
+from schema_engine.forecast.clone import FollowerReady
 from schema_engine.forecast.result import Forecast
 from schema_engine.forecast.run import BackfillSampled, RevisionMeasured, WarmedUp, forecast
 from schema_engine.forecast.sampler import LockSampler
@@ -104,7 +107,8 @@ def test_a_forecast_measures_each_pending_revision_under_the_writers_and_removes
     assert blocking.waiting_statements > 0 and blocking.longest_wait > 0.5
     assert blocking.wal_bytes > 0 and blocking.size_change > 0  # the new index
     assert blocking.p50_before is not None and blocking.p99_before >= blocking.p50_before
-    assert blocking.replica_lag is None
+    # The topology's primary has a replica: one followed the copy, and the lag it saw is a figure.
+    assert blocking.replica_lag is not None and blocking.replica_lag >= 0
 
     refused = by_id["008_needs_messages"]
     assert "messages backfill" in refused.error
@@ -161,3 +165,38 @@ def test_under_a_capture_the_latencies_come_from_the_copy_s_log(
     assert len(result.samples) >= 20 and all(sample.at >= 0 and sample.seconds >= 0 for sample in result.samples)
     assert rev.p50_before is not None
     assert list(forecast_root.iterdir()) == []
+
+
+def test_a_replica_held_back_by_a_revision_shows_as_its_lag_and_passes_the_limit(
+        at_005_with_data: Topology, forecast_root: Path) -> None:
+    followers: list[FollowerReady] = []
+    paused: list[psycopg.Connection] = []
+
+    def hold_the_replica(event: Event) -> None:  # as a replica busy replaying 007's big write would be
+        if isinstance(event, FollowerReady):
+            followers.append(event)
+        elif isinstance(event, commands.RevisionStarted) and event.revision == "007_blocking_index":
+            paused.append(psycopg.connect(host=followers[0].socket_folder, port=followers[0].port, dbname="postgres",
+                                          user="postgres", autocommit=True))
+            paused[0].execute("SELECT pg_wal_replay_pause()")
+        elif isinstance(event, commands.WaitingForReplicas) and paused:  # the upgrade waits for it: let it replay
+            paused.pop().execute("SELECT pg_wal_replay_resume()")
+
+    result = forecast(url=at_005_with_data.primary, reporter=hold_the_replica, sample_batches=1,
+                      root=forecast_root, warmup_transactions=10, replica=True)
+
+    by_id = {rev.revision: rev for rev in result.revisions}
+    # Held for the whole revision, its pg_sleep(1) within (less a sample interval: the lag is a lower bound).
+    assert by_id["007_blocking_index"].replica_lag >= 0.9
+    assert by_id["006_backfill_controls"].replica_lag < by_id["007_blocking_index"].replica_lag
+    problems = verdict.problems(result, verdict.Limits(writer_wait=3600, duration=3600, replica_lag=0.5))
+    assert any("007_blocking_index put the replica" in problem for problem in problems), problems
+    assert list(forecast_root.iterdir()) == []
+
+
+def test_no_replica_is_started_when_asked_not_to(at_005_with_data: Topology, forecast_root: Path) -> None:
+    events: list[Event] = []
+    result = forecast(url=at_005_with_data.primary, reporter=events.append, sample_batches=1, root=forecast_root,
+                      warmup_transactions=10, replica=False)
+    assert all(rev.replica_lag is None for rev in result.revisions)
+    assert not [event for event in events if isinstance(event, FollowerReady)]

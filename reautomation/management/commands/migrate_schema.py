@@ -109,6 +109,9 @@ class Command(BaseCommand):
                          help="also write the latency chart (SVG, 0600) to PATH")
         fct.add_argument("--sample-batches", type=int, default=20, metavar="N",
                          help="forecast each declared backfill from N batches (default 20)")
+        fct.add_argument("--replica", action=argparse.BooleanOptionalAction, default=None,
+                         help="start a replica following the copy and forecast the replica lag (the copy's size "
+                              "again on disk); default: when the primary streams to replicas")
         cpt = sub.add_parser("capture", help="record the primary's statements for SECONDS (its statement logging "
                                              "switched on, then back as it was) into FILE, for forecast --capture")
         cpt.add_argument("output", metavar="FILE", type=Path, help="the capture file to write (new; 0600)")
@@ -255,10 +258,10 @@ class Command(BaseCommand):
                          as_json=as_json, defer_contracts=defer_contracts)
 
     def _forecast(self, *, capture: Path | None = None, as_json: bool = False, chart: Path | None = None,
-                  sample_batches: int = 20, **_: Any) -> None:
+                  sample_batches: int = 20, replica: bool | None = None, **_: Any) -> None:
         if sample_batches < 1:
             raise CommandError(f"--sample-batches must be 1 or more (got {sample_batches})")
-        measured = deploy_forecast.forecast(capture=capture, sample_batches=sample_batches,
+        measured = deploy_forecast.forecast(capture=capture, sample_batches=sample_batches, replica=replica,
                                             reporter=progress.ignore if as_json else self._report)
         self.show_forecast(measured, as_json=as_json, chart=chart, last_file=settings.FORECAST_LAST_FILE,
                            limits=verdict.Limits.from_settings())
