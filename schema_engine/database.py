@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import environ
+import psycopg
 import sqlalchemy as sa
 from django.conf import settings
 from django.db import connections
@@ -251,6 +252,21 @@ def create_engine(url: sa.URL | str, **options: Any) -> sa.Engine:
 def unreachable_message(url: sa.URL, exc: BaseException) -> str:
     """Return the one line that says a database could not be reached (never its password)."""
     return f"cannot connect to the database {display_url(url)}: {redact(first_line(exc), url.password)}"
+
+
+@contextlib.contextmanager
+def psycopg_connection(url: sa.URL, **options: Any) -> Iterator[psycopg.Connection]:
+    """Yield a psycopg connection to ``url`` (autocommit unless ``options`` say otherwise), closed after.
+
+    For what SQLAlchemy does not offer: COPY streamed between servers, a snapshot exported.
+    """
+    try:
+        conn = psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
+                               **{"autocommit": True, "connect_timeout": 10, **options})
+    except psycopg.Error as exc:
+        raise DatabaseUnreachable(unreachable_message(url, exc)) from exc
+    with conn:
+        yield conn
 
 
 @contextlib.contextmanager

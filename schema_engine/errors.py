@@ -340,6 +340,18 @@ class PortInUse(ForecastUnavailable):
         self.port = port
 
 
+class LogicalCopyRefused(ForecastUnavailable):
+    """A logical copy cannot be made as asked: no tables named, a row limit below 1, a table that is not there."""
+
+
+class TablesUnreadable(ForecastUnavailable):
+    """The role may not read tables (or sequences) a logical copy must read: pg_dump and COPY need them."""
+
+    def __init__(self, message: str, *, role: str, relations: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.role, self.relations = role, relations
+
+
 class CaptureNotAllowed(ForecastUnavailable):
     """The role may not switch the server's statement logging (ALTER SYSTEM, pg_reload_conf, pg_file_settings)."""
 

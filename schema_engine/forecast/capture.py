@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from schema_engine import database
-from schema_engine.errors import CaptureNotAllowed, DatabaseUnreachable, ForecastUnavailable, ServerLogUnreadable
+from schema_engine.errors import CaptureNotAllowed, ForecastUnavailable, ServerLogUnreadable
 from schema_engine.forecast import leftovers, programs
 from schema_engine.progress import Event, Reporter, ignore
 
@@ -126,7 +126,7 @@ def capture(output: Path, *, url: sa.URL | str | None = None, seconds: float,
     if seconds <= 0:
         raise ForecastUnavailable(f"a capture's window must be longer than 0 seconds, not {seconds:g}")
     root = leftovers.prepare_root(root or leftovers.DEFAULT_ROOT, owner=programs.me())
-    with _connect(url) as conn:
+    with database.psycopg_connection(url) as conn:
         _refuse_unless_allowed(conn)
         server = _server_identity(conn)
         _restore_leftovers(conn, root, server, reporter)
@@ -205,17 +205,6 @@ def _no_statements(path: Path) -> str:
 
 # --- the server's settings -------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _connect(url: sa.URL) -> Iterator[psycopg.Connection]:
-    try:
-        conn = psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
-                               autocommit=True, connect_timeout=10)
-    except psycopg.Error as exc:
-        raise DatabaseUnreachable(database.unreachable_message(url, exc)) from exc
-    with conn:
-        yield conn
-
-
 def _refuse_unless_allowed(conn: psycopg.Connection) -> None:
     role, superuser, major = conn.execute(
         "SELECT current_user, rolsuper, current_setting('server_version_num')::int / 10000 "
@@ -266,7 +255,7 @@ def _switch(conn: psycopg.Connection, values: dict[str, str | None]) -> None:
 
 def _restore(url: sa.URL, prior: dict[str, str | None], reporter: Reporter) -> None:
     """Put LOGGING's settings back as ``prior`` had them, on a connection of its own (the first may be broken)."""
-    with _connect(url) as conn:
+    with database.psycopg_connection(url) as conn:
         if _auto_conf(conn) == prior:
             return
         _switch(conn, prior)

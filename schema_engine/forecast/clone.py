@@ -2,11 +2,12 @@
 
 ``pg_basebackup --wal-method=stream`` (as ``scripts/topology`` makes its replica, without ``-R``:
 the copy is a primary of its own, writable, following nothing) into this run's scratch folder,
-then ``pg_ctl start`` with settings that keep it apart from the source: a port of its own on
-127.0.0.1 and a socket folder of its own, no archiving, no synchronous standby to wait for, no
-SSL, its own log. Its ``pg_hba.conf`` is the source's (the same roles and passwords answer), with
-one line before it: ``local all all trust`` on the socket in the run's private folder, which only
-the server's OS user and root can reach; ``pgreplay`` connects there as each role it replays.
+then ``pg_ctl start`` (``server.py``, as the logical copy starts) with settings that keep it apart
+from the source: a port of its own on 127.0.0.1 and a socket folder of its own, no archiving, no
+synchronous standby to wait for, no SSL, its own log. Its ``pg_hba.conf`` is the source's (the
+same roles and passwords answer), with one line before it: ``local all all trust`` on the socket
+in the run's private folder, which only the server's OS user and root can reach; ``pgreplay``
+connects there as each role it replays.
 
 Before anything is copied: the role may stream a base backup (REPLICATION), the folder's disk has
 room for the source's size and a headroom, the port is free. The copy is removed when the
@@ -17,12 +18,8 @@ stopping its server or its ``pg_basebackup`` first (``leftovers.py``).
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
-import shutil
-import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +30,14 @@ import sqlalchemy as sa
 from psycopg.conninfo import make_conninfo
 
 from schema_engine import database
-from schema_engine.errors import ForecastUnavailable, NotEnoughDisk, PortInUse, ReplicationRefused, first_line
-from schema_engine.forecast import leftovers, programs
+from schema_engine.errors import ForecastUnavailable, NotEnoughDisk, ReplicationRefused, first_line
+from schema_engine.forecast import leftovers, programs, server
 from schema_engine.forecast.programs import OsUser
+from schema_engine.forecast.server import Clone, MiB
 from schema_engine.progress import Event, Reporter, ignore
 
 KIND = "clone"
-START_SECONDS = 300  # pg_ctl's wait for the copy to finish its recovery and accept connections
-FREE_PORT_TRIES = 3  # a free port picked can be taken before the server binds it
-MiB = 1024 * 1024
-MIN_HEADROOM = 256 * MiB  # beyond the source's size: the WAL streamed while copying, the copy's own log
 _SETTING_NAME = re.compile(r"^[a-z_][a-z0-9_.]*$")
-_DATA_DIRECTORY_LINE = re.compile(r"^(\s*data_directory\s*=)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -68,38 +61,6 @@ class CloneReady(Event):
 
     def describe(self) -> str:
         return f"copy of the primary ready on port {self.port}: {self.bytes / MiB:,.1f} MiB in {self.seconds:.1f}s"
-
-
-@dataclass(frozen=True)
-class LeftoverRemoved(Event):
-    """A folder a killed run left (and any process still working in it) was removed."""
-
-    folder: str
-
-    def describe(self) -> str:
-        return f"removed {self.folder}, left by a run that was killed"
-
-
-@dataclass(frozen=True)
-class Clone:
-    """A running copy of the primary: where it answers, what it cost."""
-
-    url: sa.URL  # 127.0.0.1:port, the source's role, password and database (the source's pg_hba rules)
-    local_url: sa.URL  # through the copy's private socket folder: any role, no password
-    port: int
-    folder: Path  # this run's scratch folder: data/, socket/, server.log
-    bytes: int  # the copy's size on disk
-    seconds: float  # the time to copy it and start it
-    os_user: str  # who runs its server
-    source_bytes: int  # the source's databases, as it reported them before the copy
-
-    @property
-    def socket_folder(self) -> Path:
-        return self.folder / "socket"
-
-    @property
-    def data_directory(self) -> Path:
-        return self.folder / "data"
 
 
 @dataclass(frozen=True)
@@ -140,13 +101,7 @@ class _Source:
 
 def remove_leftovers(root: Path | None = None, *, reporter: Reporter = ignore) -> tuple[Path, ...]:
     """Remove the copies killed runs left under ``root`` (their servers stopped first); return their folders."""
-    root = (root or leftovers.DEFAULT_ROOT).resolve()
-    removed = []
-    for folder in leftovers.stale(root, KIND):
-        leftovers.remove(folder)
-        reporter(LeftoverRemoved(folder=str(folder)))
-        removed.append(folder)
-    return tuple(removed)
+    return leftovers.remove_stale(root or leftovers.DEFAULT_ROOT, KIND, reporter=reporter)
 
 
 @contextlib.contextmanager
@@ -174,24 +129,20 @@ def cloned(source: sa.URL | str | None = None, *, root: Path | None = None, port
     described = _read_source(url)
     basebackup = programs.program("pg_basebackup", major=described.major, bin_dir=bin_dir)
     pg_ctl = programs.program("pg_ctl", major=described.major, bin_dir=bin_dir)
-    root = leftovers.prepare_root(root or leftovers.DEFAULT_ROOT, owner=owner)
-    remove_leftovers(root, reporter=reporter)
-    _check_disk(root, described.bytes, headroom)
-    if port is not None:
-        _check_port(port)
-    folder = leftovers.claim(root, KIND, owner=owner, source=database.display_url(url))
+    folder = server.claim_folder(root, KIND, owner=owner, source=url, size=described.bytes, headroom=headroom,
+                                 needed_for="the primary's databases", port=port, reporter=reporter)
     try:
         started = time.perf_counter()
         reporter(CloneStarted(source=database.display_url(url), folder=str(folder)))
         env = programs.connection_environment(url, passfile_folder=folder, owner=owner)
         _copy(basebackup, url, folder=folder, owner=owner, env=env, source=described,
               fast_checkpoint=fast_checkpoint, max_rate=max_rate)
-        port = _start(pg_ctl, folder=folder, owner=owner, port=port, settings=extra)
+        port = server.start(pg_ctl, folder=folder, owner=owner, port=port, settings=extra)
         clone = _ready(url, folder=folder, port=port, owner=owner, started=started, source=described)
         reporter(CloneReady(port=clone.port, bytes=clone.bytes, seconds=clone.seconds))
         yield clone
     finally:
-        _stop(pg_ctl, folder=folder, owner=owner)
+        server.stop(pg_ctl, folder=folder, owner=owner)
         leftovers.remove(folder)
 
 
@@ -210,7 +161,7 @@ def follower(copy: Clone, *, bin_dir: Path | None = None, headroom: int | None =
     described = _read_source(copy.local_url)
     basebackup = programs.program("pg_basebackup", major=described.major, bin_dir=bin_dir)
     pg_ctl = programs.program("pg_ctl", major=described.major, bin_dir=bin_dir)
-    _check_disk(copy.folder.parent, copy.bytes, headroom)
+    server.check_disk(copy.folder.parent, copy.bytes, headroom, needed_for="a replica of the copy")
     folder = copy.folder / "replica"
     folder.mkdir(mode=0o700)
     if not owner.is_me:
@@ -220,29 +171,29 @@ def follower(copy: Clone, *, bin_dir: Path | None = None, headroom: int | None =
         env = programs.connection_environment(copy.local_url, passfile_folder=folder, owner=owner)
         _copy(basebackup, copy.local_url, folder=folder, owner=owner, env=env, source=described,
               fast_checkpoint=True, max_rate=None)
-        _write(folder / "data" / "standby.signal", "", owner=owner)
+        server.write(folder / "data" / "standby.signal", "", owner=owner)
         primary = make_conninfo(host=str(copy.socket_folder), port=copy.port, user=copy.url.username or "",
                                 application_name="forecast_replica")
-        port = _start(pg_ctl, folder=folder, owner=owner, port=None, settings={
+        port = server.start(pg_ctl, folder=folder, owner=owner, port=None, settings={
             "primary_conninfo": primary, "cluster_name": "forecast_replica", "hot_standby": "on",
-            "wal_receiver_status_interval": "1s"})
+            "wal_receiver_status_interval": "1s"}, what="the replica of the forecast's copy")
         replica = Follower(port=port, folder=folder, user=copy.url.username, database=copy.url.database or "postgres")
         _wait_streaming(copy, replica)
         reporter(FollowerReady(port=port, socket_folder=str(folder / "socket"), seconds=time.perf_counter() - started))
         yield replica
     finally:
-        _stop(pg_ctl, folder=folder, owner=owner)
+        server.stop(pg_ctl, folder=folder, owner=owner)
 
 
 def _wait_streaming(copy: Clone, replica: Follower) -> None:
     """Wait until the copy streams to the replica (it shows in the copy's pg_stat_replication)."""
-    deadline = time.monotonic() + START_SECONDS
+    deadline = time.monotonic() + server.START_SECONDS
     with psycopg.connect(host=str(copy.socket_folder), port=copy.port, user=copy.url.username or None,
                          dbname=replica.database, autocommit=True) as conn:
         while not conn.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'forecast_replica' "
                                "AND state = 'streaming'").fetchone()[0]:
             if time.monotonic() > deadline:
-                said = _log_problem(replica.folder / "server.log") or "it never streamed"
+                said = server.log_problem(replica.folder / "server.log") or "it never streamed"
                 raise ForecastUnavailable(f"the replica of the forecast's copy did not follow it: {said}")
             time.sleep(0.05)
 
@@ -263,39 +214,6 @@ def _read_source(url: sa.URL) -> _Source:
             "SELECT oid, pg_tablespace_location(oid) FROM pg_tablespace "
             "WHERE pg_tablespace_location(oid) <> ''")).all()
     return _Source(major=int(major), bytes=int(size), tablespaces=tuple((int(o), str(p)) for o, p in tablespaces))
-
-
-def _check_disk(root: Path, size: int, headroom: int | None) -> None:
-    spare = headroom if headroom is not None else max(size // 10, MIN_HEADROOM)
-    free = shutil.disk_usage(root).free
-    if free < size + spare:
-        raise NotEnoughDisk(f"the copy needs {_mib(size)} for the primary's databases and {_mib(spare)} to spare, and "
-                            f"{root} has {_mib(free)} free: free some space there, or name a scratch folder on a "
-                            "larger disk", folder=str(root), needed=size + spare, free=free)
-
-
-def _mib(size: int) -> str:
-    return f"{size / MiB:,.0f} MiB"
-
-
-def _check_port(port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise PortInUse(f"{port} is not a port number: name one from 1 to 65535, or leave it out for a free one",
-                        port=port)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            raise PortInUse(f"port {port} on 127.0.0.1 is in use by another program: name another port for the copy, "
-                            "or leave it out for a free one", port=port) from None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _checked_settings(settings: Mapping[str, str]) -> dict[str, str]:
@@ -353,120 +271,16 @@ def _copy_error(stderr: str, url: sa.URL, folder: Path) -> ForecastUnavailable:
     return ForecastUnavailable(f"pg_basebackup could not copy the primary: {said}")
 
 
-def _configure(folder: Path, *, owner: OsUser, port: int, settings: Mapping[str, str]) -> None:
-    """Keep the copy apart from its source: its own port, socket, log; nothing that reaches back to the source."""
-    data = folder / "data"
-    socket_folder = folder / "socket"
-    socket_folder.mkdir(mode=0o700, exist_ok=True)
-    if not owner.is_me:
-        os.chown(socket_folder, owner.uid, owner.gid)
-    config = data / "postgresql.conf"
-    if config.exists():  # a data_directory there would start the copy on the source's own folder
-        config.write_text(_DATA_DIRECTORY_LINE.sub(r"# (forecast copy) \1", config.read_text()))
-    own = {
-        "port": str(port), "listen_addresses": "127.0.0.1", "unix_socket_directories": str(socket_folder),
-        "unix_socket_permissions": "0700", "cluster_name": "forecast_copy", "external_pid_file": "",
-        "hba_file": str(data / "pg_hba.conf"), "ident_file": str(data / "pg_ident.conf"),
-        "logging_collector": "off", "log_destination": "stderr", "log_statement": "none",
-        "log_min_duration_statement": "-1", "log_connections": "off", "log_disconnections": "off",
-        "archive_mode": "off", "archive_command": "", "restore_command": "", "primary_conninfo": "",
-        "primary_slot_name": "", "synchronous_standby_names": "", "ssl": "off", **settings,
-        # Last, so no setting given undoes it: a copy of a subscriber must not apply from the real
-        # publishers (it would consume changes from their slots that production then never gets).
-        "max_logical_replication_workers": "0",
-    }
-    lines = "".join(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n" for name, value in own.items())
-    _write(data / "postgresql.auto.conf", "# the forecast's copy: its own settings (schema_engine/forecast/clone.py)\n"
-           + lines, owner=owner, append=True)
-    hba = data / "pg_hba.conf"
-    rules = hba.read_text() if hba.exists() else (  # the source keeps it elsewhere (Debian's /etc/postgresql)
-        "host all all 127.0.0.1/32 md5\nhost replication all 127.0.0.1/32 md5\n")
-    _write(hba, "# the forecast's copy: any role on its private socket (schema_engine/forecast/clone.py)\n"
-           "local all all trust\nlocal replication all trust\n" + rules, owner=owner)
-    for name in ("postgresql.conf", "pg_ident.conf"):
-        if not (data / name).exists():
-            _write(data / name, "", owner=owner)
-
-
-def _write(path: Path, text: str, *, owner: OsUser, append: bool = False) -> None:
-    existed = path.exists()
-    with open(path, "a" if append else "w", encoding="utf-8") as out:
-        out.write(text)
-    if not existed:
-        path.chmod(0o600)
-        if not owner.is_me:
-            os.chown(path, owner.uid, owner.gid)
-
-
-def _start(pg_ctl: Path, *, folder: Path, owner: OsUser, port: int | None, settings: Mapping[str, str]) -> int:
-    chosen = port if port is not None else _free_port()
-    _configure(folder, owner=owner, port=chosen, settings=settings)
-    for attempt in range(1 if port is not None else FREE_PORT_TRIES):
-        if attempt:  # the free port picked was taken before the server could bind it: another one
-            chosen = _free_port()
-            _write(folder / "data" / "postgresql.auto.conf", f"port = '{chosen}'\n", owner=owner, append=True)
-        log = folder / "server.log"
-        log.unlink(missing_ok=True)
-        done = programs.run([pg_ctl, "start", "--pgdata", folder / "data", "--log", log, "--wait",
-                             f"--timeout={START_SECONDS}", "--silent"], user=owner, env=_server_env(), cwd=folder)
-        if done.returncode == 0:
-            return chosen
-        said = _log_problem(log) or (done.stderr or done.stdout or "pg_ctl failed").strip().splitlines()[0]
-        if "Address already in use" not in said:
-            raise ForecastUnavailable(f"the copy of the primary did not start: {said}")
-        _stop(pg_ctl, folder=folder, owner=owner)
-    raise PortInUse(f"port {chosen} on 127.0.0.1 is in use by another program: name another port for the copy, or "
-                    "leave it out for a free one", port=int(chosen or 0))
-
-
-def _log_problem(log: Path) -> str:
-    """The first FATAL (else LOG about a failure) line of the copy's server log."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    for marker in ("FATAL:", "could not", "PANIC:"):
-        line = next((line for line in lines if marker in line), None)
-        if line:
-            return line.split(":  ", 1)[-1].strip() if ":  " in line else line.strip()
-    return ""
-
-
 def _ready(url: sa.URL, *, folder: Path, port: int, owner: OsUser, started: float, source: _Source) -> Clone:
     clean = {key: value for key, value in url.query.items()
              if key.lower() not in ("host", "hostaddr", "port", "sslmode", "sslrootcert", "sslcert", "sslkey",
                                     "service", "target_session_attrs")}
     tcp = url.set(host="127.0.0.1", port=port, query=clean)
-    local = sa.URL.create(url.drivername, username=url.username, database=url.database,
-                          query={"host": str(folder / "socket"), "port": str(port)})
+    local = server.local_url(url.drivername, folder=folder, port=port, username=url.username, database=url.database)
     try:  # pg_ctl --wait saw it accept connections; this is ours, through the socket the replay uses
         psycopg.connect(host=str(folder / "socket"), port=port, user=url.username or None,
                         dbname=url.database or "postgres", connect_timeout=10).close()
     except psycopg.Error as exc:
         raise ForecastUnavailable(f"the copy of the primary started but does not answer: {first_line(exc)}") from exc
-    return Clone(url=tcp, local_url=local, port=port, folder=folder, bytes=_size(folder),
+    return Clone(url=tcp, local_url=local, port=port, folder=folder, bytes=server.size(folder),
                  seconds=time.perf_counter() - started, os_user=owner.name, source_bytes=source.bytes)
-
-
-def _size(folder: Path) -> int:
-    total = 0
-    for parent, _, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                total += os.lstat(os.path.join(parent, name)).st_size
-    return total
-
-
-def _stop(pg_ctl: Path, *, folder: Path, owner: OsUser) -> None:
-    """Stop the copy's server if it runs (an immediate shutdown: the copy is thrown away)."""
-    if not (folder / "data" / "postmaster.pid").exists():
-        return
-    # A server that does not stop in time is left to leftovers.remove, which ends what still works in the folder.
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        programs.run([pg_ctl, "stop", "--pgdata", folder / "data", "--mode=immediate", "--wait", "--silent"],
-                     user=owner, env=_server_env(), cwd=folder, timeout=60)
-
-
-def _server_env() -> dict[str, str]:
-    """The environment of pg_ctl and the copy's server: none of libpq's variables (PGPORT would be its port)."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("PG")}

@@ -17,16 +17,28 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from schema_engine.errors import ForecastUnavailable
 from schema_engine.forecast.programs import OsUser
+from schema_engine.progress import Event, Reporter, ignore
 
 MARKER = "owner.json"
 # Where the forecast's scratch folders go unless the caller names a place (a disk with room for a copy).
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "reautomation-forecast"
 STOP_SECONDS = 30.0  # how long a leftover's processes get to end before they are killed
+
+
+@dataclass(frozen=True)
+class LeftoverRemoved(Event):
+    """A folder a killed run left (and any process still working in it) was removed."""
+
+    folder: str
+
+    def describe(self) -> str:
+        return f"removed {self.folder}, left by a run that was killed"
 
 
 def prepare_root(root: Path, *, owner: OsUser) -> Path:
@@ -81,6 +93,16 @@ def stale(root: Path, kind: str) -> list[Path]:
         if pid is None or not _alive(int(pid), facts.get("started")):
             found.append(folder)
     return found
+
+
+def remove_stale(root: Path, kind: str, *, reporter: Reporter = ignore) -> tuple[Path, ...]:
+    """Remove the folders of ``kind`` killed runs left under ``root`` (their processes ended first); return them."""
+    removed = []
+    for folder in stale(root.resolve(), kind):
+        remove(folder)
+        reporter(LeftoverRemoved(folder=str(folder)))
+        removed.append(folder)
+    return tuple(removed)
 
 
 def remove(folder: Path) -> None:

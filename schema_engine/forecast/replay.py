@@ -6,7 +6,7 @@ the time it was recorded, keeps each session's statements in their order (transa
 whole), replays bound parameters and prepared statements, and says how far behind its schedule
 it fell: a copy that cannot keep up is itself a finding. It runs as a subprocess, ended and
 reaped when the ``with`` block ends, and connects to the copy through its private socket folder,
-where every role the capture names is let in without a password (``clone.py``).
+where every role the capture names is let in without a password (``server.py``).
 
 Without a capture, an app's default workload runs instead: the engine knows no table, so an app
 registers one (``register_default_workload``; ``calls`` registers the bench writers' statements
@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from schema_engine.errors import ForecastUnavailable
 from schema_engine.forecast import programs
 from schema_engine.forecast.capture import CSVLOG, Capture
-from schema_engine.forecast.clone import Clone
+from schema_engine.forecast.server import Clone
 
 STOP_SECONDS = 10.0  # how long pgreplay gets to end after SIGTERM before it is killed
 _STATEMENTS = re.compile(r"^SQL statements executed: (\d+)$", re.MULTILINE)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+PHYSICAL = "physical"  # the copy a forecast ran on, when it was the whole primary (pg_basebackup)
+
 
 @dataclass(frozen=True, kw_only=True)
 class LockHeld:
@@ -68,3 +70,5 @@ class Forecast:
     revisions: tuple[RevisionForecast, ...]
     backfills: tuple[BackfillForecast, ...]
     samples: tuple[LatencySample, ...]
+    # Which copy: PHYSICAL, or a logical copy of chosen tables ("logical: conversation_history ≤ 100,000 rows")
+    copy: str = PHYSICAL

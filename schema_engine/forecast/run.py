@@ -2,7 +2,7 @@
 
 In order, each part a ``with`` block, so the copy is removed and the replay stopped whatever ends
 the forecast (a failure, Ctrl-C):
-1. the copy (``clone.cloned``);
+1. the copy (``clone.cloned``; of chosen tables, ``logical.copied``);
 2. the traffic against it (``replay.workload``: the capture at its recorded pace, or the default
    workload), then a warm-up until the copy has committed ``warmup_transactions`` transactions
    (its own statistics) or the capture ends, at most ``warmup_seconds``;
@@ -21,14 +21,14 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import psycopg
 import sqlalchemy as sa
 
 from schema_engine import contracts, database
 from schema_engine.errors import ForecastUnavailable
-from schema_engine.forecast import backfills, clone, latency, replay
+from schema_engine.forecast import backfills, clone, latency, logical, replay
 from schema_engine.forecast import capture as captures
 from schema_engine.forecast.capture import Capture
 from schema_engine.forecast.measure import measure_revision
@@ -81,18 +81,23 @@ class BackfillSampled(Event):
 def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str | None = None,
              reporter: Reporter = ignore, sample_batches: int = 20, root: Path | None = None,
              warmup_transactions: int = WARMUP_TRANSACTIONS, warmup_seconds: float = WARMUP_SECONDS,
+             tables: Sequence[str] = (), row_limit: int | None = None,
              replica: bool | None = None) -> Forecast:
     """Forecast the pending revisions of the primary at ``url`` on a copy of it, under ``capture`` replayed.
 
     ``capture``: a capture (or its file) to replay at its recorded pace; None: the default
     workload an app registers. ``sample_batches``: batches of each declared backfill to time.
     ``root``: the scratch folder of the copy (``clone.cloned``). ``reporter`` hears the copy's,
-    the revisions' and the forecast's own events. ``replica``: a replica follows the copy, to
-    forecast the replica lag (costs the copy's size again); None: when the primary has replicas.
+    the revisions' and the forecast's own events. ``tables``: copy only these tables' newest
+    ``row_limit`` rows (default ``logical.DEFAULT_ROW_LIMIT``) and what they reference, not the
+    whole primary (``logical.copied``). ``replica``: a replica follows the copy, to forecast the
+    replica lag (costs the copy's size again); None: when the primary has replicas.
     """
     source = database.resolve_url(url)
     if sample_batches < 1:
         raise ForecastUnavailable(f"a backfill's sample needs at least one batch, not {sample_batches}")
+    if row_limit is not None and not tables:
+        raise ForecastUnavailable("a row limit is for a logical copy of chosen tables: name the tables too")
     recorded = captures.load(Path(capture)) if isinstance(capture, (str, Path)) else capture
     with database.connect(source) as conn:
         pending = pending_scripts(script_directory(), recorded_revisions(conn), "head")
@@ -103,8 +108,10 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
     declaring = pending  # the backfills of a deferred contract are the deploy's too: its fill runs at step 7
     if waiting is not None:
         pending = pending[:pending.index(waiting[0])]
-    with clone.cloned(source, root=root, reporter=reporter) as copy, \
-            _following(copy, replica, reporter) as follower:
+    copying = (logical.copied(source, tables=tables, row_limit=logical.DEFAULT_ROW_LIMIT if row_limit is None
+                              else row_limit, root=root, reporter=reporter) if tables
+               else clone.cloned(source, root=root, reporter=reporter))
+    with copying as copy, _following(copy, replica, reporter) as follower:
         conninfo = _conninfo(copy)
         lag = None if follower is None else ReplicaLag(conninfo, follower.conninfo)
         if recorded is not None:  # pgreplay's statements are timed by the copy's own log
@@ -140,7 +147,7 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
                     if recorded is not None else f"{running.description} (default)")
         return Forecast(database=database.display_url(source), workload=workload, copy_bytes=copy.bytes,
                         copy_seconds=copy.seconds, revisions=tuple(measured), backfills=tuple(fills),
-                        samples=samples)
+                        samples=samples, copy=copy.description)
 
 
 def _has_replicas(conn: sa.Connection) -> bool:

@@ -34,7 +34,7 @@ from schema_engine.errors import (
     ReplicationRefused,
     ServerLogUnreadable,
 )
-from schema_engine.forecast import capture, clone, leftovers, programs, replay
+from schema_engine.forecast import capture, clone, leftovers, programs, replay, server
 from schema_engine.progress import Event
 from tests.conftest import ROOT, django_url, wait_for
 from tests.topology.conftest import Topology
@@ -181,7 +181,7 @@ def test_a_copy_killed_once_running_is_stopped_and_removed_by_the_next_run(
     with clone.cloned(rows_db.primary, root=forecast_root, reporter=events.append) as copy:
         assert not Path(folder).exists()
         assert not answers(int(port)) or copy.port == int(port)
-        assert [event.folder for event in events if isinstance(event, clone.LeftoverRemoved)] == [folder]
+        assert [event.folder for event in events if isinstance(event, leftovers.LeftoverRemoved)] == [folder]
         assert [path.name for path in forecast_root.iterdir()] == [copy.folder.name]
 
 
@@ -422,7 +422,7 @@ def private_server() -> Iterator[sa.URL]:
     done = programs.run([bin_dir / "initdb", "-D", folder / "data", "-U", "postgres", "--auth=trust"], user=owner,
                         env=env, cwd=folder)
     assert done.returncode == 0, done.stderr
-    port = clone._free_port()
+    port = server.free_port()
     (folder / "data" / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
     with open(folder / "data" / "postgresql.conf", "a") as conf:
         conf.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{folder / 'data'}'\n"

@@ -24,8 +24,8 @@ from schema_engine import plan as deploy_plan
 from schema_engine.autogenerate import Rename, RenameCandidate
 from schema_engine.forecast import capture as forecast_capture
 from schema_engine.forecast import chart as forecast_chart
-from schema_engine.forecast import stored, verdict
-from schema_engine.forecast.result import Forecast
+from schema_engine.forecast import logical, stored, verdict
+from schema_engine.forecast.result import PHYSICAL, Forecast
 
 PLAN_UNSAFE = 3  # `plan`'s exit code when applying now is not safe (1: an error, 2: drift); `forecast`'s too
 INTERRUPTED = 130  # the shell's code for a command ended by SIGINT; SIGTERM too (it takes the same path)
@@ -112,6 +112,11 @@ class Command(BaseCommand):
         fct.add_argument("--replica", action=argparse.BooleanOptionalAction, default=None,
                          help="start a replica following the copy and forecast the replica lag (the copy's size "
                               "again on disk); default: when the primary streams to replicas")
+        fct.add_argument("--tables", metavar="T1,T2", default=None,
+                         help="copy only these tables' newest rows (--rows), the rows they reference, and the schema, "
+                              "not the whole primary: a logical copy (docs/forecast.md)")
+        fct.add_argument("--rows", type=int, default=None, metavar="N",
+                         help=f"with --tables: at most N rows of each (default {logical.DEFAULT_ROW_LIMIT})")
         cpt = sub.add_parser("capture", help="record the primary's statements for SECONDS (its statement logging "
                                              "switched on, then back as it was) into FILE, for forecast --capture")
         cpt.add_argument("output", metavar="FILE", type=Path, help="the capture file to write (new; 0600)")
@@ -258,10 +263,20 @@ class Command(BaseCommand):
                          as_json=as_json, defer_contracts=defer_contracts)
 
     def _forecast(self, *, capture: Path | None = None, as_json: bool = False, chart: Path | None = None,
-                  sample_batches: int = 20, replica: bool | None = None, **_: Any) -> None:
+                  sample_batches: int = 20, tables: str | None = None, rows: int | None = None,
+                  replica: bool | None = None, **_: Any) -> None:
         if sample_batches < 1:
             raise CommandError(f"--sample-batches must be 1 or more (got {sample_batches})")
-        measured = deploy_forecast.forecast(capture=capture, sample_batches=sample_batches, replica=replica,
+        names = [name.strip() for name in (tables or "").split(",") if name.strip()]
+        if rows is not None and tables is None:
+            raise CommandError("--rows goes with --tables: name the tables to copy N rows of (without --tables the "
+                               "whole primary is copied)")
+        if tables is not None and not names:
+            raise CommandError("--tables needs the tables to copy, comma-separated (e.g. --tables calls,contacts)")
+        if rows is not None and rows < 1:
+            raise CommandError(f"--rows must be 1 or more (got {rows})")
+        measured = deploy_forecast.forecast(capture=capture, sample_batches=sample_batches, tables=names,
+                                            row_limit=rows, replica=replica,
                                             reporter=progress.ignore if as_json else self._report)
         self.show_forecast(measured, as_json=as_json, chart=chart, last_file=settings.FORECAST_LAST_FILE,
                            limits=verdict.Limits.from_settings())
@@ -401,7 +416,8 @@ def _writing(path: Path, setting: str) -> Iterator[None]:
 
 def forecast_lines(forecast: Forecast) -> list[str]:
     """The forecast for a person: what was copied and replayed, a table per revision, each backfill's projection."""
-    lines = [f"Forecast on a copy of {forecast.database} ({verdict.size_text(forecast.copy_bytes)}, made in "
+    copy = "" if forecast.copy == PHYSICAL else f"{forecast.copy}; "  # a physical copy is the one said without words
+    lines = [f"Forecast on a copy of {forecast.database} ({copy}{verdict.size_text(forecast.copy_bytes)}, made in "
              f"{forecast.copy_seconds:.1f}s); traffic: {forecast.workload}; {len(forecast.samples):,} statements timed"]
     if not forecast.revisions:
         lines.append("No revision pending")
