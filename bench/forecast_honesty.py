@@ -41,19 +41,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import environment
+from alembic.script import ScriptDirectory
 
 SCRATCH = Path(tempfile.mkdtemp(prefix="bench-forecast-"))
 MIGRATIONS = SCRATCH / "migrations_alembic"
-environment.set_up(ALEMBIC_SCRIPT_LOCATION=str(MIGRATIONS))
-
-from alembic.script import ScriptDirectory
-
-from bench.seeding import seed_before_backfill
-from calls.workload import DEFAULT_INTERVAL, DEFAULT_WRITERS, Writers, apply_beside, within
-from schema_engine.forecast import capture, verdict
-from schema_engine.forecast.run import forecast
-from schema_engine.progress import Event
-
 TEMPLATE = "bench_forecast_template"
 TARGET = "bench_forecast"
 INDEXES = "004_performance_indexes"
@@ -85,6 +76,16 @@ def scratch_migrations() -> None:
     shutil.copytree(environment.ROOT / "migrations_alembic", MIGRATIONS, ignore=shutil.ignore_patterns("__pycache__"))
     head = ScriptDirectory(str(environment.ROOT / "migrations_alembic")).get_current_head()
     (MIGRATIONS / "versions" / f"{BLOCKING}.py").write_text(BLOCKING_SOURCE.format(revision=BLOCKING, head=head))
+
+
+scratch_migrations()  # before Django starts: the site reads the chain where ALEMBIC_SCRIPT_LOCATION points
+environment.set_up(ALEMBIC_SCRIPT_LOCATION=str(MIGRATIONS))
+
+from bench.seeding import seed_before_backfill
+from calls.workload import DEFAULT_INTERVAL, DEFAULT_WRITERS, Writers, apply_beside, within
+from schema_engine.forecast import capture, verdict
+from schema_engine.forecast.run import forecast
+from schema_engine.progress import Event
 
 
 def say(event: Event) -> None:
@@ -155,7 +156,6 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", dest="as_json")
     environment.add_template_arguments(parser)
     args = parser.parse_args()
-    scratch_migrations()
     try:
         result = run(args)
     finally:

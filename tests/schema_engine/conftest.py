@@ -1,14 +1,17 @@
-"""Model changes and revision files the schema engine's tests make, as a developer would, and take back."""
+"""Model changes and revision files the schema engine's tests make, as a developer would, and take back; roles
+that are no superuser, as a managed service gives."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+import sqlalchemy as sa
 from django.db import models
 
 from calls.models import Call
-from tests.conftest import HEAD
+from schema_engine import scratch
+from tests.conftest import HEAD, run_sql
 
 ADD_COLUMN = '''"""Add calls.{column} (nullable), {why}."""
 import sqlalchemy as sa
@@ -125,3 +128,25 @@ def voice_id_unique() -> Iterator[None]:
     """``Call.voice_id`` made unique: rows written before may share a value."""
     yield from _replace_fields(Call, {"voice_id": models.CharField(max_length=64, null=True, blank=True, unique=True)},
                                {})
+
+
+@pytest.fixture
+def unprivileged_roles(pg_db: sa.URL, postgres_admin: sa.Engine) -> Iterator[tuple[sa.URL, sa.URL]]:
+    """URLs for two new roles, neither a superuser: the migrator owns the database; the application's only reads.
+
+    Roles belong to the whole server: each is named uniquely and dropped afterwards.
+    """
+    migrator, application = scratch.unique_name("test_migrator"), scratch.unique_name("test_application")
+    quote = postgres_admin.dialect.identifier_preparer.quote
+    with postgres_admin.connect() as admin:
+        for role in (migrator, application):
+            admin.execute(sa.text(f"CREATE ROLE {quote(role)} LOGIN"))
+        admin.execute(sa.text(f"ALTER DATABASE {quote(pg_db.database)} OWNER TO {quote(migrator)}"))
+    try:
+        yield pg_db.set(username=migrator), pg_db.set(username=application)
+    finally:
+        roles = f"{quote(migrator)}, {quote(application)}"
+        run_sql(pg_db, f"REASSIGN OWNED BY {roles} TO CURRENT_USER")
+        run_sql(pg_db, f"DROP OWNED BY {roles}")
+        with postgres_admin.connect() as admin:
+            admin.execute(sa.text(f"DROP ROLE {roles}"))

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from calls.backfill import health
 from calls.sample_data import generate_sample_data
-from schema_engine import commands, database, errors, guard, progress, scratch, state
+from schema_engine import commands, database, errors, guard, progress, state
 from tests.conftest import HEAD, REVISIONS, call, manage, run_sql, start_manage, wait_for
 
 pytestmark = pytest.mark.postgres
@@ -275,28 +275,6 @@ def test_the_projects_own_sessions_are_never_terminated(pg_db: sa.URL, applicati
     assert "could not lock a table within lock_timeout=300ms, 3 tries" in refusal
     assert "MIGRATION_TERMINATE_IDLE_BLOCKERS_AFTER ends sessions" not in refusal  # it is on already
     assert current(pg_db) == ["002_voice_agent_integration"]
-
-
-@pytest.fixture
-def unprivileged_roles(pg_db: sa.URL, postgres_admin: sa.Engine) -> Iterator[tuple[sa.URL, sa.URL]]:
-    """URLs for two new roles, neither a superuser: the migrator owns the database; the application's only reads.
-
-    Roles belong to the whole server: each is named uniquely and dropped afterwards.
-    """
-    migrator, application = scratch.unique_name("test_migrator"), scratch.unique_name("test_application")
-    quote = postgres_admin.dialect.identifier_preparer.quote
-    with postgres_admin.connect() as admin:
-        for role in (migrator, application):
-            admin.execute(sa.text(f"CREATE ROLE {quote(role)} LOGIN"))
-        admin.execute(sa.text(f"ALTER DATABASE {quote(pg_db.database)} OWNER TO {quote(migrator)}"))
-    try:
-        yield pg_db.set(username=migrator), pg_db.set(username=application)
-    finally:
-        roles = f"{quote(migrator)}, {quote(application)}"
-        run_sql(pg_db, f"REASSIGN OWNED BY {roles} TO CURRENT_USER")
-        run_sql(pg_db, f"DROP OWNED BY {roles}")
-        with postgres_admin.connect() as admin:
-            admin.execute(sa.text(f"DROP ROLE {roles}"))
 
 
 @pytest.mark.parametrize("granted", [[], ["pg_read_all_stats"]], ids=["no-grants", "read-all-stats-only"])

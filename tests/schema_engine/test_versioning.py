@@ -162,6 +162,16 @@ def write_from_both(old: Release, new: Release, change: Change) -> dict[int, obj
     return {a: first if change.new is None else fourth, b: third}
 
 
+def fill_every_row(url: sa.URL, *, up_to: int) -> None:
+    """What the expand declares to fill, for calls with ids up to ``up_to`` (the backfill's work, in one range)."""
+    (expanded,) = versioning.expands(state.script_directory())
+    if versioning.fill_tables(expanded.steps):
+        engine = database.create_engine(url)
+        with engine.begin() as conn:
+            versioning.fill_range(conn, EXPAND, "calls", expanded.steps, lo=0, hi=up_to)
+        engine.dispose()
+
+
 def calls_columns(url: sa.URL) -> dict[str, str]:
     with inspected(url) as inspector:
         return {c["name"]: str(c["type"]) for c in inspector.get_columns("calls")}
@@ -272,12 +282,7 @@ def test_contract_archives_drops_renames_and_its_downgrade_restores(
     old, new = release(pg_head_db, HEAD), release(pg_head_db, EXPAND, VIEW)
     expected = {earlier: change.values[0], **write_from_both(old, new, change)}
     old.close()  # the release before it is stopped: contract may go on
-    (expanded,) = versioning.expands(state.script_directory())
-    if versioning.fill_tables(expanded.steps):
-        engine = database.create_engine(pg_head_db)
-        with engine.begin() as conn:
-            versioning.fill_range(conn, EXPAND, "calls", expanded.steps, lo=0, hi=max(expected))
-        engine.dispose()
+    fill_every_row(pg_head_db, up_to=max(expected))
 
     notes: list[str] = []
     commands.upgrade(revision="head", url=pg_head_db, reporter=lambda event: notes.append(event.describe()))
@@ -401,6 +406,30 @@ def test_each_role_may_do_through_the_version_what_it_may_do_on_the_table(
     assert reader.read("call_outcome") == {row: "busy"}
     with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
         reader.insert("call_outcome", "answered")
+
+
+def test_a_migration_role_that_is_no_superuser_runs_every_phase(
+        versioned: Change, unprivileged_roles: tuple[sa.URL, sa.URL], release) -> None:
+    """As on a managed service: the migration role owns the database and its tables, and nothing more."""
+    change = versioned
+    migrator, application = unprivileged_roles
+    commands.upgrade(revision=HEAD, url=migrator)
+    app = f'"{application.username}"'
+    run_sql(migrator, f"GRANT SELECT, INSERT, UPDATE, DELETE ON calls TO {app}")
+    run_sql(migrator, f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {app}")
+
+    commands.upgrade(revision=EXPAND, url=migrator)  # the version's schema, views, trigger and its function
+    old, new = release(application, HEAD), release(application, EXPAND, VIEW)
+    expected = write_from_both(old, new, change)
+    old.close()
+    fill_every_row(migrator, up_to=max(expected))
+    commands.upgrade(revision="head", url=migrator)  # the contract: archived, dropped, renamed
+    if change.new is not None:
+        assert new.read(change.new) == expected
+
+    commands.downgrade(revision=HEAD, url=migrator)  # undo the contract, then the expand
+    assert release(application, HEAD).read(change.old) == expected
+    assert not has_schema(migrator, f"v_{EXPAND}")
 
 
 def test_a_removed_required_column_lets_the_new_release_insert_and_undo_says_when_it_stays_nullable(
