@@ -100,10 +100,12 @@ class PgReplay:
         self._err: IO[bytes] = tempfile.TemporaryFile()
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
         env.update(PGHOST=str(clone.socket_folder), PGPORT=str(clone.port))
+        # pgreplay starts in the copy's folder: a capture named relative to here is named whole.
         argv: list[str | Path] = [binary, *(["-c"] if capture.format == CSVLOG else []), "-s", f"{speed:g}",
-                                  capture.path]
+                                  Path(capture.path).resolve()]
         self.started = time.monotonic()
         self._result: WorkloadResult | None = None
+        self._ended: tuple[float, bool, int, str, str] | None = None
         self._process = programs.start(argv, user=programs.me(), env=env,
                                        cwd=clone.folder, stdout=self._out, stderr=self._err)
 
@@ -116,20 +118,26 @@ class PgReplay:
         return self.stop()
 
     def stop(self) -> WorkloadResult:
-        if self._result is not None:
-            return self._result
-        complete = self._process.poll() is not None
-        if not complete:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        seconds = time.monotonic() - self.started
-        out, err = (self._read(stream) for stream in (self._out, self._err))
-        self._result = _result(self.description, seconds, complete, self._process.returncode, out, err)
+        """End pgreplay (if it still runs) and say what it did; ``ForecastUnavailable`` when it failed."""
+        if self._result is None:
+            self._result = _result(self.description, *self.close())
         return self._result
+
+    def close(self) -> tuple[float, bool, int, str, str]:
+        """End pgreplay and reap it, once: its seconds, whether it had finished, its exit code, its output."""
+        if self._ended is None:
+            complete = self._process.poll() is not None
+            if not complete:
+                self._process.send_signal(signal.SIGTERM)
+                try:
+                    self._process.wait(STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    self._process.kill()
+                    self._process.wait()
+            seconds = time.monotonic() - self.started
+            out, err = (self._read(stream) for stream in (self._out, self._err))
+            self._ended = (seconds, complete, self._process.returncode, out, err)
+        return self._ended
 
     @staticmethod
     def _read(stream: IO[bytes]) -> str:
@@ -158,7 +166,7 @@ def replaying(capture: Capture, *, clone: Clone, speed: float = 1.0) -> Iterator
     try:
         yield replay
     finally:
-        replay.stop()
+        replay.close()  # the block's own outcome stands: a failed replay is said by its stop()
 
 
 @contextlib.contextmanager

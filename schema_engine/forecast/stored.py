@@ -47,7 +47,6 @@ def forecast_from_dict(data: dict[str, Any]) -> Forecast:
 def save(path: Path, forecast: Forecast, *, problems: list[str], limits: dict[str, float]) -> Path:
     """Write ``forecast`` as the last one to ``path`` (its folder made 0700 if missing; the file 0600)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     body = {**as_dict(forecast, problems=problems, limits=limits),
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     write_private(path, json.dumps(body))

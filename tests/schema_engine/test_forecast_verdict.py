@@ -163,7 +163,15 @@ def test_the_command_prints_json_for_machines(tmp_path: Path) -> None:
 
 def test_an_unwritable_chart_path_is_one_line(tmp_path: Path) -> None:
     command = Command(stdout=io.StringIO(), stderr=io.StringIO())
-    with pytest.raises(CommandError, match=r"^cannot write \S*/missing/c\.svg: No such file or directory; choose a "
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(CommandError, match=r"^cannot write \S*/a-file/c\.svg: Not a directory; choose a "
                                            r"folder this user may write \(--chart PATH\)$"):
-        command.show_forecast(forecast(revision()), as_json=False, chart=tmp_path / "missing" / "c.svg",
+        command.show_forecast(forecast(revision()), as_json=False, chart=tmp_path / "a-file" / "c.svg",
                               last_file=None, limits=LIMITS)
+
+
+def test_a_chart_in_a_missing_folder_makes_the_folder_for_its_owner(tmp_path: Path) -> None:
+    command = Command(stdout=io.StringIO(), stderr=io.StringIO())
+    chart = tmp_path / "var" / "forecast.svg"
+    command.show_forecast(forecast(revision()), as_json=False, chart=chart, last_file=None, limits=LIMITS)
+    assert stat.S_IMODE(chart.parent.stat().st_mode) == 0o700 and stat.S_IMODE(chart.stat().st_mode) == 0o600

@@ -379,17 +379,24 @@ def test_a_capture_killed_mid_window_is_put_back_by_the_next_one(
 # --- the replay -------------------------------------------------------------------------------------
 
 def test_a_capture_replayed_on_the_copy_writes_its_rows_there(
-        rows_db: Topology, forecast_root: Path, tmp_path: Path) -> None:
+        rows_db: Topology, forecast_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     primary = rows_db.primary
     with clone.cloned(primary, root=forecast_root) as copy:
-        taken = captured_while(write_rows(primary, "gamma", "delta"), primary, tmp_path / "window.log",
-                               root=forecast_root, databases=[primary.database])
+        captured_while(write_rows(primary, "gamma", "delta"), primary, tmp_path / "window.log",
+                       root=forecast_root, databases=[primary.database])
+        monkeypatch.chdir(tmp_path)
+        taken = capture.load(Path("window.log"))  # named as an operator names it: relative to where they are
         assert notes(copy.url) == ["one", "two", "three"]
         with replay.replaying(taken, clone=copy) as replaying:
             done = replaying.wait(timeout=120)
         assert notes(copy.url) == ["one", "two", "three", "gamma", "delta", "two\nlines"]
         assert done.complete and done.statements == taken.statements and done.failed == 0
         assert done.behind_seconds is not None and done.behind_seconds < 5
+
+        (tmp_path / "window.log").unlink()  # gone between the forecast's reading and pgreplay's: one error, no other
+        with pytest.raises(ForecastUnavailable, match="^pgreplay could not replay the capture: .*No such file"):
+            with replay.replaying(taken, clone=copy) as replaying:
+                replaying.wait(timeout=120)
 
 
 def test_without_a_capture_the_bench_writers_write_to_the_copy(topology_db: Topology, forecast_root: Path) -> None:
