@@ -12,10 +12,13 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from calls.sample_data import generate_sample_data
 from schema_engine import commands, database, state
 from tests.conftest import REVISIONS, ROOT
 from tests.topology.conftest import Topology, host_env, manage
+from tests.topology.test_forecast_base import captured_while
 
 AT = REVISIONS[-2]  # 005: 006 pending
 
@@ -26,6 +29,17 @@ def prepared(topology: Topology) -> None:
     try:
         with engine.begin() as conn:
             generate_sample_data(connection=conn, calls=30, seed=26)
+    finally:
+        engine.dispose()
+
+
+def write_a_little(url: sa.URL) -> None:
+    """What an application might do in a moment: a few calls updated, each in its own transaction."""
+    engine = database.create_engine(url)
+    try:
+        for call_id in range(1, 21):
+            with engine.begin() as conn:
+                conn.execute(sa.text("UPDATE calls SET updated_at = now() WHERE id = :id"), {"id": call_id})
     finally:
         engine.dispose()
 
@@ -57,8 +71,8 @@ def test_a_forecast_past_a_limit_exits_3_naming_the_revision_and_the_limit(topol
     assert f"revision {REVISIONS[-1]}" in result.stdout
 
 
-def test_a_deploy_with_the_forecast_stops_before_applying_when_a_limit_is_passed(topology_db: Topology,
-                                                                                 tmp_path: Path) -> None:
+def test_a_deploy_with_the_forecast_stops_before_applying_when_a_limit_is_passed_and_replays_a_capture(
+        topology_db: Topology, tmp_path: Path) -> None:
     prepared(topology_db)
     env = {**host_env(topology_db), "BACKUP_DIR": str(tmp_path / "backups"), "DEPLOY_FORECAST": "1",
            "FORECAST_LAST_FILE": str(tmp_path / "last.json")}
@@ -68,20 +82,31 @@ def test_a_deploy_with_the_forecast_stops_before_applying_when_a_limit_is_passed
     assert "deploy: step 3b (forecast: the pending revisions on a copy with data, under traffic) failed" \
         in refused.stderr
     assert state.status(url=topology_db.primary).current == (AT,)  # nothing applied
+    capture = tmp_path / "capture.log"
+    for missing in ({"DEPLOY_FORECAST_CAPTURE": str(capture)},
+                    {"DEPLOY_FORECAST": "0", "DEPLOY_FORECAST_CAPTURE": str(capture)}):
+        refused = subprocess.run(["bash", "scripts/deploy"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                                 env={**env, **missing})
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "DEPLOY_FORECAST" in refused.stderr and not refused.stdout
+    taken = captured_while(lambda: write_a_little(topology_db.primary), topology_db.primary, capture,
+                           databases=[topology_db.primary.database])
     deployed = subprocess.run(["bash", "scripts/deploy"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                              env=env)
+                              env={**env, "DEPLOY_FORECAST_CAPTURE": str(capture)})
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "==> step 3b: forecast" in deployed.stdout and "Within every limit" in deployed.stdout
+    assert f"traffic: capture {capture} ({taken.statements:,} statements" in deployed.stdout
     assert state.status(url=topology_db.primary).current == (REVISIONS[-1],)
 
 
-def test_a_capture_from_the_command_line_feeds_a_forecast(topology_db: Topology, tmp_path: Path) -> None:
+def test_a_capture_from_the_command_line_is_a_new_private_file_and_bad_input_is_refused(
+        topology_db: Topology, tmp_path: Path) -> None:
     prepared(topology_db)
-    capture = tmp_path / "capture.log"
+    capture = tmp_path / "var" / "capture.log"  # a folder not made yet, as in a fresh checkout
     made = manage(topology_db, "migrate_schema", "capture", str(capture), "--seconds", "0.5")
     assert made.returncode == 0, made.stderr
     assert made.stdout.splitlines()[-1].startswith(f"Captured {capture}: ") and capture.exists()
-    assert stat.S_IMODE(capture.stat().st_mode) == 0o600
+    assert stat.S_IMODE(capture.stat().st_mode) == 0o600 and stat.S_IMODE(capture.parent.stat().st_mode) == 0o700
     again = manage(topology_db, "migrate_schema", "capture", str(capture), "--seconds", "0.5")
     assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1  # never over a file
     for args in (["--seconds", "0"], []):
