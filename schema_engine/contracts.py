@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from alembic.script import Script
 
 from schema_engine import commands, database, gate, versioning
+from schema_engine.errors import OldReleaseConnected
 from schema_engine.progress import Event, Reporter, ignore
 from schema_engine.state import pending_scripts, recorded_revisions, script_directory, status
 
@@ -51,7 +52,12 @@ def upgrade_deferring_contracts(*, revision: str = "head", url: sa.URL | str | N
         waiting = waiting_contract(connection, pending_scripts(
             script_directory(), recorded_revisions(connection), revision), url)
     if waiting is None:
-        return commands.upgrade(revision=revision, url=url, stdout=stdout, reporter=reporter)
+        try:
+            return commands.upgrade(revision=revision, url=url, stdout=stdout, reporter=reporter)
+        except OldReleaseConnected as refused:
+            # Through a transaction pooler a server session carries its last client's name: a session
+            # of the release before can show again between the check above and the upgrade's own.
+            waiting = (script_directory().get_revision(refused.revision), str(refused))
     contract, why = waiting
     reporter(ContractDeferred(revision=contract.revision, why=why))
     with database.connect(url) as connection:

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 
-from schema_engine import commands, database, errors, lint, state, versioning
+from schema_engine import commands, contracts, database, errors, lint, state, versioning
 from schema_engine import plan as deploy_plan
 from schema_engine.versioning import ChangeType, DropColumn, RenameColumn
 from tests.conftest import HEAD, call, inspected, run_sql, scratch_alembic_cli, snapshot, wait_for
@@ -372,6 +372,19 @@ def test_contract_is_refused_while_the_release_before_it_is_connected(
         wait_for(lambda: not versioning.old_release_sessions(conn, EXPAND, state.script_directory()))
     commands.upgrade(revision="head", url=pg_head_db)
     assert state.status(url=pg_head_db).current == (CONTRACT,)
+
+
+def test_a_deploy_defers_the_contract_when_the_release_before_shows_after_its_check(
+        versioned: Change, pg_head_db: sa.URL, release, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through a pooler a server session carries its last client's name, so a session of the release before can
+    show between the deploy's check and the upgrade's own: the deploy defers the contract then too, never fails."""
+    old = release(pg_head_db, HEAD)
+    monkeypatch.setattr(contracts, "waiting_contract", lambda *args: None)  # the check that saw no such session
+    heard: list[object] = []
+    contracts.upgrade_deferring_contracts(url=pg_head_db, reporter=heard.append)
+    assert state.status(url=pg_head_db).current == (EXPAND,)  # the expand applied, its contract left pending
+    (deferred,) = [event for event in heard if isinstance(event, contracts.ContractDeferred)]
+    assert deferred.revision == CONTRACT and f"pids {old.pid}," in deferred.why
 
 
 @pytest.fixture
