@@ -48,21 +48,30 @@ def upgrade_deferring_contracts(*, revision: str = "head", url: sa.URL | str | N
                                 stdout: TextIO | None = None, reporter: Reporter = ignore) -> commands.MigrationResult:
     """Upgrade toward ``revision``, stopping before the first contract that must wait (reported, not refused)."""
     url = database.resolve_url(url)
+    applied: list[commands.RevisionApplied] = []
+
+    def hear(event: Event) -> None:  # every step committed, by either upgrade below
+        if isinstance(event, commands.RevisionApplied):
+            applied.append(event)
+        reporter(event)
+
     with database.connect(url) as connection:
         waiting = waiting_contract(connection, pending_scripts(
             script_directory(), recorded_revisions(connection), revision), url)
     if waiting is None:
         try:
-            return commands.upgrade(revision=revision, url=url, stdout=stdout, reporter=reporter)
+            return commands.upgrade(revision=revision, url=url, stdout=stdout, reporter=hear)
         except OldReleaseConnected as refused:
             # Through a transaction pooler a server session carries its last client's name: a session
-            # of the release before can show again between the check above and the upgrade's own.
+            # of the release before can show again between the check above and the upgrade's own
+            # (which, one revision at a time, may have applied the revisions before the contract).
             waiting = (script_directory().get_revision(refused.revision), str(refused))
     contract, why = waiting
     reporter(ContractDeferred(revision=contract.revision, why=why))
     with database.connect(url) as connection:
         nothing_before = contract.down_revision in recorded_revisions(connection)
-    if nothing_before:
-        where = status(url=url)
-        return commands.MigrationResult(applied=(), current=where.current, invalid_indexes=where.invalid_indexes)
-    return commands.upgrade(revision=str(contract.down_revision), url=url, stdout=stdout, reporter=reporter)
+    if not nothing_before:
+        commands.upgrade(revision=str(contract.down_revision), url=url, stdout=stdout, reporter=hear)
+    where = status(url=url)
+    return commands.MigrationResult(applied=tuple(applied), current=where.current,
+                                    invalid_indexes=where.invalid_indexes)

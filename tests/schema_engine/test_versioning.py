@@ -381,8 +381,9 @@ def test_a_deploy_defers_the_contract_when_the_release_before_shows_after_its_ch
     old = release(pg_head_db, HEAD)
     monkeypatch.setattr(contracts, "waiting_contract", lambda *args: None)  # the check that saw no such session
     heard: list[object] = []
-    contracts.upgrade_deferring_contracts(url=pg_head_db, reporter=heard.append)
-    assert state.status(url=pg_head_db).current == (EXPAND,)  # the expand applied, its contract left pending
+    result = contracts.upgrade_deferring_contracts(url=pg_head_db, reporter=heard.append)
+    assert state.status(url=pg_head_db).current == result.current == (EXPAND,)  # the expand applied, not its contract
+    assert [step.revision for step in result.applied] == [EXPAND]
     (deferred,) = [event for event in heard if isinstance(event, contracts.ContractDeferred)]
     assert deferred.revision == CONTRACT and f"pids {old.pid}," in deferred.why
 
