@@ -9,11 +9,10 @@ from pathlib import Path
 def write_private(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` at once (a reader sees the old file or the new, whole), mode 0600.
 
-    A missing folder is made, for its owner alone (0700).
+    Missing folders are made for their owner alone (0700).
     """
     path = Path(path)
-    if not path.parent.exists():  # a file in its place is said as "Not a directory" below
-        path.parent.mkdir(parents=True, mode=0o700)
+    private_folder(path.parent)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp: mode 0600
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as out:
@@ -22,3 +21,16 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def private_folder(folder: Path) -> None:
+    """Make ``folder`` and every missing folder above it for their owner alone (0700); existing ones stay as they are.
+
+    A file where a folder should be is raised as ``NotADirectoryError`` ("Not a directory").
+    """
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        each.mkdir(mode=0o700, exist_ok=True)

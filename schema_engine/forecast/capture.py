@@ -41,6 +41,7 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
+from operator_kit.files import private_folder
 from schema_engine import database
 from schema_engine.errors import CaptureNotAllowed, ForecastUnavailable, ServerLogUnreadable
 from schema_engine.forecast import leftovers, programs
@@ -438,11 +439,10 @@ def _stderr_of_backend(conn: psycopg.Connection) -> Path | None:
 def _new_file(path: Path) -> Iterator[BinaryIO]:
     """A new file only its owner may read (it holds the statements' values); removed if it is not finished.
 
-    A missing folder is made, for its owner alone, as ``--backup DIR`` makes its own.
+    Missing folders are made for their owner alone (0700), as ``--backup DIR`` makes its own.
     """
     try:
-        if not path.parent.exists():  # a file in its place is said as "Not a directory" below
-            path.parent.mkdir(parents=True, mode=0o700)
+        private_folder(path.parent)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise ForecastUnavailable(f"{path} exists: name a new file for the capture") from None

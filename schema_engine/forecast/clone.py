@@ -158,7 +158,10 @@ def follower(copy: Clone, *, bin_dir: Path | None = None, headroom: int | None =
     every server in a folder).
     """
     owner = programs.server_user(copy.os_user)
-    described = _read_source(copy.local_url)
+    # As the copy's own superuser on its trusted socket: the source's role need not have REPLICATION
+    # (a logical copy asks only SELECT of it) nor see pg_stat_replication's columns.
+    superuser = copy.local_url.set(username=_superuser_of(copy.local_url))
+    described = _read_source(superuser)
     basebackup = programs.program("pg_basebackup", major=described.major, bin_dir=bin_dir)
     pg_ctl = programs.program("pg_ctl", major=described.major, bin_dir=bin_dir)
     server.check_disk(copy.folder.parent, copy.bytes, headroom, needed_for="a replica of the copy")
@@ -168,34 +171,59 @@ def follower(copy: Clone, *, bin_dir: Path | None = None, headroom: int | None =
         os.chown(folder, owner.uid, owner.gid)
     started = time.perf_counter()
     try:
-        env = programs.connection_environment(copy.local_url, passfile_folder=folder, owner=owner)
-        _copy(basebackup, copy.local_url, folder=folder, owner=owner, env=env, source=described,
+        env = programs.connection_environment(superuser, passfile_folder=folder, owner=owner)
+        _copy(basebackup, superuser, folder=folder, owner=owner, env=env, source=described,
               fast_checkpoint=True, max_rate=None)
         server.write(folder / "data" / "standby.signal", "", owner=owner)
-        primary = make_conninfo(host=str(copy.socket_folder), port=copy.port, user=copy.url.username or "",
+        primary = make_conninfo(host=str(copy.socket_folder), port=copy.port, user=superuser.username or "",
                                 application_name="forecast_replica")
         port = server.start(pg_ctl, folder=folder, owner=owner, port=None, settings={
             "primary_conninfo": primary, "cluster_name": "forecast_replica", "hot_standby": "on",
             "wal_receiver_status_interval": "1s"}, what="the replica of the forecast's copy")
         replica = Follower(port=port, folder=folder, user=copy.url.username, database=copy.url.database or "postgres")
-        _wait_streaming(copy, replica)
+        _wait_streaming(copy, replica, superuser=superuser.username or "")
+        _let_read_replicas(copy, superuser)
         reporter(FollowerReady(port=port, socket_folder=str(folder / "socket"), seconds=time.perf_counter() - started))
         yield replica
     finally:
         server.stop(pg_ctl, folder=folder, owner=owner)
 
 
-def _wait_streaming(copy: Clone, replica: Follower) -> None:
+def _wait_streaming(copy: Clone, replica: Follower, *, superuser: str) -> None:
     """Wait until the copy streams to the replica (it shows in the copy's pg_stat_replication)."""
     deadline = time.monotonic() + server.START_SECONDS
-    with psycopg.connect(host=str(copy.socket_folder), port=copy.port, user=copy.url.username or None,
-                         dbname=replica.database, autocommit=True) as conn:
-        while not conn.execute("SELECT count(*) FROM pg_stat_replication WHERE application_name = 'forecast_replica' "
-                               "AND state = 'streaming'").fetchone()[0]:
-            if time.monotonic() > deadline:
-                said = server.log_problem(replica.folder / "server.log") or "it never streamed"
-                raise ForecastUnavailable(f"the replica of the forecast's copy did not follow it: {said}")
-            time.sleep(0.05)
+    try:
+        with psycopg.connect(host=str(copy.socket_folder), port=copy.port, user=superuser,
+                             dbname=replica.database, autocommit=True) as conn:
+            while not conn.execute("SELECT count(*) FROM pg_stat_replication "
+                                   "WHERE application_name = 'forecast_replica' AND state = 'streaming'").fetchone()[0]:
+                if time.monotonic() > deadline:
+                    said = server.log_problem(replica.folder / "server.log") or "it never streamed"
+                    raise ForecastUnavailable(f"the replica of the forecast's copy did not follow it: {said}")
+                time.sleep(0.05)
+    except psycopg.Error as exc:
+        raise ForecastUnavailable(f"the forecast lost its copy while its replica started: {first_line(exc)}") from exc
+
+
+def _superuser_of(url: sa.URL) -> str:
+    """The bootstrap superuser of the server at ``url`` (the role initdb made), by any role's reading."""
+    with database.connect(url) as conn:
+        return str(conn.execute(sa.text("SELECT rolname FROM pg_roles WHERE oid = 10")).scalar_one())
+
+
+def _let_read_replicas(copy: Clone, superuser: sa.URL) -> None:
+    """Let the copy's migration role see its replica in pg_stat_replication, on the copy only.
+
+    Without pg_read_all_stats the upgrade's wait for replicas would ask DATABASE_REPLICA_URL instead,
+    which is the production's replica and shares a physical copy's system identifier.
+    """
+    with database.connect(copy.local_url) as conn:
+        role = str(conn.execute(sa.text("SELECT current_user")).scalar_one())
+    with database.connect(superuser) as conn:
+        if not conn.execute(sa.text("SELECT pg_has_role(:role, 'pg_read_all_stats', 'USAGE')"),
+                            {"role": role}).scalar_one():
+            conn.execute(sa.text(f"GRANT pg_read_all_stats TO {conn.dialect.identifier_preparer.quote(role)}"))
+            conn.commit()
 
 
 def _read_source(url: sa.URL) -> _Source:

@@ -19,7 +19,7 @@ from alembic.script import Script
 
 from schema_engine import commands
 from schema_engine.errors import Interrupted, SchemaError, first_line
-from schema_engine.forecast.replica_lag import ReplicaLag
+from schema_engine.forecast.replica_lag import CATCH_UP_SECONDS, ReplicaLag
 from schema_engine.forecast.result import RevisionForecast
 from schema_engine.forecast.sampler import DEFAULT_INTERVAL, LockSampler
 from schema_engine.progress import Event, Reporter
@@ -31,6 +31,18 @@ WHERE c.relkind IN ('r', 'p', 'm')
   AND c.relnamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
   AND c.relpersistence <> 't'
 """
+
+
+@dataclass(frozen=True)
+class ReplicaBehind(Event):
+    """The copy's replica had not replayed a revision's WAL within ``CATCH_UP_SECONDS``: its figure is a lower bound."""
+
+    revision: str
+    seconds: float
+
+    def describe(self) -> str:
+        return (f"the copy's replica had not replayed {self.revision} after {CATCH_UP_SECONDS:g}s: its replica lag "
+                f"({self.seconds:.1f}s) is a lower bound")
 
 
 @dataclass(frozen=True)
@@ -87,8 +99,8 @@ def measure_revision(script: Script, *, url: sa.URL, conninfo: dict[str, str | i
             ended = clock()
             sampled = sampler.stop()
         after = _state(conn)
-        if lag is not None:
-            lag.catch_up()
+        if lag is not None and not lag.catch_up():
+            reporter(ReplicaBehind(revision=script.revision, seconds=lag.most))
         wal = conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint", (after.lsn, before.lsn)
                            ).fetchone()[0]
     rewritten = sorted(table.name for oid, table in after.tables.items()

@@ -31,11 +31,12 @@ class ReplicaLag:
     def __init__(self, copy: dict[str, str | int], replica: dict[str, str | int], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self._copy = _connect(copy, "its copy")
         try:
-            self._copy = psycopg.connect(**copy, autocommit=True, application_name=APPLICATION_NAME)
-            self._replica = psycopg.connect(**replica, autocommit=True, application_name=APPLICATION_NAME)
-        except psycopg.Error as exc:
-            raise ForecastUnavailable(f"the forecast could not reach its copy's replica: {first_line(exc)}") from exc
+            self._replica = _connect(replica, "its copy's replica")
+        except ForecastUnavailable:
+            self._copy.close()
+            raise
         self._written: deque[tuple[float, int]] = deque()  # (time, the copy's WAL position), oldest first
         self.most = 0.0
         self.wal_position = 0
@@ -43,7 +44,7 @@ class ReplicaLag:
     def sample(self) -> None:
         """Read both positions once; the lag now counts toward ``most``."""
         now = self._clock()
-        self.wal_position = self._copy.execute(_WAL).fetchone()[0]
+        self.wal_position = _read(self._copy, _WAL, "its copy")
         self._written.append((now, self.wal_position))
         replayed = self.replayed()
         while self._written and self._written[0][1] <= replayed:  # replayed: no lag from it any more
@@ -53,21 +54,38 @@ class ReplicaLag:
 
     def replayed(self) -> int:
         """The replica's replay position."""
-        position = self._replica.execute(_REPLAYED).fetchone()[0]
-        return int(position or 0)
+        return int(_read(self._replica, _REPLAYED, "its copy's replica") or 0)
 
     def reset(self) -> None:
         """Start a revision's figure afresh (the WAL still to replay stays counted from when it was written)."""
         self.most = 0.0
 
-    def catch_up(self, timeout: float = CATCH_UP_SECONDS) -> None:
-        """Keep sampling until the replica has replayed what the copy had written now, or ``timeout`` passed."""
+    def catch_up(self, timeout: float = CATCH_UP_SECONDS) -> bool:
+        """Keep sampling until the replica has replayed what the copy had written now; False if ``timeout`` passed
+        first (``most`` is then a lower bound)."""
         self.sample()
         target, deadline = self.wal_position, self._clock() + timeout
-        while self.replayed() < target and self._clock() < deadline:
+        while self.replayed() < target:
+            if self._clock() >= deadline:
+                return False
             time.sleep(_POLL)
             self.sample()
+        return True
 
     def close(self) -> None:
         self._copy.close()
         self._replica.close()
+
+
+def _connect(conninfo: dict[str, str | int], what: str) -> psycopg.Connection:
+    try:
+        return psycopg.connect(**conninfo, autocommit=True, application_name=APPLICATION_NAME)
+    except psycopg.Error as exc:
+        raise ForecastUnavailable(f"the forecast could not reach {what}: {first_line(exc)}") from exc
+
+
+def _read(conn: psycopg.Connection, sql: str, what: str) -> int | None:
+    try:
+        return conn.execute(sql).fetchone()[0]
+    except psycopg.Error as exc:
+        raise ForecastUnavailable(f"the forecast lost {what} while measuring replica lag: {first_line(exc)}") from exc

@@ -72,3 +72,7 @@ class Forecast:
     samples: tuple[LatencySample, ...]
     # Which copy: PHYSICAL, or a logical copy of chosen tables ("logical: conversation_history ≤ 100,000 rows")
     copy: str = PHYSICAL
+    # What the traffic did on the copy: its statements, how many failed there, a few of their errors.
+    traffic_statements: int | None = None
+    traffic_failed: int | None = None
+    traffic_errors: tuple[str, ...] = ()

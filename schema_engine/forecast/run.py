@@ -111,9 +111,12 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
     copying = (logical.copied(source, tables=tables, row_limit=logical.DEFAULT_ROW_LIMIT if row_limit is None
                               else row_limit, root=root, reporter=reporter) if tables
                else clone.cloned(source, root=root, reporter=reporter))
-    with copying as copy, _following(copy, replica, reporter) as follower:
+    with contextlib.ExitStack() as stack:
+        copy = stack.enter_context(copying)
+        follower = stack.enter_context(_following(copy, replica, reporter))
         conninfo = _conninfo(copy)
-        lag = None if follower is None else ReplicaLag(conninfo, follower.conninfo)
+        lag = None if follower is None else stack.enter_context(contextlib.closing(
+            ReplicaLag(conninfo, follower.conninfo)))
         if recorded is not None:  # pgreplay's statements are timed by the copy's own log
             with psycopg.connect(**conninfo, autocommit=True) as conn:
                 latency.log_durations(conn)
@@ -132,8 +135,6 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
                 fills.append(backfills.forecast_backfill(copy.local_url, name, batches=sample_batches))
                 reporter(BackfillSampled(forecast=fills[-1]))
             done = running.stop()
-        if lag is not None:
-            lag.close()
         samples = (latency.from_workload(done.latencies, began=began) if done.latencies
                    else latency.from_log(copy.folder / "server.log", began=began_epoch))
         measured = []
@@ -147,13 +148,15 @@ def forecast(*, url: sa.URL | str | None = None, capture: Capture | Path | str |
                     if recorded is not None else f"{running.description} (default)")
         return Forecast(database=database.display_url(source), workload=workload, copy_bytes=copy.bytes,
                         copy_seconds=copy.seconds, revisions=tuple(measured), backfills=tuple(fills),
-                        samples=samples, copy=copy.description)
+                        samples=samples, copy=copy.description, traffic_statements=done.statements,
+                        traffic_failed=done.failed, traffic_errors=tuple(done.errors[:3]))
 
 
 def _has_replicas(conn: sa.Connection) -> bool:
     """Whether the primary streams to a replica now (a base backup's stream does not count)."""
-    return bool(conn.execute(sa.text("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
-                                     "AND application_name <> 'pg_basebackup'")).scalar_one())
+    # application_name, not state: a role without pg_read_all_stats sees every other column NULL.
+    return bool(conn.execute(sa.text("SELECT count(*) FROM pg_stat_replication "
+                                     "WHERE application_name <> 'pg_basebackup'")).scalar_one())
 
 
 @contextlib.contextmanager

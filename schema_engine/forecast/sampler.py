@@ -71,7 +71,7 @@ class LockSampler(threading.Thread):
         self._conn = psycopg.connect(**conninfo, autocommit=True, application_name=APPLICATION_NAME)
         self._interval = interval
         self._done = threading.Event()
-        self._error: psycopg.Error | None = None
+        self._error: psycopg.Error | ForecastUnavailable | None = None
         self.sampled = Sampled()
 
     def run(self) -> None:
@@ -81,7 +81,7 @@ class LockSampler(threading.Thread):
                 if self._done.wait(self._interval):
                     self._sample()  # a last look, after the migration ended
                     return
-        except psycopg.Error as exc:  # handed to stop(): a sampler that failed must not pass for one that saw nothing
+        except (psycopg.Error, ForecastUnavailable) as exc:  # handed to stop(): a failed sampler is not an idle one
             self._error = exc
 
     def _sample(self) -> None:
@@ -102,6 +102,8 @@ class LockSampler(threading.Thread):
         self._done.set()
         self.join()
         self._conn.close()
+        if isinstance(self._error, ForecastUnavailable):  # the replica's lag, already said in one line
+            raise self._error
         if self._error is not None:
             raise ForecastUnavailable(f"the forecast could not sample the copy's locks: {first_line(self._error)}")
         return self.sampled

@@ -136,7 +136,7 @@ def _configure(folder: Path, *, owner: OsUser, port: int, settings: Mapping[str,
         # publishers (it would consume changes from their slots that production then never gets).
         "max_logical_replication_workers": "0",
     }
-    lines = "".join(f"{name} = '{value.replace(chr(39), chr(39) * 2)}'\n" for name, value in own.items())
+    lines = "".join(f"{name} = {_quoted(name, value)}\n" for name, value in own.items())
     write(data / "postgresql.auto.conf", "# the forecast's copy: its own settings (schema_engine/forecast/server.py)\n"
           + lines, owner=owner, append=True)
     hba = data / "pg_hba.conf"
@@ -224,3 +224,10 @@ def stop(pg_ctl: Path, *, folder: Path, owner: OsUser) -> None:
 def server_env() -> dict[str, str]:
     """The environment of the server's programs: none of libpq's variables (PGPORT would be its port)."""
     return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+
+
+def _quoted(name: str, value: str) -> str:
+    """``value`` as a quoted string of postgresql.conf: backslashes and quotes doubled; no line breaks."""
+    if any(char in value for char in "\n\r\0"):
+        raise ForecastUnavailable(f"the copy's setting {name} may not hold a line break or a NUL: {value!r}")
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"

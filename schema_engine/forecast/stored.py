@@ -41,7 +41,8 @@ def forecast_from_dict(data: dict[str, Any]) -> Forecast:
                                           "rewritten": tuple(rev["rewritten"])}) for rev in data["revisions"])
     return Forecast(**{**data, "revisions": revisions,
                        "backfills": tuple(BackfillForecast(**fill) for fill in data["backfills"]),
-                       "samples": tuple(LatencySample(**sample) for sample in data["samples"])})
+                       "samples": tuple(LatencySample(**sample) for sample in data["samples"]),
+                       "traffic_errors": tuple(data.get("traffic_errors", ()))})
 
 
 def save(path: Path, forecast: Forecast, *, problems: list[str], limits: dict[str, float]) -> Path:

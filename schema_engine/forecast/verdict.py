@@ -45,6 +45,12 @@ def problems(forecast: Forecast, limits: Limits) -> list[str]:
     """
     found = [f"revision {rev.revision} failed on the copy: {rev.error}; fix it before deploying "
              "('migrate_schema plan --rehearse' shows it without data)" for rev in forecast.revisions if rev.error]
+    if mostly_failed(forecast):
+        first = f" (the first: {forecast.traffic_errors[0]})" if forecast.traffic_errors else ""
+        found.append(f"the traffic mostly failed on the copy: {forecast.traffic_failed:,} of "
+                     f"{forecast.traffic_statements:,} statements{first}, so the revisions were measured without the "
+                     "load they will meet: fix what the error says (a logical copy may lack rows the statements "
+                     "need: copy more tables, or the whole primary) and forecast again")
     for rev in forecast.revisions:
         if rev.longest_wait > limits.writer_wait:
             before = f" (their p99 before it: {rev.p99_before:.3f}s)" if rev.p99_before is not None else ""
@@ -102,3 +108,9 @@ def size_text(count: int) -> str:
             break
         size /= 1024
     return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def mostly_failed(forecast: Forecast) -> bool:
+    """Whether more than half of the traffic's statements failed on the copy (when that is known)."""
+    return bool(forecast.traffic_statements and forecast.traffic_failed
+                and forecast.traffic_failed * 2 > forecast.traffic_statements)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import tempfile
@@ -151,7 +152,7 @@ def test_a_logical_copy_holds_the_newest_rows_what_they_reference_the_bookkeepin
             # New ids follow the source's.
             assert values(url, "SELECT nextval(pg_get_serial_sequence('conversation_history', 'id'))")[0] > max(newest)
             assert copy.description == "logical: conversation_history, forecast_parent, forecast_child ≤ 5 rows each"
-            assert copy.os_user == ("postgres" if os.geteuid() == 0 else copy.os_user)
+            assert copy.os_user == ("postgres" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name)
             assert copy.folder.parent == scratch_root and (copy.folder.stat().st_mode & 0o777) == 0o700
             assert copy.bytes > 0 and copy.seconds > 0 and copy.source_bytes > 0
             postmaster = postmaster_of(copy.folder)
@@ -249,6 +250,20 @@ def test_a_forecast_on_a_logical_copy_says_so_and_measures_the_pending_revision(
     assert stored.load(last).forecast.copy == kept["copy"]  # type: ignore[union-attr]
     assert kept["revisions"][0]["revision"] == REVISIONS[-1] and kept["revisions"][0]["seconds"] > 0
     assert values(url, "SELECT version_num FROM alembic_version") == [REVISIONS[-2]]  # the source is untouched
+
+
+def test_a_replica_follows_a_logical_copy_made_by_a_role_without_replication_or_stats(
+        unprivileged_roles: tuple[sa.URL, sa.URL], tmp_path: Path) -> None:
+    """A migration role that owns its tables and nothing more: the copy's own superuser makes its replica."""
+    migrator, _application = unprivileged_roles
+    commands.upgrade(revision=REVISIONS[-2], url=migrator)
+    with database.connect(migrator) as conn:
+        generate_sample_data(connection=conn, calls=12, seed=26)
+    done = call(migrator, "migrate_schema", "forecast", "--tables", "conversation_history,calls", "--rows", "20",
+                "--sample-batches", "1", "--replica", "--json", FORECAST_LAST_FILE=str(tmp_path / "last.json"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    (revision,) = json.loads(done.stdout)["forecast"]["revisions"]
+    assert revision["revision"] == REVISIONS[-1] and not revision["error"] and revision["replica_lag"] is not None
 
 
 @pytest.mark.parametrize(("args", "said"), [

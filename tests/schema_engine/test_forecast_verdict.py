@@ -1,6 +1,7 @@
 """The forecast's verdict (limits, one line per problem) and how migrate_schema forecast prints it and exits."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -81,6 +82,27 @@ def test_a_revision_that_failed_on_the_copy_is_a_problem() -> None:
     assert verdict.problems(forecast(failed), LIMITS) == [
         "revision 010_bad failed on the copy: column \"x\" does not exist; fix it before deploying "
         "('migrate_schema plan --rehearse' shows it without data)"]
+
+
+def test_traffic_that_mostly_failed_on_the_copy_is_a_problem_and_is_printed(tmp_path: Path) -> None:
+    error = 'insert or update on table "conversation_history" violates foreign key constraint'
+    failed = dataclasses.replace(forecast(revision()), traffic_statements=1_000, traffic_failed=501,
+                                 traffic_errors=(error,))
+    (problem,) = verdict.problems(failed, LIMITS)
+    assert problem.startswith(f"the traffic mostly failed on the copy: 501 of 1,000 statements (the first: {error})")
+    assert verdict.problems(dataclasses.replace(failed, traffic_failed=500), LIMITS) == []  # half is not most
+    out, _, refused = show(failed, tmp_path)
+    assert refused is not None and f"  501 of the traffic's statements failed on the copy (the first: {error})" in out
+    assert stored.load(tmp_path / "last.json").forecast == failed  # kept whole, its errors a tuple again
+
+
+def test_a_pass_on_a_logical_copy_says_it_is_not_yet_one(tmp_path: Path) -> None:
+    logical = dataclasses.replace(forecast(revision()), copy="logical: conversation_history ≤ 100,000 rows")
+    out, _, error = show(logical, tmp_path)
+    assert error is None
+    assert out.splitlines()[-1] == ("Within every limit (FORECAST_MAX_*) on a copy of chosen tables (logical: "
+                                    "conversation_history ≤ 100,000 rows): not yet a pass: scale each duration by "
+                                    "the table's rows on the primary over its rows copied (docs/forecast.md)")
 
 
 def test_every_limit_passed_is_its_own_line() -> None:
@@ -172,6 +194,7 @@ def test_an_unwritable_chart_path_is_one_line(tmp_path: Path) -> None:
 
 def test_a_chart_in_a_missing_folder_makes_the_folder_for_its_owner(tmp_path: Path) -> None:
     command = Command(stdout=io.StringIO(), stderr=io.StringIO())
-    chart = tmp_path / "var" / "forecast.svg"
+    chart = tmp_path / "var" / "forecast" / "forecast.svg"
     command.show_forecast(forecast(revision()), as_json=False, chart=chart, last_file=None, limits=LIMITS)
-    assert stat.S_IMODE(chart.parent.stat().st_mode) == 0o700 and stat.S_IMODE(chart.stat().st_mode) == 0o600
+    assert stat.S_IMODE(chart.stat().st_mode) == 0o600
+    assert [stat.S_IMODE(folder.stat().st_mode) for folder in (chart.parent, chart.parent.parent)] == [0o700, 0o700]

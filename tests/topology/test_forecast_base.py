@@ -125,7 +125,10 @@ def test_a_copy_of_the_primary_answers_on_its_port_with_the_same_rows_and_is_gon
     events: list[Event] = []
     # The topology trusts every local connection: the password is only carried, in a passfile.
     source = rows_db.primary.set(password="not-on-any-command-line")
-    with clone.cloned(source, root=forecast_root, reporter=events.append) as copy:
+    odd = "a\\b 'c'"  # a setting's value as written: its backslash and quotes kept
+    with clone.cloned(source, root=forecast_root, reporter=events.append,
+                      settings={"forecast_test.value": odd}) as copy:
+        assert sql(copy.url, "SELECT current_setting('forecast_test.value')") == [(odd,)]
         passfile = copy.folder / "passfile"
         assert "not-on-any-command-line" in passfile.read_text()
         assert (passfile.stat().st_mode & 0o777) == 0o600 and passfile.stat().st_uid == programs.server_user().uid

@@ -91,8 +91,8 @@ def test_a_deploy_with_the_forecast_stops_before_applying_when_a_limit_is_passed
         assert "DEPLOY_FORECAST" in refused.stderr and not refused.stdout
     taken = captured_while(lambda: write_a_little(topology_db.primary), topology_db.primary, capture,
                            databases=[topology_db.primary.database])
-    deployed = subprocess.run(["bash", "scripts/deploy"], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                              env={**env, "DEPLOY_FORECAST_CAPTURE": str(capture)})
+    deployed = subprocess.run(["bash", str(ROOT / "scripts" / "deploy")], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600, env={**env, "DEPLOY_FORECAST_CAPTURE": capture.name})  # relative
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "==> step 3b: forecast" in deployed.stdout and "Within every limit" in deployed.stdout
     assert f"traffic: capture {capture} ({taken.statements:,} statements" in deployed.stdout

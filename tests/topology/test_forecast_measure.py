@@ -107,8 +107,8 @@ def test_a_forecast_measures_each_pending_revision_under_the_writers_and_removes
     assert blocking.waiting_statements > 0 and blocking.longest_wait > 0.5
     assert blocking.wal_bytes > 0 and blocking.size_change > 0  # the new index
     assert blocking.p50_before is not None and blocking.p99_before >= blocking.p50_before
-    # The topology's primary has a replica: one followed the copy, and the lag it saw is a figure.
-    assert blocking.replica_lag is not None and blocking.replica_lag >= 0
+    # The topology's primary has a replica: one followed the copy (how far behind: the held-back test below).
+    assert blocking.replica_lag is not None
 
     refused = by_id["008_needs_messages"]
     assert "messages backfill" in refused.error

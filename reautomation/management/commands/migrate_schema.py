@@ -320,8 +320,14 @@ class Command(BaseCommand):
             raise CommandError(f"forecast passes a limit: {problems[0]}"
                                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                                returncode=PLAN_UNSAFE)
-        if not as_json:
+        if as_json:
+            return
+        if forecast.copy == PHYSICAL:
             self.stdout.write(self.style.SUCCESS("Within every limit (FORECAST_MAX_*): safe to deploy as forecast"))
+        else:  # its durations are those of the rows copied (docs/forecast.md)
+            self.stdout.write(self.style.WARNING(
+                f"Within every limit (FORECAST_MAX_*) on a copy of chosen tables ({forecast.copy}): not yet a pass: "
+                "scale each duration by the table's rows on the primary over its rows copied (docs/forecast.md)"))
 
     def _verify(self, *, accept: list[str] | None = None, **_: Any) -> None:
         if accept:
@@ -419,6 +425,9 @@ def forecast_lines(forecast: Forecast) -> list[str]:
     copy = "" if forecast.copy == PHYSICAL else f"{forecast.copy}; "  # a physical copy is the one said without words
     lines = [f"Forecast on a copy of {forecast.database} ({copy}{verdict.size_text(forecast.copy_bytes)}, made in "
              f"{forecast.copy_seconds:.1f}s); traffic: {forecast.workload}; {len(forecast.samples):,} statements timed"]
+    if forecast.traffic_failed:
+        lines.append(f"  {forecast.traffic_failed:,} of the traffic's statements failed on the copy"
+                     + (f" (the first: {forecast.traffic_errors[0]})" if forecast.traffic_errors else ""))
     if not forecast.revisions:
         lines.append("No revision pending")
     for rev in forecast.revisions:
