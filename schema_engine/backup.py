@@ -26,6 +26,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from operator_kit.files import private_folder
 from schema_engine import database
 from schema_engine.errors import BackupFailed, NotABackup
 from schema_engine.state import known_revisions, status
@@ -108,7 +109,7 @@ def back_up(directory: Path, *, label: str, url: sa.URL | str | None = None) -> 
     """Write a backup of the database into ``directory``, named for the database, ``label`` and the time."""
     url = database.resolve_url(url)
     try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(directory)  # each missing folder made 0700, not only the last
     except OSError as exc:
         raise BackupFailed(f"cannot create the backup directory {directory}: {exc.strerror}") from exc
     if not os.access(directory, os.W_OK):

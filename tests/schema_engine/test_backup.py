@@ -68,7 +68,8 @@ def test_backups_are_private(make_database, tmp_path: Path, backend: str) -> Non
     commands.upgrade(revision="head", url=url)
     saved = backup.back_up(tmp_path / "new" / "backups", label="test", url=url)
     assert stat.S_IMODE(saved.path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(saved.path.parent.stat().st_mode) == 0o700
+    assert [stat.S_IMODE(folder.stat().st_mode) for folder in (saved.path.parent, saved.path.parent.parent)] == [
+        0o700, 0o700]  # each folder the backup made
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
